@@ -1,0 +1,411 @@
+//! The configuration file: its shape, its defaults, and the checks that run before the server starts.
+//!
+//! Every field is optional. Unknown fields are rejected by name, so a typo is an error at start-up
+//! rather than a setting that silently does nothing. Secrets live in [`Secret`], whose `Debug` and
+//! `Serialize` print a mask, so the effective configuration can be logged as it is.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The environment variable that holds the JWT secret; it wins over the file.
+pub const SECRET_ENV: &str = "SHEQU_CHAT_JWT_SECRET";
+/// The environment variable that sets the log level; it wins over `log_level`.
+pub const LOG_ENV: &str = "SHEQU_CHAT_LOG";
+
+/// A secret string. Prints as a mask in `Debug` output and in the logged configuration.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself. Every caller is a place the secret can leak from; keep them few.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on, e.g. `127.0.0.1:8080`; port 0 picks a free port.
+    pub listen: String,
+    /// `error`, `warn`, `info`, `debug` or `trace`; `SHEQU_CHAT_LOG` wins.
+    pub log_level: String,
+    /// Browser origins allowed to open `/ws`; empty allows any. A request without an `Origin`
+    /// header (not a browser) is always allowed: the header protects browsers, not the server.
+    pub allowed_origins: Vec<String>,
+    /// The shortest time between two `online` frames.
+    pub presence_interval_ms: u64,
+    pub auth: AuthConfig,
+    pub limits: Limits,
+    pub heartbeat: Heartbeat,
+    pub idle: Idle,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            log_level: "info".into(),
+            allowed_origins: Vec::new(),
+            presence_interval_ms: 1000,
+            auth: AuthConfig::default(),
+            limits: Limits::default(),
+            heartbeat: Heartbeat::default(),
+            idle: Idle::default(),
+        }
+    }
+}
+
+/// JWT algorithms the server verifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Algorithm {
+    HS256,
+    HS384,
+    HS512,
+    ES256,
+    EdDSA,
+}
+
+impl Algorithm {
+    /// HMAC algorithms use a shared secret; the others a PEM public key.
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+    }
+}
+
+/// How tokens are checked.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub algorithm: Algorithm,
+    /// Shared secret for HS256/384/512. `SHEQU_CHAT_JWT_SECRET` wins over it and `secret_file`.
+    pub secret: Option<Secret>,
+    /// A file holding the shared secret (surrounding whitespace is ignored).
+    pub secret_file: Option<PathBuf>,
+    /// A PEM public key file for ES256 or EdDSA.
+    pub public_key_file: Option<PathBuf>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    pub leeway_secs: u64,
+    /// The claim holding the user id; a JSON number becomes its decimal string.
+    pub user_id_claim: String,
+    /// The claim holding the display name; the user id when absent.
+    pub username_claim: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            algorithm: Algorithm::HS256,
+            secret: None,
+            secret_file: None,
+            public_key_file: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: 30,
+            user_id_claim: "sub".into(),
+            username_claim: "name".into(),
+        }
+    }
+}
+
+/// What one client, and all of them together, may do.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Connections at once; the next one gets 503.
+    pub max_connections: usize,
+    /// Connections per user; a new one beyond it replaces the oldest (close 4001).
+    pub max_connections_per_user: usize,
+    /// Characters in a chat message's `content`.
+    pub max_content_chars: usize,
+    /// Bytes in one WebSocket message; a larger one closes the connection with 1009.
+    pub max_message_bytes: usize,
+    /// Violations within a minute that close the connection with 1008.
+    pub violations_before_close: u32,
+    /// Chat messages a user may send per second, on average.
+    pub rate_per_sec: f64,
+    /// Chat messages a user may send at once after a quiet spell.
+    pub rate_burst: u32,
+    /// Frames queued for one connection; a receiver whose queue is full is closed with 4004.
+    pub send_queue: usize,
+    /// Time allowed from TCP accept to a finished WebSocket upgrade.
+    pub handshake_timeout_secs: u64,
+    /// Bytes the WebSocket layer reads at once per connection (allocated per connection).
+    pub read_buffer_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 10_000,
+            max_connections_per_user: 1,
+            max_content_chars: 2000,
+            max_message_bytes: 16 * 1024,
+            violations_before_close: 20,
+            rate_per_sec: 5.0,
+            rate_burst: 10,
+            send_queue: 256,
+            handshake_timeout_secs: 10,
+            read_buffer_bytes: 1024,
+        }
+    }
+}
+
+/// WebSocket-level liveness checks.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Heartbeat {
+    /// How often the server sends a WebSocket Ping.
+    pub ping_interval_secs: u64,
+    /// Silence (no frame of any kind) after which a connection is closed. Must exceed the ping
+    /// interval, or a healthy client would be cut between two pings.
+    pub pong_timeout_secs: u64,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Heartbeat {
+        Heartbeat { ping_interval_secs: 30, pong_timeout_secs: 60 }
+    }
+}
+
+/// Closing connections whose users have stopped chatting.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Idle {
+    /// Time without a chat message after which a connection is closed with 4002; 0 turns it off.
+    pub timeout_secs: u64,
+    /// How often idle connections are looked for.
+    pub check_interval_secs: u64,
+}
+
+impl Default for Idle {
+    fn default() -> Idle {
+        Idle { timeout_secs: 600, check_interval_secs: 60 }
+    }
+}
+
+/// A configuration that cannot be used, with a message that says which field and why.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file, taking the secret from the environment
+    /// when it is set there.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+        let mut config = Config::parse(&text)
+            .map_err(|e| invalid(format!("{}: {}", path.display(), e.0)))?;
+        if let Ok(secret) = std::env::var(SECRET_ENV) {
+            if !secret.is_empty() {
+                config.auth.secret = Some(Secret(secret));
+                config.auth.secret_file = None;
+            }
+        }
+        config.resolve_secret_file()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses configuration text without reading files or the environment.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        // serde_json names the unknown field and its line in the message.
+        serde_json::from_str(text).map_err(|e| invalid(e.to_string()))
+    }
+
+    fn resolve_secret_file(&mut self) -> Result<(), ConfigError> {
+        if self.auth.secret.is_none() {
+            if let Some(path) = &self.auth.secret_file {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(format!("auth.secret_file: cannot read {}: {e}", path.display()))
+                })?;
+                self.auth.secret = Some(Secret(text.trim().to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks values that parse but cannot work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| invalid(format!("listen: {:?} is not an address: {e}", self.listen)))?;
+        if self.log_level.parse::<log::LevelFilter>().is_err() {
+            return Err(invalid(format!("log_level: unknown level {:?}", self.log_level)));
+        }
+        let a = &self.auth;
+        if a.algorithm.is_hmac() {
+            match &a.secret {
+                None => {
+                    return Err(invalid(format!(
+                        "auth: {:?} needs a secret (auth.secret, auth.secret_file or {SECRET_ENV})",
+                        a.algorithm
+                    )));
+                }
+                Some(s) if s.0.len() < 16 => {
+                    return Err(invalid("auth.secret: use at least 16 bytes"));
+                }
+                Some(_) => {}
+            }
+        } else if a.public_key_file.is_none() {
+            return Err(invalid(format!(
+                "auth: {:?} needs auth.public_key_file (a PEM public key)",
+                a.algorithm
+            )));
+        }
+        if a.user_id_claim.is_empty() {
+            return Err(invalid("auth.user_id_claim: must not be empty"));
+        }
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            return Err(invalid("limits.max_connections: must be at least 1"));
+        }
+        if l.max_connections_per_user == 0 {
+            return Err(invalid("limits.max_connections_per_user: must be at least 1"));
+        }
+        if l.max_content_chars == 0 {
+            return Err(invalid("limits.max_content_chars: must be at least 1"));
+        }
+        if l.max_message_bytes < 128 {
+            return Err(invalid("limits.max_message_bytes: must be at least 128"));
+        }
+        if l.violations_before_close == 0 {
+            return Err(invalid("limits.violations_before_close: must be at least 1"));
+        }
+        if !(l.rate_per_sec.is_finite() && l.rate_per_sec > 0.0) {
+            return Err(invalid("limits.rate_per_sec: must be a positive number"));
+        }
+        if l.rate_burst < 1 {
+            return Err(invalid("limits.rate_burst: must be at least 1"));
+        }
+        if l.send_queue < 2 {
+            return Err(invalid("limits.send_queue: must be at least 2"));
+        }
+        if l.handshake_timeout_secs == 0 {
+            return Err(invalid("limits.handshake_timeout_secs: must be at least 1"));
+        }
+        if !(64..=1 << 20).contains(&l.read_buffer_bytes) {
+            return Err(invalid("limits.read_buffer_bytes: must be between 64 and 1048576"));
+        }
+        let h = &self.heartbeat;
+        if h.ping_interval_secs == 0 {
+            return Err(invalid("heartbeat.ping_interval_secs: must be at least 1"));
+        }
+        if h.ping_interval_secs >= h.pong_timeout_secs {
+            return Err(invalid(format!(
+                "heartbeat: ping_interval_secs ({}) must be below pong_timeout_secs ({})",
+                h.ping_interval_secs, h.pong_timeout_secs
+            )));
+        }
+        if self.idle.timeout_secs > 0 && self.idle.check_interval_secs == 0 {
+            return Err(invalid("idle.check_interval_secs: must be at least 1"));
+        }
+        if self.presence_interval_ms == 0 {
+            return Err(invalid("presence_interval_ms: must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The configuration as JSON with every secret masked, for the start-up log line.
+    pub fn redacted_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("<unprintable: {e}>"))
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.handshake_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_secret(extra: &str) -> String {
+        format!(r#"{{"auth": {{"secret": "0123456789abcdef0123"}}{extra}}}"#)
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults_but_needs_a_secret() {
+        let c = Config::parse("{}").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.limits.rate_burst, 10);
+        assert_eq!(c.heartbeat.pong_timeout_secs, 60);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("secret"), "{err}");
+        Config::parse(&with_secret("")).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = Config::parse(r#"{"limits": {"max_conections": 5}}"#).unwrap_err().to_string();
+        assert!(err.contains("max_conections"), "{err}");
+    }
+
+    #[test]
+    fn ping_must_be_below_pong() {
+        let text = with_secret(
+            r#", "heartbeat": {"ping_interval_secs": 60, "pong_timeout_secs": 60}"#,
+        );
+        let err = Config::parse(&text).unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("ping_interval_secs"), "{err}");
+    }
+
+    #[test]
+    fn burst_must_be_positive() {
+        let text = with_secret(r#", "limits": {"rate_burst": 0}"#);
+        let err = Config::parse(&text).unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("rate_burst"), "{err}");
+    }
+
+    #[test]
+    fn public_key_algorithms_need_a_key() {
+        let text = r#"{"auth": {"algorithm": "ES256"}}"#;
+        let err = Config::parse(text).unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("public_key_file"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = Config::parse(&with_secret("")).unwrap();
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+        assert!(!c.redacted_json().contains("0123456789abcdef"));
+        assert!(c.redacted_json().contains("<redacted>"));
+    }
+}

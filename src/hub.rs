@@ -1,0 +1,642 @@
+//! The hub: the one owner of connection state, as a plain state machine.
+//!
+//! The hub does no IO, never awaits and never reads a clock. The event loop feeds it inputs
+//! ([`Hub::connect`], [`Hub::receive`], [`Hub::disconnect`], [`Hub::handle_timeout`]) with the
+//! current time, and it answers with [`Effect`]s; [`Hub::poll_timeout`] says when it next wants
+//! [`Hub::handle_timeout`]. Pushing a frame onto a connection's [`OutboxTx`] is memory, not IO: the
+//! connection's own task does the writing.
+//!
+//! **Closing is an effect.** When the hub ends a connection (a newer one replaced it, it went
+//! idle, its queue filled up…) it first removes it from every map, and only then hands its
+//! [`OutboxTx`] out in [`Effect::Close`]. The event loop closes the queue after its borrow of the
+//! hub has ended, and the connection's task then writes the close frame and drops the socket. So a
+//! broadcast can never find a connection that is being closed, and since `OutboxTx::close` takes
+//! the queue by value, nothing can close it twice. The Go handler this replaces closed the old
+//! connection first and removed it from the map afterwards, under a lock, and a broadcast in
+//! between panicked with "close of closed channel".
+//!
+//! A `disconnect` for a connection the hub no longer knows (it was replaced, and its task ended
+//! afterwards) is harmless and does nothing.
+
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use async_tungstenite::tungstenite::Utf8Bytes;
+use log::debug;
+
+use crate::config::Config;
+use crate::outbox::{Frame, OutboxRx, OutboxTx, outbox};
+use crate::protocol::{CloseReason, ProtocolError, ServerMessage};
+
+/// Identifies one connection for its whole life; never reused.
+pub type ConnId = u64;
+
+/// The window over which violations are counted.
+pub const VIOLATION_WINDOW: Duration = Duration::from_secs(60);
+
+/// The current time, as the event loop read it: monotonic for timers, wall clock for `ts` and
+/// token expiry.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub at: Instant,
+    pub unix_ms: u64,
+}
+
+impl Now {
+    /// The same moment moved forward by `d` on both clocks (for tests and simulations).
+    pub fn after(self, d: Duration) -> Now {
+        Now { at: self.at + d, unix_ms: self.unix_ms + d.as_millis() as u64 }
+    }
+}
+
+/// Who a verified token says the client is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: String,
+    pub username: String,
+    /// The token's `exp`, in Unix seconds.
+    pub expires_unix_secs: u64,
+}
+
+/// The hub's settings, taken from [`Config`].
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub send_queue: usize,
+    pub rate_per_sec: f64,
+    pub rate_burst: u32,
+    pub violations_before_close: u32,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    /// `None` turns idle cleanup off.
+    pub idle_timeout: Option<Duration>,
+    pub idle_check_interval: Duration,
+    pub presence_interval: Duration,
+    /// Added to a token's `exp` before the connection is closed, as it is when the token is
+    /// checked, so a token accepted within the leeway is not cut at once.
+    pub token_leeway: Duration,
+}
+
+impl From<&Config> for HubConfig {
+    fn from(c: &Config) -> HubConfig {
+        HubConfig {
+            max_connections: c.limits.max_connections,
+            max_connections_per_user: c.limits.max_connections_per_user,
+            send_queue: c.limits.send_queue,
+            rate_per_sec: c.limits.rate_per_sec,
+            rate_burst: c.limits.rate_burst,
+            violations_before_close: c.limits.violations_before_close,
+            ping_interval: Duration::from_secs(c.heartbeat.ping_interval_secs),
+            pong_timeout: Duration::from_secs(c.heartbeat.pong_timeout_secs),
+            idle_timeout: (c.idle.timeout_secs > 0)
+                .then(|| Duration::from_secs(c.idle.timeout_secs)),
+            idle_check_interval: Duration::from_secs(c.idle.check_interval_secs),
+            presence_interval: Duration::from_millis(c.presence_interval_ms),
+            token_leeway: Duration::from_secs(c.auth.leeway_secs),
+        }
+    }
+}
+
+/// What the event loop must do after an input.
+#[derive(Debug)]
+pub enum Effect {
+    /// The connection is already gone from the hub; close its queue (which makes its task send
+    /// the close frame and drop the socket).
+    Close { conn: ConnId, outbox: OutboxTx, reason: CloseReason },
+}
+
+/// Why a connection was refused before its upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `limits.max_connections` are open.
+    Capacity,
+}
+
+/// A connection the hub accepted.
+#[derive(Debug)]
+pub struct Connected {
+    pub conn: ConnId,
+    /// The frames for this connection, starting with `welcome`.
+    pub outbox: OutboxRx,
+    /// Connections this one replaced, to be closed.
+    pub effects: Vec<Effect>,
+}
+
+/// A frame from a client, already parsed by the event loop.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A valid chat message.
+    Chat(String),
+    /// The app-level `ping`.
+    Ping,
+    /// An `auth` message, with the result of checking its token.
+    Refresh(Result<Identity, &'static str>),
+    /// A frame that failed parsing or validation.
+    Invalid(ProtocolError),
+    /// Any other frame (a WebSocket Ping or Pong): proof of life, nothing more.
+    Alive,
+}
+
+/// Counters since start, read by the metrics endpoint.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub connections_accepted: u64,
+    pub messages_received: u64,
+    pub messages_broadcast: u64,
+    pub deliveries: u64,
+    pub replacements: u64,
+    pub heartbeat_failures: u64,
+    pub rate_limited: u64,
+    pub invalid_messages: u64,
+    /// Indexed by [`CloseReason::index`].
+    pub disconnects: [u64; CloseReason::ALL.len()],
+}
+
+#[derive(Debug)]
+struct Conn {
+    user: Rc<str>,
+    username: Rc<str>,
+    outbox: OutboxTx,
+    /// Last frame of any kind from the client (heartbeat).
+    last_seen: Instant,
+    /// Last chat message from the client (idle cleanup).
+    last_chat: Instant,
+    /// When its token runs out, leeway included.
+    expires: Instant,
+}
+
+/// What the hub keeps per user id, beyond the user's connections: the rate limiter and the
+/// violation count survive a reconnect, so reconnecting resets neither.
+#[derive(Debug)]
+struct User {
+    /// Oldest first.
+    conns: Vec<ConnId>,
+    tokens: f64,
+    tokens_at: Instant,
+    violations: u32,
+    violations_since: Instant,
+}
+
+#[derive(Debug)]
+struct Presence {
+    /// The count in the last `online` frame.
+    last_sent: usize,
+    last_sent_at: Option<Instant>,
+    /// When a coalesced `online` frame is due.
+    flush_at: Option<Instant>,
+}
+
+/// The state machine. See the module documentation.
+#[derive(Debug)]
+pub struct Hub {
+    config: HubConfig,
+    conns: HashMap<ConnId, Conn>,
+    users: HashMap<Rc<str>, User>,
+    /// Users with at least one connection.
+    online: usize,
+    next_conn: ConnId,
+    last_message_id: u64,
+    presence: Presence,
+    /// Token deadlines, earliest first.
+    expiries: BTreeSet<(Instant, ConnId)>,
+    next_heartbeat: Instant,
+    next_idle_check: Option<Instant>,
+    stats: Stats,
+}
+
+impl Hub {
+    pub fn new(config: HubConfig, now: Now) -> Hub {
+        let next_idle_check = config.idle_timeout.map(|_| now.at + config.idle_check_interval);
+        Hub {
+            next_heartbeat: now.at + config.ping_interval,
+            next_idle_check,
+            config,
+            conns: HashMap::new(),
+            users: HashMap::new(),
+            online: 0,
+            next_conn: 1,
+            last_message_id: 0,
+            presence: Presence { last_sent: 0, last_sent_at: None, flush_at: None },
+            expiries: BTreeSet::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Open connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Distinct users with at least one open connection.
+    pub fn online(&self) -> usize {
+        self.online
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Registers a new connection for a verified user. When the user is at
+    /// `max_connections_per_user`, the oldest of their connections is removed first and returned
+    /// in [`Connected::effects`] to be closed with 4001; the online count does not change.
+    pub fn connect(&mut self, now: Now, identity: Identity) -> Result<Connected, Refused> {
+        let existing = self.users.get(identity.user_id.as_str()).map_or(0, |u| u.conns.len());
+        let frees_one = existing >= self.config.max_connections_per_user;
+        if self.conns.len() >= self.config.max_connections && !frees_one {
+            return Err(Refused::Capacity);
+        }
+        let user_key: Rc<str> = match self.users.get_key_value(identity.user_id.as_str()) {
+            Some((key, _)) => key.clone(),
+            None => {
+                let key: Rc<str> = identity.user_id.as_str().into();
+                self.users.insert(key.clone(), self.new_user(now));
+                key
+            }
+        };
+        let mut effects = Vec::new();
+        while self.users[&user_key].conns.len() >= self.config.max_connections_per_user {
+            let oldest = self.users[&user_key].conns[0];
+            effects.extend(self.remove(oldest, CloseReason::Replaced));
+            self.stats.replacements += 1;
+        }
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let (tx, rx) = outbox();
+        let expires = token_deadline(now, identity.expires_unix_secs, self.config.token_leeway);
+        let username: Rc<str> = identity.username.into();
+        let user = self.users.get_mut(&user_key).expect("inserted above");
+        user.conns.push(conn);
+        let newly_online = user.conns.len() == 1 && effects.is_empty();
+        self.conns.insert(
+            conn,
+            Conn {
+                user: user_key.clone(),
+                username,
+                outbox: tx,
+                last_seen: now.at,
+                last_chat: now.at,
+                expires,
+            },
+        );
+        self.expiries.insert((expires, conn));
+        self.stats.connections_accepted += 1;
+        if newly_online {
+            self.online += 1;
+        }
+        debug!(
+            "user_id={} action={} old_exists={} total_clients={}",
+            user_key,
+            if effects.is_empty() { "register" } else { "replace" },
+            existing > 0,
+            self.conns.len()
+        );
+        let c = &self.conns[&conn];
+        let welcome = ServerMessage::Welcome {
+            user_id: &c.user,
+            username: &c.username,
+            online: self.online,
+        };
+        c.outbox.push(Frame::Text(welcome.to_json().into()));
+        if newly_online {
+            self.presence_changed(now, &mut effects);
+        }
+        Ok(Connected { conn, outbox: rx, effects })
+    }
+
+    /// The connection's task has ended (the client closed, the socket failed, or the hub closed
+    /// it earlier). Unknown connections are ignored.
+    pub fn disconnect(&mut self, now: Now, conn: ConnId, reason: CloseReason) -> Vec<Effect> {
+        let mut effects: Vec<Effect> = self.remove(conn, reason).into_iter().collect();
+        if !effects.is_empty() {
+            self.presence_if_changed(now, &mut effects);
+        }
+        effects
+    }
+
+    /// A frame from a client. Frames from connections the hub no longer knows are ignored: a
+    /// replaced connection's last frames are not delivered.
+    pub fn receive(&mut self, now: Now, conn: ConnId, incoming: Incoming) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return effects;
+        };
+        c.last_seen = now.at;
+        if !matches!(incoming, Incoming::Alive) {
+            self.stats.messages_received += 1;
+        }
+        match incoming {
+            Incoming::Alive => {}
+            Incoming::Ping => self.send_to(conn, ServerMessage::Pong.to_json(), &mut effects),
+            Incoming::Chat(content) => {
+                c.last_chat = now.at;
+                let user = c.user.clone();
+                if self.take_token(&user, now) {
+                    self.broadcast_chat(now, conn, &content, &mut effects);
+                } else {
+                    self.stats.rate_limited += 1;
+                    self.violation(now, conn, ProtocolError::RateLimited, &mut effects);
+                }
+            }
+            Incoming::Invalid(error) => {
+                self.stats.invalid_messages += 1;
+                self.violation(now, conn, error, &mut effects);
+            }
+            Incoming::Refresh(Ok(identity)) if *identity.user_id == *c.user => {
+                let expires =
+                    token_deadline(now, identity.expires_unix_secs, self.config.token_leeway);
+                self.expiries.remove(&(c.expires, conn));
+                c.expires = expires;
+                self.expiries.insert((expires, conn));
+            }
+            Incoming::Refresh(result) => {
+                self.stats.invalid_messages += 1;
+                let why = result.err().unwrap_or("the token is for another user");
+                self.violation(now, conn, ProtocolError::AuthFailed(why), &mut effects);
+            }
+        }
+        self.presence_if_changed(now, &mut effects);
+        effects
+    }
+
+    /// Runs every timer that is due: presence, heartbeat, idle cleanup, token expiry. Safe to
+    /// call early or twice; a call with nothing due does nothing.
+    pub fn handle_timeout(&mut self, now: Now) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        while let Some(&(deadline, conn)) = self.expiries.first() {
+            if deadline > now.at {
+                break;
+            }
+            effects.extend(self.remove(conn, CloseReason::TokenExpired));
+        }
+        if now.at >= self.next_heartbeat {
+            self.next_heartbeat = now.at + self.config.ping_interval;
+            self.heartbeat(now, &mut effects);
+        }
+        if let (Some(at), Some(timeout)) = (self.next_idle_check, self.config.idle_timeout) {
+            if now.at >= at {
+                self.next_idle_check = Some(now.at + self.config.idle_check_interval);
+                let idle: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| now.at.saturating_duration_since(c.last_chat) >= timeout)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for conn in idle {
+                    effects.extend(self.remove(conn, CloseReason::Idle));
+                }
+            }
+        }
+        if self.presence.flush_at.is_some_and(|at| now.at >= at) {
+            self.flush_presence(now, &mut effects);
+        }
+        self.presence_if_changed(now, &mut effects);
+        effects
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) next has work.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut next = self.next_heartbeat;
+        for at in [
+            self.next_idle_check,
+            self.presence.flush_at,
+            self.expiries.first().map(|&(at, _)| at),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            next = next.min(at);
+        }
+        next
+    }
+
+    /// Removes every connection, to be closed with 1001.
+    pub fn shutdown(&mut self) -> Vec<Effect> {
+        let all: Vec<ConnId> = self.conns.keys().copied().collect();
+        all.into_iter().filter_map(|c| self.remove(c, CloseReason::Shutdown)).collect()
+    }
+
+    fn new_user(&self, now: Now) -> User {
+        User {
+            conns: Vec::new(),
+            tokens: f64::from(self.config.rate_burst),
+            tokens_at: now.at,
+            violations: 0,
+            violations_since: now.at,
+        }
+    }
+
+    /// Takes the connection out of every map and hands back its queue to be closed. This is the
+    /// only place a connection leaves the hub.
+    fn remove(&mut self, conn: ConnId, reason: CloseReason) -> Option<Effect> {
+        let c = self.conns.remove(&conn)?;
+        self.expiries.remove(&(c.expires, conn));
+        if let Some(user) = self.users.get_mut(&c.user) {
+            user.conns.retain(|&id| id != conn);
+            if user.conns.is_empty() && reason != CloseReason::Replaced {
+                self.online -= 1;
+            }
+        }
+        self.stats.disconnects[reason.index()] += 1;
+        if reason == CloseReason::Heartbeat {
+            self.stats.heartbeat_failures += 1;
+        }
+        debug!(
+            "user_id={} action=unregister reason={} total_clients={}",
+            c.user,
+            reason.label(),
+            self.conns.len()
+        );
+        Some(Effect::Close { conn, outbox: c.outbox, reason })
+    }
+
+    /// Queues a frame for one connection, or closes it with 4004 when its queue is full.
+    fn send_to(&mut self, conn: ConnId, json: String, effects: &mut Vec<Effect>) {
+        if let Some(c) = self.conns.get(&conn) {
+            if c.outbox.len() >= self.config.send_queue {
+                effects.extend(self.remove(conn, CloseReason::TooSlow));
+            } else {
+                c.outbox.push(Frame::Text(json.into()));
+            }
+        }
+    }
+
+    /// Queues one frame for every connection. The bytes are shared, not copied. A receiver whose
+    /// queue is full is closed with 4004 rather than skipped, so no one loses messages silently.
+    fn broadcast(&mut self, text: Utf8Bytes, effects: &mut Vec<Effect>) {
+        let mut slow = Vec::new();
+        for (&id, c) in &self.conns {
+            if c.outbox.len() >= self.config.send_queue {
+                slow.push(id);
+            } else {
+                c.outbox.push(Frame::Text(text.clone()));
+                self.stats.deliveries += 1;
+            }
+        }
+        self.stats.messages_broadcast += 1;
+        for id in slow {
+            effects.extend(self.remove(id, CloseReason::TooSlow));
+        }
+    }
+
+    fn broadcast_chat(&mut self, now: Now, from: ConnId, content: &str, effects: &mut Vec<Effect>) {
+        let c = &self.conns[&from];
+        self.last_message_id += 1;
+        let json = ServerMessage::Chat {
+            id: self.last_message_id,
+            user_id: &c.user,
+            username: &c.username,
+            content,
+            ts: now.unix_ms,
+        }
+        .to_json();
+        self.broadcast(json.into(), effects);
+    }
+
+    /// Refills the user's bucket for the time passed and takes one token if there is one.
+    fn take_token(&mut self, user: &str, now: Now) -> bool {
+        let (rate, burst) = (self.config.rate_per_sec, f64::from(self.config.rate_burst));
+        let Some(u) = self.users.get_mut(user) else {
+            return false;
+        };
+        let elapsed = now.at.saturating_duration_since(u.tokens_at).as_secs_f64();
+        u.tokens = (u.tokens + elapsed * rate).min(burst);
+        u.tokens_at = now.at;
+        if u.tokens >= 1.0 {
+            u.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Answers a bad frame with an `error` frame and counts it against the user; too many within
+    /// [`VIOLATION_WINDOW`] close the connection with 1008.
+    fn violation(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        error: ProtocolError,
+        effects: &mut Vec<Effect>,
+    ) {
+        let message = error.message();
+        let json = ServerMessage::Error { code: error.code(), message: &message }.to_json();
+        self.send_to(conn, json, effects);
+        let Some(user) = self.conns.get(&conn).and_then(|c| self.users.get_mut(&c.user)) else {
+            return;
+        };
+        if now.at.saturating_duration_since(user.violations_since) >= VIOLATION_WINDOW {
+            user.violations = 0;
+            user.violations_since = now.at;
+        }
+        user.violations += 1;
+        if user.violations >= self.config.violations_before_close {
+            effects.extend(self.remove(conn, CloseReason::Policy));
+        }
+    }
+
+    /// Pings every connection, and removes those silent for longer than the pong timeout. Also
+    /// forgets users who have left and whose limiter state has run out.
+    fn heartbeat(&mut self, now: Now, effects: &mut Vec<Effect>) {
+        let timeout = self.config.pong_timeout;
+        let dead: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now.at.saturating_duration_since(c.last_seen) >= timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in dead {
+            effects.extend(self.remove(conn, CloseReason::Heartbeat));
+        }
+        let mut slow = Vec::new();
+        for (&id, c) in &self.conns {
+            if c.outbox.len() >= self.config.send_queue {
+                slow.push(id);
+            } else {
+                c.outbox.push(Frame::Ping);
+            }
+        }
+        for id in slow {
+            effects.extend(self.remove(id, CloseReason::TooSlow));
+        }
+        let refill = Duration::from_secs_f64(
+            f64::from(self.config.rate_burst) / self.config.rate_per_sec,
+        );
+        self.users.retain(|_, u| {
+            !u.conns.is_empty()
+                || now.at.saturating_duration_since(u.tokens_at) < refill
+                || now.at.saturating_duration_since(u.violations_since) < VIOLATION_WINDOW
+        });
+    }
+
+    /// The online count may have changed: send it now if the last `online` frame is old enough,
+    /// or schedule one frame for when it is.
+    fn presence_changed(&mut self, now: Now, effects: &mut Vec<Effect>) {
+        if self.presence.flush_at.is_some() {
+            return;
+        }
+        let due = self
+            .presence
+            .last_sent_at
+            .map_or(now.at, |at| at + self.config.presence_interval);
+        if now.at >= due {
+            self.flush_presence(now, effects);
+        } else {
+            self.presence.flush_at = Some(due);
+        }
+    }
+
+    fn presence_if_changed(&mut self, now: Now, effects: &mut Vec<Effect>) {
+        if self.online != self.presence.last_sent {
+            self.presence_changed(now, effects);
+        }
+    }
+
+    fn flush_presence(&mut self, now: Now, effects: &mut Vec<Effect>) {
+        self.presence.flush_at = None;
+        if self.online != self.presence.last_sent {
+            self.presence.last_sent = self.online;
+            self.presence.last_sent_at = Some(now.at);
+            let json = ServerMessage::Online { count: self.online }.to_json();
+            self.broadcast(json.into(), effects);
+        }
+    }
+
+    /// Checks the hub's invariants; panics with a description when one is broken. For tests.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) {
+        let mut seen = 0;
+        let mut online = 0;
+        for (user, u) in &self.users {
+            assert!(
+                u.conns.len() <= self.config.max_connections_per_user,
+                "{user} has {} connections",
+                u.conns.len()
+            );
+            for id in &u.conns {
+                let c = self.conns.get(id).expect("a user's connection is registered");
+                assert_eq!(&c.user, user, "connection {id} filed under the wrong user");
+            }
+            seen += u.conns.len();
+            online += usize::from(!u.conns.is_empty());
+        }
+        assert_eq!(seen, self.conns.len(), "every connection belongs to exactly one user");
+        assert_eq!(online, self.online, "online count is the number of distinct users");
+        assert_eq!(self.expiries.len(), self.conns.len(), "one token deadline per connection");
+        for (id, c) in &self.conns {
+            assert!(self.expiries.contains(&(c.expires, *id)));
+            assert!(c.outbox.len() <= self.config.send_queue, "queue over its bound");
+        }
+        assert!(self.conns.len() <= self.config.max_connections);
+    }
+}
+
+/// The instant a token's `exp` (plus leeway) is reached, on the monotonic clock.
+fn token_deadline(now: Now, exp_unix_secs: u64, leeway: Duration) -> Instant {
+    let deadline_ms = exp_unix_secs.saturating_mul(1000).saturating_add(leeway.as_millis() as u64);
+    now.at + Duration::from_millis(deadline_ms.saturating_sub(now.unix_ms))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,462 @@
+//! The hub driven directly with a fake clock: no sockets, no sleeps. After every step the harness
+//! checks the hub's invariants and that no closed queue receives anything.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::*;
+
+const START_UNIX_MS: u64 = 1_764_200_000_000;
+
+fn config() -> HubConfig {
+    HubConfig {
+        max_connections: 100,
+        max_connections_per_user: 1,
+        send_queue: 64,
+        rate_per_sec: 5.0,
+        rate_burst: 10,
+        violations_before_close: 20,
+        ping_interval: Duration::from_secs(30),
+        pong_timeout: Duration::from_secs(60),
+        idle_timeout: Some(Duration::from_secs(600)),
+        idle_check_interval: Duration::from_secs(60),
+        presence_interval: Duration::from_secs(1),
+        token_leeway: Duration::from_secs(0),
+    }
+}
+
+struct Harness {
+    hub: Hub,
+    now: Now,
+    open: HashMap<ConnId, OutboxRx>,
+    closed: HashMap<ConnId, (CloseReason, OutboxRx)>,
+}
+
+impl Harness {
+    fn new(config: HubConfig) -> Harness {
+        let now = Now { at: Instant::now(), unix_ms: START_UNIX_MS };
+        Harness { hub: Hub::new(config, now), now, open: HashMap::new(), closed: HashMap::new() }
+    }
+
+    fn identity(&self, user: &str, ttl: Duration) -> Identity {
+        Identity {
+            user_id: user.into(),
+            username: format!("name-{user}"),
+            expires_unix_secs: (self.now.unix_ms / 1000) + ttl.as_secs(),
+        }
+    }
+
+    fn try_connect(&mut self, user: &str) -> Result<ConnId, Refused> {
+        let identity = self.identity(user, Duration::from_secs(3600));
+        let connected = self.hub.connect(self.now, identity)?;
+        self.open.insert(connected.conn, connected.outbox);
+        self.perform(connected.effects);
+        Ok(connected.conn)
+    }
+
+    fn connect(&mut self, user: &str) -> ConnId {
+        self.try_connect(user).expect("connect")
+    }
+
+    fn receive(&mut self, conn: ConnId, incoming: Incoming) {
+        let effects = self.hub.receive(self.now, conn, incoming);
+        self.perform(effects);
+    }
+
+    fn chat(&mut self, conn: ConnId, content: &str) {
+        self.receive(conn, Incoming::Chat(content.into()));
+    }
+
+    fn disconnect(&mut self, conn: ConnId) {
+        let effects = self.hub.disconnect(self.now, conn, CloseReason::Client);
+        self.perform(effects);
+    }
+
+    /// Moves the clock forward, firing every timer on the way at its own deadline.
+    fn advance(&mut self, d: Duration) {
+        let end = self.now.at + d;
+        loop {
+            let next = self.hub.poll_timeout();
+            if next > end {
+                break;
+            }
+            let step = next.saturating_duration_since(self.now.at);
+            self.now = self.now.after(step);
+            let effects = self.hub.handle_timeout(self.now);
+            self.perform(effects);
+        }
+        let rest = end.saturating_duration_since(self.now.at);
+        self.now = self.now.after(rest);
+    }
+
+    /// What the event loop does: close each removed connection's queue, after the hub call.
+    fn perform(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            let Effect::Close { conn, outbox, reason } = effect;
+            let rx = self.open.remove(&conn).expect("closing a connection that is open");
+            assert!(!self.closed.contains_key(&conn), "connection {conn} closed twice");
+            outbox.close(reason);
+            self.closed.insert(conn, (reason, rx));
+        }
+        self.check();
+    }
+
+    fn check(&self) {
+        self.hub.check_invariants();
+        assert_eq!(self.open.len(), self.hub.connection_count());
+        for (rx_reason, rx) in self.closed.values() {
+            assert_eq!(rx.closed(), Some(*rx_reason));
+        }
+    }
+
+    /// Frames queued for a connection, as JSON (`{"type":"ws_ping"}` for a WebSocket Ping).
+    fn frames(&self, conn: ConnId) -> Vec<Value> {
+        let rx = self.open.get(&conn).or(self.closed.get(&conn).map(|(_, rx)| rx)).unwrap();
+        rx.drain()
+            .into_iter()
+            .map(|f| match f {
+                Frame::Text(t) => serde_json::from_str(&t).unwrap(),
+                Frame::Ping => serde_json::json!({"type": "ws_ping"}),
+            })
+            .collect()
+    }
+
+    fn of_type(&self, conn: ConnId, kind: &str) -> Vec<Value> {
+        self.frames(conn).into_iter().filter(|f| f["type"] == kind).collect()
+    }
+
+    fn close_reason(&self, conn: ConnId) -> Option<CloseReason> {
+        self.closed.get(&conn).map(|(r, _)| *r)
+    }
+}
+
+#[test]
+fn welcome_carries_identity_and_online_count() {
+    let mut h = Harness::new(config());
+    let a = h.connect("1");
+    let b = h.connect("2");
+    let wa = &h.of_type(a, "welcome")[0];
+    assert_eq!(wa["user_id"], "1");
+    assert_eq!(wa["username"], "name-1");
+    assert_eq!(wa["online"], 1);
+    assert_eq!(h.of_type(b, "welcome")[0]["online"], 2);
+}
+
+#[test]
+fn replacement_closes_old_first_and_keeps_the_count() {
+    let mut h = Harness::new(config());
+    let watcher = h.connect("watcher");
+    let old = h.connect("42");
+    h.advance(Duration::from_secs(5));
+    h.frames(watcher);
+    h.frames(old);
+
+    let new = h.connect("42");
+    assert_eq!(h.close_reason(old), Some(CloseReason::Replaced));
+    assert_eq!(h.hub.online(), 2);
+    assert_eq!(h.hub.stats().replacements, 1);
+    h.chat(new, "after");
+    h.advance(Duration::from_secs(5));
+
+    assert!(h.frames(old).is_empty(), "the replaced connection got frames after its replacement");
+    let got = h.frames(new);
+    assert_eq!(got[0]["type"], "welcome");
+    assert_eq!(got[0]["online"], 2);
+    let chats: Vec<&Value> = got.iter().filter(|f| f["type"] == "chat").collect();
+    assert_eq!(chats.len(), 1);
+    assert_eq!(chats[0]["content"], "after");
+    let seen = h.frames(watcher);
+    assert_eq!(seen.iter().filter(|f| f["type"] == "chat").count(), 1);
+    assert!(!seen.iter().any(|f| f["type"] == "online"), "a replacement changed presence");
+
+    // The old connection's task ends later; the hub no longer knows it.
+    h.disconnect(old);
+    h.receive(old, Incoming::Chat("ghost".into()));
+    assert_eq!(h.hub.online(), 2);
+    assert!(h.of_type(watcher, "chat").is_empty());
+}
+
+#[test]
+fn two_devices_stay_and_a_third_replaces_the_oldest() {
+    let mut h = Harness::new(HubConfig { max_connections_per_user: 2, ..config() });
+    let phone = h.connect("7");
+    let laptop = h.connect("7");
+    assert_eq!(h.hub.online(), 1);
+    h.chat(phone, "hi");
+    assert_eq!(h.of_type(laptop, "chat").len(), 1);
+    assert_eq!(h.of_type(phone, "chat").len(), 1);
+    let tablet = h.connect("7");
+    assert_eq!(h.close_reason(phone), Some(CloseReason::Replaced));
+    assert!(h.close_reason(laptop).is_none());
+    assert_eq!(h.of_type(tablet, "welcome")[0]["online"], 1);
+    assert_eq!(h.hub.connection_count(), 2);
+}
+
+#[test]
+fn presence_is_coalesced_into_one_frame_per_interval() {
+    let mut h = Harness::new(config());
+    let first = h.connect("u0");
+    assert_eq!(h.of_type(first, "online")[0]["count"], 1, "first change goes out at once");
+    let others: Vec<ConnId> = (1..100).map(|i| h.connect(&format!("u{i}"))).collect();
+    assert!(h.of_type(first, "online").is_empty(), "joins within the interval are held back");
+    h.advance(Duration::from_millis(999));
+    assert!(h.of_type(first, "online").is_empty());
+    h.advance(Duration::from_millis(1));
+    let online = h.of_type(first, "online");
+    assert_eq!(online.len(), 1);
+    assert_eq!(online[0]["count"], 100);
+    assert_eq!(h.of_type(others[98], "online")[0]["count"], 100);
+
+    // One leaves and one joins within the interval: the count is back where it was, no frame.
+    h.disconnect(others[0]);
+    h.connect("newcomer");
+    h.advance(Duration::from_secs(5));
+    assert!(h.of_type(first, "online").is_empty());
+}
+
+#[test]
+fn message_ids_strictly_increase_and_everyone_gets_each_once() {
+    let mut h = Harness::new(HubConfig { rate_burst: 100, ..config() });
+    let conns: Vec<ConnId> = (0..5).map(|i| h.connect(&i.to_string())).collect();
+    for round in 0..4 {
+        for &c in &conns {
+            h.chat(c, &format!("m{round}"));
+        }
+        for &c in &conns {
+            let chats = h.of_type(c, "chat");
+            assert_eq!(chats.len(), 5);
+            let ids: Vec<u64> = chats.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        }
+    }
+    assert_eq!(h.hub.stats().deliveries, 4 * 5 * 5 + 1);
+}
+
+#[test]
+fn chat_carries_sender_and_wall_clock_time() {
+    let mut h = Harness::new(config());
+    let a = h.connect("42");
+    h.advance(Duration::from_millis(1500));
+    h.chat(a, "hello");
+    let m = &h.of_type(a, "chat")[0];
+    assert_eq!(m["user_id"], "42");
+    assert_eq!(m["username"], "name-42");
+    assert_eq!(m["content"], "hello");
+    assert_eq!(m["ts"], START_UNIX_MS + 1500);
+}
+
+#[test]
+fn rate_limit_admits_burst_then_rate_and_survives_reconnect() {
+    let mut h = Harness::new(config());
+    let a = h.connect("spammer");
+    for i in 0..12 {
+        h.chat(a, &format!("{i}"));
+    }
+    let frames = h.frames(a);
+    assert_eq!(frames.iter().filter(|f| f["type"] == "chat").count(), 10);
+    let errors: Vec<&Value> = frames.iter().filter(|f| f["type"] == "error").collect();
+    assert_eq!(errors.len(), 2);
+    assert_eq!(errors[0]["code"], "rate_limited");
+    assert_eq!(h.hub.stats().rate_limited, 2);
+
+    // Reconnecting does not refill the bucket.
+    let b = h.connect("spammer");
+    h.chat(b, "again");
+    assert_eq!(h.of_type(b, "error")[0]["code"], "rate_limited");
+
+    // One second refills rate_per_sec tokens.
+    h.advance(Duration::from_secs(1));
+    for i in 0..6 {
+        h.chat(b, &format!("{i}"));
+    }
+    let frames = h.frames(b);
+    assert_eq!(frames.iter().filter(|f| f["type"] == "chat").count(), 5);
+    assert_eq!(frames.iter().filter(|f| f["type"] == "error").count(), 1);
+}
+
+#[test]
+fn violations_answer_with_errors_then_close_with_policy() {
+    let mut h = Harness::new(HubConfig {
+        violations_before_close: 3,
+        ping_interval: Duration::from_secs(100),
+        pong_timeout: Duration::from_secs(200),
+        ..config()
+    });
+    let bad = h.connect("troll");
+    let good = h.connect("nice");
+    h.receive(bad, Incoming::Invalid(ProtocolError::InvalidJson));
+    h.receive(bad, Incoming::Invalid(ProtocolError::UnsupportedType));
+    let errors = h.of_type(bad, "error");
+    assert_eq!(errors[0]["code"], "invalid_json");
+    assert_eq!(errors[1]["code"], "unsupported_type");
+    assert!(h.close_reason(bad).is_none());
+    // The window restarts after a minute.
+    h.advance(VIOLATION_WINDOW);
+    h.receive(bad, Incoming::Invalid(ProtocolError::InvalidJson));
+    h.receive(bad, Incoming::Invalid(ProtocolError::InvalidJson));
+    assert!(h.close_reason(bad).is_none());
+    h.receive(bad, Incoming::Invalid(ProtocolError::BinaryUnsupported));
+    assert_eq!(h.close_reason(bad), Some(CloseReason::Policy));
+    assert_eq!(h.hub.stats().invalid_messages, 5);
+    assert!(h.of_type(good, "error").is_empty(), "another user saw the errors");
+}
+
+#[test]
+fn ping_gets_pong() {
+    let mut h = Harness::new(config());
+    let a = h.connect("a");
+    h.frames(a);
+    h.receive(a, Incoming::Ping);
+    assert_eq!(h.frames(a), vec![serde_json::json!({"type": "pong"})]);
+}
+
+#[test]
+fn heartbeat_pings_and_drops_the_silent() {
+    let mut h = Harness::new(config());
+    let alive = h.connect("alive");
+    let silent = h.connect("silent");
+    h.advance(Duration::from_secs(30));
+    assert_eq!(h.of_type(silent, "ws_ping").len(), 1);
+    h.receive(alive, Incoming::Alive);
+    h.advance(Duration::from_secs(29));
+    assert!(h.close_reason(silent).is_none());
+    assert!(h.close_reason(silent).is_none(), "closed before its pong timeout");
+    h.receive(alive, Incoming::Alive);
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.close_reason(silent), Some(CloseReason::Heartbeat));
+    h.receive(alive, Incoming::Alive);
+    h.advance(Duration::from_secs(30));
+    assert!(h.close_reason(alive).is_none());
+    assert_eq!(h.hub.stats().heartbeat_failures, 1);
+    assert_eq!(h.hub.online(), 1);
+}
+
+#[test]
+fn idle_connections_close_and_chatting_ones_stay() {
+    let mut h = Harness::new(HubConfig {
+        idle_timeout: Some(Duration::from_secs(2)),
+        idle_check_interval: Duration::from_secs(1),
+        ping_interval: Duration::from_secs(100),
+        pong_timeout: Duration::from_secs(200),
+        ..config()
+    });
+    let quiet = h.connect("quiet");
+    let talker = h.connect("talker");
+    h.advance(Duration::from_millis(1500));
+    h.chat(talker, "still here");
+    h.advance(Duration::from_millis(1500));
+    assert_eq!(h.close_reason(quiet), Some(CloseReason::Idle));
+    assert!(h.close_reason(talker).is_none());
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.close_reason(talker), Some(CloseReason::Idle));
+}
+
+#[test]
+fn idle_off_keeps_quiet_connections() {
+    let mut h = Harness::new(HubConfig { idle_timeout: None, ..config() });
+    let quiet = h.connect("quiet");
+    for _ in 0..100 {
+        h.receive(quiet, Incoming::Alive);
+        h.frames(quiet);
+        h.advance(Duration::from_secs(30));
+    }
+    assert!(h.close_reason(quiet).is_none());
+}
+
+#[test]
+fn token_expiry_closes_and_refresh_extends() {
+    let mut h = Harness::new(config());
+    let identity = h.identity("u", Duration::from_secs(10));
+    let connected = h.hub.connect(h.now, identity).unwrap();
+    let a = connected.conn;
+    h.open.insert(a, connected.outbox);
+    let b_identity = h.identity("other", Duration::from_secs(5));
+    let connected = h.hub.connect(h.now, b_identity).unwrap();
+    let b = connected.conn;
+    h.open.insert(b, connected.outbox);
+
+    h.advance(Duration::from_secs(4));
+    let fresh = h.identity("u", Duration::from_secs(20));
+    h.receive(a, Incoming::Refresh(Ok(fresh)));
+    let wrong_user = h.identity("someone-else", Duration::from_secs(20));
+    h.receive(a, Incoming::Refresh(Ok(wrong_user)));
+    assert_eq!(h.of_type(a, "error")[0]["code"], "auth_failed");
+
+    h.advance(Duration::from_millis(999));
+    assert!(h.close_reason(b).is_none());
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.close_reason(b), Some(CloseReason::TokenExpired));
+    h.advance(Duration::from_secs(10));
+    assert!(h.close_reason(a).is_none(), "the refreshed token was ignored");
+    h.advance(Duration::from_secs(10));
+    assert_eq!(h.close_reason(a), Some(CloseReason::TokenExpired));
+}
+
+#[test]
+fn slow_receiver_is_closed_not_skipped() {
+    let mut h = Harness::new(HubConfig { rate_burst: 100, send_queue: 8, ..config() });
+    let slow = h.connect("slow");
+    let reader = h.connect("reader");
+    let sender = h.connect("sender");
+    // send_queue is 8; `slow` never drains.
+    for i in 0..20 {
+        h.chat(sender, &format!("{i}"));
+        h.frames(reader);
+        h.frames(sender);
+    }
+    assert_eq!(h.close_reason(slow), Some(CloseReason::TooSlow));
+    assert!(h.close_reason(reader).is_none());
+    assert!(h.frames(slow).is_empty(), "a too-slow queue keeps its backlog");
+    assert_eq!(h.hub.online(), 2);
+}
+
+#[test]
+fn capacity_refuses_newcomers_but_not_replacements() {
+    let mut h = Harness::new(HubConfig { max_connections: 2, ..config() });
+    h.connect("a");
+    let b = h.connect("b");
+    assert_eq!(h.try_connect("c"), Err(Refused::Capacity));
+    let b2 = h.connect("b");
+    assert_eq!(h.close_reason(b), Some(CloseReason::Replaced));
+    h.disconnect(b2);
+    h.connect("c");
+}
+
+#[test]
+fn shutdown_closes_everyone_once() {
+    let mut h = Harness::new(config());
+    for i in 0..10 {
+        h.connect(&i.to_string());
+    }
+    let effects = h.hub.shutdown();
+    h.perform(effects);
+    assert_eq!(h.closed.len(), 10);
+    assert!(h.closed.values().all(|(r, _)| *r == CloseReason::Shutdown));
+    assert_eq!(h.hub.online(), 0);
+}
+
+#[test]
+fn departed_users_are_forgotten_once_their_limits_expire() {
+    let mut h = Harness::new(config());
+    let a = h.connect("gone");
+    h.chat(a, "bye");
+    h.disconnect(a);
+    assert_eq!(h.hub.users.len(), 1, "limiter state outlives the connection");
+    h.advance(Duration::from_secs(120));
+    assert!(h.hub.users.is_empty());
+}
+
+#[test]
+fn timeouts_called_early_or_twice_do_nothing() {
+    let mut h = Harness::new(config());
+    let a = h.connect("a");
+    h.frames(a);
+    for _ in 0..3 {
+        let effects = h.hub.handle_timeout(h.now);
+        h.perform(effects);
+    }
+    assert!(h.frames(a).is_empty());
+    assert!(h.closed.is_empty());
+}

@@ -1,0 +1,293 @@
+//! The wire protocol: what clients may send, what the server sends, and why a connection ends.
+//!
+//! One JSON object per text frame; `docs/PROTOCOL.md` is the reference for client authors. This
+//! module parses and validates client frames and builds server frames; it keeps no state.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// A client frame that parsed and passed validation.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientMessage {
+    /// `{"type":"chat","content":"…"}`
+    Chat { content: String },
+    /// `{"type":"ping"}`, answered with `{"type":"pong"}`.
+    Ping,
+    /// `{"type":"auth","token":"…"}`: a fresh token for the same user.
+    Auth { token: String },
+}
+
+/// Why a client frame was refused. Each maps to the `code` of an `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// Not JSON at all (or nested past serde_json's recursion limit).
+    InvalidJson,
+    /// JSON, but not an object of the documented shape; the text says what is wrong.
+    InvalidMessage(&'static str),
+    /// `content` has more characters than `limits.max_content_chars`.
+    TooLong { chars: usize, max: usize },
+    /// The user's token bucket is empty.
+    RateLimited,
+    /// A `type` the server does not know.
+    UnsupportedType,
+    /// A binary frame; the protocol is text only.
+    BinaryUnsupported,
+    /// A refresh token that did not verify or names another user.
+    AuthFailed(&'static str),
+}
+
+impl ProtocolError {
+    /// The `code` field of the `error` frame.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProtocolError::InvalidJson => "invalid_json",
+            ProtocolError::InvalidMessage(_) => "invalid_message",
+            ProtocolError::TooLong { .. } => "too_long",
+            ProtocolError::RateLimited => "rate_limited",
+            ProtocolError::UnsupportedType => "unsupported_type",
+            ProtocolError::BinaryUnsupported => "binary_unsupported",
+            ProtocolError::AuthFailed(_) => "auth_failed",
+        }
+    }
+
+    /// The `message` field of the `error` frame: one sentence for a developer.
+    pub fn message(&self) -> String {
+        match self {
+            ProtocolError::InvalidJson => "the frame is not valid JSON".into(),
+            ProtocolError::InvalidMessage(why) => (*why).into(),
+            ProtocolError::TooLong { chars, max } => {
+                format!("content has {chars} characters; the limit is {max}")
+            }
+            ProtocolError::RateLimited => "too many messages; this one was dropped".into(),
+            ProtocolError::UnsupportedType => "unknown message type".into(),
+            ProtocolError::BinaryUnsupported => "binary frames are not supported".into(),
+            ProtocolError::AuthFailed(why) => (*why).into(),
+        }
+    }
+}
+
+/// Parses one text frame from a client and validates it against the content limits.
+pub fn parse_client(text: &str, max_content_chars: usize) -> Result<ClientMessage, ProtocolError> {
+    let value: Value = serde_json::from_str(text).map_err(|_| ProtocolError::InvalidJson)?;
+    let Value::Object(mut fields) = value else {
+        return Err(ProtocolError::InvalidMessage("a message must be a JSON object"));
+    };
+    let kind = match fields.get("type") {
+        Some(Value::String(kind)) => kind.as_str(),
+        Some(_) => return Err(ProtocolError::InvalidMessage("\"type\" must be a string")),
+        None => return Err(ProtocolError::InvalidMessage("a message needs a \"type\"")),
+    };
+    match kind {
+        "chat" => match fields.remove("content") {
+            Some(Value::String(content)) => {
+                validate_content(&content, max_content_chars)?;
+                Ok(ClientMessage::Chat { content })
+            }
+            Some(_) => Err(ProtocolError::InvalidMessage("\"content\" must be a string")),
+            None => Err(ProtocolError::InvalidMessage("a chat message needs \"content\"")),
+        },
+        "ping" => Ok(ClientMessage::Ping),
+        "auth" => match fields.remove("token") {
+            Some(Value::String(token)) => Ok(ClientMessage::Auth { token }),
+            _ => Err(ProtocolError::InvalidMessage("an auth message needs a string \"token\"")),
+        },
+        _ => Err(ProtocolError::UnsupportedType),
+    }
+}
+
+/// Content must be non-blank, within the character limit, and free of control characters other
+/// than newline and tab.
+pub fn validate_content(content: &str, max_chars: usize) -> Result<(), ProtocolError> {
+    if content.trim().is_empty() {
+        return Err(ProtocolError::InvalidMessage("content is empty"));
+    }
+    // Counting stops just past the limit, so a huge string costs no more than a legal one.
+    let chars = content.chars().take(max_chars + 1).count();
+    if chars > max_chars {
+        return Err(ProtocolError::TooLong { chars: content.chars().count(), max: max_chars });
+    }
+    if content.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(ProtocolError::InvalidMessage("content has control characters"));
+    }
+    Ok(())
+}
+
+/// Frames the server sends, serialized with [`to_json`].
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage<'a> {
+    Welcome { user_id: &'a str, username: &'a str, online: usize },
+    Chat { id: u64, user_id: &'a str, username: &'a str, content: &'a str, ts: u64 },
+    Online { count: usize },
+    Pong,
+    Error { code: &'static str, message: &'a str },
+}
+
+impl ServerMessage<'_> {
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: no maps with non-string keys, no floats.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Why a connection ended. One place maps each reason to its close code, its log word and its
+/// metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The client closed the connection or it dropped.
+    Client,
+    /// A newer connection of the same user took its place.
+    Replaced,
+    /// No chat message for `idle.timeout_secs`.
+    Idle,
+    /// No frame at all for `heartbeat.pong_timeout_secs`.
+    Heartbeat,
+    /// Its send queue was full: it was not reading.
+    TooSlow,
+    /// Its token expired and was not refreshed.
+    TokenExpired,
+    /// Too many violations within a minute.
+    Policy,
+    /// The server is shutting down.
+    Shutdown,
+    /// A message above `limits.max_message_bytes`.
+    TooBig,
+    /// A WebSocket protocol error (unmasked frame, invalid UTF-8, bad opcode…).
+    Protocol,
+}
+
+impl CloseReason {
+    /// Every reason, for metrics that list each label.
+    pub const ALL: [CloseReason; 10] = [
+        CloseReason::Client,
+        CloseReason::Replaced,
+        CloseReason::Idle,
+        CloseReason::Heartbeat,
+        CloseReason::TooSlow,
+        CloseReason::TokenExpired,
+        CloseReason::Policy,
+        CloseReason::Shutdown,
+        CloseReason::TooBig,
+        CloseReason::Protocol,
+    ];
+
+    /// The WebSocket close code the server sends; `None` when the client ended it.
+    pub fn code(self) -> Option<u16> {
+        match self {
+            CloseReason::Client => None,
+            CloseReason::Replaced => Some(4001),
+            CloseReason::Idle => Some(4002),
+            CloseReason::TokenExpired => Some(4003),
+            CloseReason::TooSlow => Some(4004),
+            CloseReason::Heartbeat => Some(4005),
+            CloseReason::Policy => Some(1008),
+            CloseReason::Shutdown => Some(1001),
+            CloseReason::TooBig => Some(1009),
+            CloseReason::Protocol => Some(1002),
+        }
+    }
+
+    /// The word used in logs, in the close frame's reason text and as the metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::Client => "client",
+            CloseReason::Replaced => "replaced",
+            CloseReason::Idle => "idle",
+            CloseReason::Heartbeat => "heartbeat",
+            CloseReason::TooSlow => "too_slow",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::Policy => "policy",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::TooBig => "too_big",
+            CloseReason::Protocol => "protocol",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
+        parse_client(text, 10)
+    }
+
+    #[test]
+    fn good_messages_parse() {
+        assert_eq!(
+            parse(r#"{"type":"chat","content":"hi"}"#),
+            Ok(ClientMessage::Chat { content: "hi".into() })
+        );
+        assert_eq!(parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping));
+        assert_eq!(
+            parse(r#"{"type":"auth","token":"t"}"#),
+            Ok(ClientMessage::Auth { token: "t".into() })
+        );
+        assert_eq!(
+            parse("{\"type\":\"chat\",\"content\":\"a\\nb\\tc\"}"),
+            Ok(ClientMessage::Chat { content: "a\nb\tc".into() })
+        );
+    }
+
+    #[test]
+    fn each_bad_shape_has_its_code() {
+        let code = |t: &str| parse(t).unwrap_err().code();
+        assert_eq!(code("nope"), "invalid_json");
+        assert_eq!(code("[1,2]"), "invalid_message");
+        assert_eq!(code(r#"{"content":"x"}"#), "invalid_message");
+        assert_eq!(code(r#"{"type":7}"#), "invalid_message");
+        assert_eq!(code(r#"{"type":"chat"}"#), "invalid_message");
+        assert_eq!(code(r#"{"type":"chat","content":5}"#), "invalid_message");
+        assert_eq!(code(r#"{"type":"chat","content":"   "}"#), "invalid_message");
+        assert_eq!(code(r#"{"type":"chat","content":"a\u0000b"}"#), "invalid_message");
+        assert_eq!(code(r#"{"type":"chat","content":"a\u007fb"}"#), "invalid_message");
+        assert_eq!(code(r#"{"type":"chat","content":"01234567890"}"#), "too_long");
+        assert_eq!(code(r#"{"type":"dance"}"#), "unsupported_type");
+        assert_eq!(code(r#"{"type":"auth"}"#), "invalid_message");
+    }
+
+    #[test]
+    fn limit_counts_characters_not_bytes() {
+        assert!(validate_content("ééééééééééé", 11).is_ok());
+        assert!(validate_content("ééééééééééé", 10).is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_invalid_json_not_a_crash() {
+        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        assert_eq!(parse(&deep), Err(ProtocolError::InvalidJson));
+    }
+
+    #[test]
+    fn server_frames_have_the_documented_shape() {
+        let chat = ServerMessage::Chat {
+            id: 17,
+            user_id: "42",
+            username: "alice",
+            content: "hi \"there\"",
+            ts: 1764200000000,
+        };
+        assert_eq!(
+            chat.to_json(),
+            r#"{"type":"chat","id":17,"user_id":"42","username":"alice","content":"hi \"there\"","ts":1764200000000}"#
+        );
+        assert_eq!(ServerMessage::Pong.to_json(), r#"{"type":"pong"}"#);
+        assert_eq!(ServerMessage::Online { count: 3 }.to_json(), r#"{"type":"online","count":3}"#);
+    }
+
+    #[test]
+    fn close_codes_are_distinct() {
+        let mut codes: Vec<u16> = CloseReason::ALL.iter().filter_map(|r| r.code()).collect();
+        let n = codes.len();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), n);
+        for (i, r) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+}
