@@ -7,7 +7,10 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::await_holding_refcell_ref)]
 
+pub mod auth;
 pub mod config;
+pub mod http;
 pub mod hub;
 pub mod outbox;
 pub mod protocol;
+pub mod server;

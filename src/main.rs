@@ -1,1 +1,131 @@
-fn main() {}
+//! The `shequ-chat` command: run the server, check a configuration, or mint a dev token.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use log::{LevelFilter, info};
+
+use shequ_chat::config::{Config, LOG_ENV};
+use shequ_chat::{auth, server};
+
+const USAGE: &str = "\
+shequ-chat: a WebSocket chat server for self-hosted community sites
+
+Usage:
+  shequ-chat --config PATH                 run the server
+  shequ-chat --check-config --config PATH  check a configuration file and exit
+  shequ-chat token --config PATH --sub ID [--name NAME] [--ttl SECS]
+                                           print a token signed with the configured HS secret
+  shequ-chat --help | --version
+
+Environment:
+  SHEQU_CHAT_JWT_SECRET  the JWT secret (wins over auth.secret and auth.secret_file)
+  SHEQU_CHAT_LOG         the log level (wins over log_level)
+";
+
+/// Default lifetime of a token from `shequ-chat token`.
+const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
+
+enum Command {
+    Run { config: PathBuf },
+    Check { config: PathBuf },
+    Token { config: PathBuf, sub: String, name: Option<String>, ttl_secs: u64 },
+    Help,
+    Version,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
+    let mut config = None;
+    let mut check = false;
+    let mut token = false;
+    let mut sub = None;
+    let mut name = None;
+    let mut ttl_secs = DEFAULT_TOKEN_TTL_SECS;
+    let mut first = true;
+    while let Some(arg) = args.next() {
+        let mut value = |flag: &str| args.next().ok_or(format!("{flag} needs a value"));
+        match arg.as_str() {
+            "token" if first => token = true,
+            "--config" | "-c" => config = Some(PathBuf::from(value("--config")?)),
+            "--check-config" => check = true,
+            "--sub" if token => sub = Some(value("--sub")?),
+            "--name" if token => name = Some(value("--name")?),
+            "--ttl" if token => {
+                ttl_secs = value("--ttl")?.parse().map_err(|_| "--ttl takes whole seconds")?;
+            }
+            "--help" | "-h" => return Ok(Command::Help),
+            "--version" | "-V" => return Ok(Command::Version),
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+        first = false;
+    }
+    let config = config.ok_or("--config PATH is required")?;
+    Ok(if token {
+        Command::Token { config, sub: sub.ok_or("token needs --sub ID")?, name, ttl_secs }
+    } else if check {
+        Command::Check { config }
+    } else {
+        Command::Run { config }
+    })
+}
+
+fn main() -> ExitCode {
+    let command = match parse_args(std::env::args().skip(1)) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("shequ-chat: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match command {
+        Command::Help => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Command::Version => {
+            println!("shequ-chat {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Check { config } => Config::load(&config).map(|_| {
+            println!("{}: ok", config.display());
+        }),
+        Command::Token { config, sub, name, ttl_secs } => Config::load(&config)
+            .and_then(|c| auth::mint(&c.auth, &sub, name.as_deref(), ttl_secs))
+            .map(|token| println!("{token}")),
+        Command::Run { config } => Config::load(&config).and_then(run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shequ-chat: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> Result<(), shequ_chat::config::ConfigError> {
+    init_logging(&config);
+    let listener = server::bind(&config).map_err(|e| {
+        shequ_chat::config::ConfigError(format!("cannot listen on {}: {e}", config.listen))
+    })?;
+    let addr = listener.local_addr().map_or(config.listen.clone(), |a| a.to_string());
+    info!("shequ-chat {} listening on {addr}", env!("CARGO_PKG_VERSION"));
+    info!("config: {}", config.redacted_json());
+    server::run(listener, config, std::future::pending())
+}
+
+fn init_logging(config: &Config) {
+    let level = std::env::var(LOG_ENV)
+        .ok()
+        .and_then(|l| l.parse::<LevelFilter>().ok())
+        .or_else(|| config.log_level.parse().ok())
+        .unwrap_or(LevelFilter::Info);
+    let colors = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Our own lines at the configured level; the libraries' chatter only from info up.
+    let _ = simple_logger::SimpleLogger::new()
+        .with_level(level.min(LevelFilter::Info))
+        .with_module_level("shequ_chat", level)
+        .with_utc_timestamps()
+        .with_colors(colors)
+        .init();
+}

@@ -152,13 +152,15 @@ pub enum CloseReason {
     Shutdown,
     /// A message above `limits.max_message_bytes`.
     TooBig,
-    /// A WebSocket protocol error (unmasked frame, invalid UTF-8, bad opcode…).
+    /// A WebSocket protocol error (unmasked frame, bad opcode, oversized control frame…).
     Protocol,
+    /// A text frame that is not valid UTF-8.
+    InvalidUtf8,
 }
 
 impl CloseReason {
     /// Every reason, for metrics that list each label.
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::Client,
         CloseReason::Replaced,
         CloseReason::Idle,
@@ -169,6 +171,7 @@ impl CloseReason {
         CloseReason::Shutdown,
         CloseReason::TooBig,
         CloseReason::Protocol,
+        CloseReason::InvalidUtf8,
     ];
 
     /// The WebSocket close code the server sends; `None` when the client ended it.
@@ -184,6 +187,7 @@ impl CloseReason {
             CloseReason::Shutdown => Some(1001),
             CloseReason::TooBig => Some(1009),
             CloseReason::Protocol => Some(1002),
+            CloseReason::InvalidUtf8 => Some(1007),
         }
     }
 
@@ -200,6 +204,7 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::TooBig => "too_big",
             CloseReason::Protocol => "protocol",
+            CloseReason::InvalidUtf8 => "invalid_utf8",
         }
     }
 

@@ -1,0 +1,309 @@
+//! The HTTP/1.1 that happens before a WebSocket exists: reading one request head, checking the
+//! upgrade headers, and writing the plain responses that refuse a request.
+//!
+//! The head is parsed here rather than inside tungstenite's handshake so that every refusal gets
+//! a status line and a one-line reason, and so that other paths can share the listener.
+
+use std::time::Duration;
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
+use jwt_simple::reexports::ct_codecs::{Base64, Decoder as _};
+
+/// Largest request head accepted; a longer one gets 431.
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// Most header lines accepted; more gets 431.
+pub const MAX_HEADERS: usize = 64;
+/// How long a refused client may keep sending before the socket is dropped, so that the
+/// response is not lost to a TCP reset.
+pub const LINGER: Duration = Duration::from_secs(1);
+
+/// A parsed request head.
+#[derive(Debug)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    headers: Vec<(String, String)>,
+}
+
+/// Why no request head could be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadError {
+    /// Over [`MAX_HEAD_BYTES`] or [`MAX_HEADERS`].
+    TooLarge,
+    /// Not HTTP/1.1.
+    Malformed,
+    /// The client went away first.
+    Closed,
+}
+
+impl Request {
+    /// The first header with this name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// Whether a comma-separated header contains this token (case-insensitive).
+    pub fn header_has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .flat_map(|(_, v)| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+
+    /// A query parameter, percent-decoded. `None` when absent or not valid UTF-8.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then(|| percent_decode(value)).flatten()
+        })
+    }
+
+    /// The `Bearer` token of the `Authorization` header, if any.
+    pub fn bearer_token(&self) -> Option<&str> {
+        let value = self.header("authorization")?.trim();
+        let (scheme, token) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    }
+
+    /// Checks the headers of a WebSocket upgrade (RFC 6455 section 4.2.1) and returns the key.
+    pub fn websocket_key(&self) -> Result<&str, Refusal> {
+        if self.method != "GET" {
+            return Err(Refusal::new(405, "use GET to open a WebSocket"));
+        }
+        if !self.header_has_token("upgrade", "websocket")
+            || !self.header_has_token("connection", "upgrade")
+        {
+            return Err(Refusal::new(400, "expected a WebSocket upgrade request"));
+        }
+        if self.header("sec-websocket-version").map(str::trim) != Some("13") {
+            return Err(Refusal {
+                status: 426,
+                message: "unsupported WebSocket version; use 13",
+                extra_headers: "Sec-WebSocket-Version: 13\r\n",
+            });
+        }
+        let key = self.header("sec-websocket-key").map(str::trim).unwrap_or("");
+        match Base64::decode_to_vec(key, None) {
+            Ok(raw) if raw.len() == 16 => Ok(key),
+            _ => Err(Refusal::new(400, "bad Sec-WebSocket-Key")),
+        }
+    }
+}
+
+/// A request refused before any upgrade, answered with a status and a one-line reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub message: &'static str,
+    pub extra_headers: &'static str,
+}
+
+impl Refusal {
+    pub const fn new(status: u16, message: &'static str) -> Refusal {
+        Refusal { status, message, extra_headers: "" }
+    }
+
+    pub fn to_response(self) -> String {
+        response(self.status, "text/plain; charset=utf-8", self.extra_headers, self.message)
+    }
+}
+
+/// A complete HTTP/1.1 response that closes the connection. A plain-text body gets a newline.
+pub fn response(status: u16, content_type: &str, extra_headers: &str, body: &str) -> String {
+    let newline = if content_type.starts_with("text/plain") { "\n" } else { "" };
+    format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\nCache-Control: no-store\r\n{extra_headers}\r\n{body}{newline}",
+        reason_phrase(status),
+        body.len() + newline.len(),
+    )
+}
+
+/// The response that completes a WebSocket upgrade.
+pub fn switching_protocols(key: &str) -> String {
+    let accept = async_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// Reads one request head. Returns it with any bytes the client sent after it (the start of its
+/// first WebSocket frame, if it did not wait for our answer).
+pub async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<(Request, Vec<u8>), HeadError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|_| HeadError::Closed)?;
+        if n == 0 {
+            return Err(HeadError::Closed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                if len > MAX_HEAD_BYTES {
+                    return Err(HeadError::TooLarge);
+                }
+                if req.version != Some(1) {
+                    return Err(HeadError::Malformed);
+                }
+                let target = req.path.unwrap_or("/");
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                let request = Request {
+                    method: req.method.unwrap_or("").to_string(),
+                    path: path.to_string(),
+                    query: query.to_string(),
+                    headers: req
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into()))
+                        .collect(),
+                };
+                return Ok((request, buf[len..].to_vec()));
+            }
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+                return Err(HeadError::TooLarge);
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(_) => return Err(HeadError::Malformed),
+        }
+    }
+}
+
+/// Writes a final response, then reads and discards what the client still sends for up to
+/// [`LINGER`], so that closing with unread input does not reset the connection before the
+/// client has read the response.
+pub async fn respond_and_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, text: &str) {
+    if stream.write_all(text.as_bytes()).await.is_err() || stream.flush().await.is_err() {
+        return;
+    }
+    let _ = stream.close().await;
+    let drain = async {
+        let mut sink = [0u8; 1024];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    drain.or(async { smol::Timer::after(LINGER).await; }).await;
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<(Request, Vec<u8>), HeadError> {
+        smol::block_on(read_head(&mut futures_lite::io::Cursor::new(text.as_bytes().to_vec())))
+    }
+
+    #[test]
+    fn head_and_leftover() {
+        let (req, rest) =
+            parse("GET /ws?token=a.b.c&since=5 HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\n\r\nXY")
+                .unwrap();
+        assert_eq!(req.path, "/ws");
+        assert_eq!(req.query_param("token").as_deref(), Some("a.b.c"));
+        assert_eq!(req.query_param("since").as_deref(), Some("5"));
+        assert_eq!(req.query_param("nope"), None);
+        assert!(req.header_has_token("upgrade", "websocket"));
+        assert_eq!(rest, b"XY");
+    }
+
+    #[test]
+    fn garbage_and_oversize() {
+        assert_eq!(parse("\x16\x03\x01garbage\r\n\r\n").unwrap_err(), HeadError::Malformed);
+        let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(parse(&huge).unwrap_err(), HeadError::TooLarge);
+        assert_eq!(parse("GET / HTTP/1.1\r\n").unwrap_err(), HeadError::Closed);
+        assert_eq!(parse("GET / HTTP/1.0\r\n\r\n").unwrap_err(), HeadError::Malformed);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b+c").as_deref(), Some("a b c"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+
+    #[test]
+    fn bearer() {
+        let (req, _) =
+            parse("GET /ws HTTP/1.1\r\nAuthorization: Bearer  abc \r\n\r\n").unwrap();
+        assert_eq!(req.bearer_token(), Some("abc"));
+    }
+
+    #[test]
+    fn upgrade_checks() {
+        let head = |extra: &str| {
+            parse(&format!(
+                "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n{extra}\r\n"
+            ))
+            .unwrap()
+            .0
+        };
+        let ok = head("Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n");
+        assert_eq!(ok.websocket_key(), Ok("dGhlIHNhbXBsZSBub25jZQ=="));
+        let v8 = head("Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n");
+        assert_eq!(v8.websocket_key().unwrap_err().status, 426);
+        let bad_key = head("Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n");
+        assert_eq!(bad_key.websocket_key().unwrap_err().status, 400);
+        let (plain, _) = parse("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(plain.websocket_key().unwrap_err().status, 400);
+        assert!(switching_protocols("dGhlIHNhbXBsZSBub25jZQ==")
+            .contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+    }
+}

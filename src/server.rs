@@ -1,0 +1,449 @@
+//! The IO shell around the hub: the accept loop, the upgrade, one task per connection, and the
+//! timer that drives the hub's clocks. Everything runs on one thread in a `LocalExecutor`.
+//!
+//! Every input reaches the hub through [`Shell::apply`], which reads the clock, calls the hub,
+//! lets the borrow end, and only then performs the effects (closing queues) and re-arms the
+//! timer. No borrow of the hub is held across an `.await`; nothing outside `apply` and the
+//! read-only accessors touches it.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use async_tungstenite::tungstenite::error::ProtocolError as ProtocolViolation;
+use async_tungstenite::tungstenite::{Error as WsError, Message};
+use futures_lite::{AsyncWriteExt, FutureExt, Stream};
+use futures_sink::Sink;
+use log::{debug, info, warn};
+use smol::{Async, LocalExecutor, Timer};
+
+use crate::auth::{AuthError, Verifier};
+use crate::config::{Config, ConfigError};
+use crate::http::{self, HeadError, Refusal, Request};
+use crate::hub::{ConnId, Effect, Hub, HubConfig, Identity, Incoming, Now, Refused};
+use crate::outbox::{Frame, Next, OutboxRx};
+use crate::protocol::{ClientMessage, CloseReason, ProtocolError, parse_client};
+
+/// Frames a connection's task reads before it yields to the executor. smol has no cooperative
+/// budget: without this, a reader with a backlog would broadcast thousands of messages before
+/// any writer ran, and fill every receiver's queue. Measured with the burst test
+/// (`tests/burst.rs`): 10 senders × 200 messages to 100 receivers.
+pub const READ_BUDGET_FRAMES: usize = 16;
+/// After the server sends a close frame, how long the client has to answer it (or, for a client
+/// that is not reading, to make room for it) before the socket is dropped.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Pause after a failed `accept` (out of file descriptors, usually) before trying again.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Reads both clocks. The only place the server asks the operating system for the time.
+#[allow(clippy::disallowed_methods)]
+fn now() -> Now {
+    let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    Now { at: Instant::now(), unix_ms }
+}
+
+/// State shared by every task on the event loop.
+struct Shell {
+    hub: RefCell<Hub>,
+    verifier: Verifier,
+    config: Config,
+    ws_config: WebSocketConfig,
+    /// Wakes the timer task when an input moved the hub's next deadline earlier.
+    rearm: async_channel::Sender<()>,
+    /// The deadline the timer task sleeps until.
+    armed: Cell<Instant>,
+}
+
+impl Shell {
+    /// Feeds one input to the hub and performs its effects. The hub's borrow ends before any
+    /// effect runs: a removed connection is gone from the hub before its queue is closed.
+    fn apply(&self, step: impl FnOnce(&mut Hub, Now) -> Vec<Effect>) {
+        let effects = step(&mut self.hub.borrow_mut(), now());
+        self.perform(effects);
+    }
+
+    fn perform(&self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Close { conn, outbox, reason } => {
+                    debug!("conn={conn} closing reason={}", reason.label());
+                    outbox.close(reason);
+                }
+            }
+        }
+        if self.hub.borrow().poll_timeout() < self.armed.get() {
+            let _ = self.rearm.try_send(());
+        }
+    }
+
+    fn disconnect(&self, conn: ConnId, reason: CloseReason) {
+        self.apply(|hub, now| hub.disconnect(now, conn, reason));
+    }
+
+    /// Decides what to do with a request for `/ws`: the key and identity to upgrade with, or the
+    /// refusal to answer.
+    fn check_upgrade<'r>(&self, req: &'r Request) -> Result<(&'r str, Identity), Refusal> {
+        let key = req.websocket_key()?;
+        if let Some(origin) = req.header("origin") {
+            let allowed = &self.config.allowed_origins;
+            if !allowed.is_empty() && !allowed.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
+                debug!("refused: origin not allowed");
+                return Err(Refusal::new(403, "origin not allowed"));
+            }
+        }
+        let from_query = req.query_param("token").filter(|t| !t.is_empty());
+        let token = match (from_query.as_deref(), req.bearer_token()) {
+            (Some(q), Some(h)) if q != h => {
+                return Err(Refusal::new(400, "token in query and Authorization header differ"));
+            }
+            (Some(t), _) | (None, Some(t)) => t,
+            (None, None) => "",
+        };
+        match self.verifier.verify(token, now().unix_ms / 1000) {
+            Ok(identity) => Ok((key, identity)),
+            Err(e) => {
+                debug!("refused: {} token", e.label());
+                Err(Refusal::new(401, e.message()))
+            }
+        }
+    }
+}
+
+/// Runs the server on `listener` until `shutdown` completes, then closes every connection with
+/// 1001 and returns once they are gone (or after `CLOSE_GRACE`).
+pub fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ConfigError> {
+    let verifier = Verifier::new(&config.auth)?;
+    let listener = Async::new(listener)
+        .map_err(|e| ConfigError(format!("cannot use the listener: {e}")))?;
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(config.limits.read_buffer_bytes)
+        .write_buffer_size(4096)
+        .max_message_size(Some(config.limits.max_message_bytes))
+        .max_frame_size(Some(config.limits.max_message_bytes));
+    let (rearm, rearm_rx) = async_channel::bounded(1);
+    let start = now();
+    let shell = Rc::new(Shell {
+        hub: RefCell::new(Hub::new(HubConfig::from(&config), start)),
+        verifier,
+        config,
+        ws_config,
+        rearm,
+        armed: Cell::new(start.at),
+    });
+    let executor = LocalExecutor::new();
+    smol::block_on(executor.run(async {
+        executor.spawn(drive_timers(shell.clone(), rearm_rx)).detach();
+        // Each connection task holds a clone of `alive`; `done` closes when the last one ends.
+        let (alive, done) = async_channel::bounded::<()>(1);
+        let accept_loop = async {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, peer)) => {
+                        let task = serve(shell.clone(), stream, peer, alive.clone());
+                        executor.spawn(task).detach();
+                    }
+                    Err(e) => {
+                        warn!("accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
+                        Timer::after(ACCEPT_BACKOFF).await;
+                    }
+                }
+            }
+        };
+        accept_loop.or(shutdown).await;
+        drop(listener);
+        let open = shell.hub.borrow().connection_count();
+        info!("shutting down: closing {open} connections");
+        shell.apply(|hub, _| hub.shutdown());
+        drop(alive);
+        let all_gone = async {
+            let _ = done.recv().await;
+        };
+        all_gone.or(async { Timer::after(CLOSE_GRACE).await; }).await;
+        info!("stopped");
+    }));
+    Ok(())
+}
+
+/// Sleeps until the hub's next deadline (or until an input moves it earlier) and runs the hub's
+/// timers.
+async fn drive_timers(shell: Rc<Shell>, rearm: async_channel::Receiver<()>) {
+    loop {
+        let deadline = shell.hub.borrow().poll_timeout();
+        shell.armed.set(deadline);
+        let sleep = async {
+            Timer::at(deadline).await;
+        };
+        sleep.or(async { let _ = rearm.recv().await; }).await;
+        shell.apply(|hub, now| hub.handle_timeout(now));
+    }
+}
+
+/// Removes its connection from the hub when dropped, however the task ends (including a
+/// handshake timeout between registration and the 101 response). Harmless if the hub removed it
+/// already.
+struct Registered {
+    shell: Rc<Shell>,
+    conn: ConnId,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.shell.disconnect(self.conn, CloseReason::Client);
+    }
+}
+
+/// One TCP connection, from accept to close.
+async fn serve(
+    shell: Rc<Shell>,
+    mut stream: Async<TcpStream>,
+    peer: SocketAddr,
+    _alive: async_channel::Sender<()>,
+) {
+    let _ = stream.get_ref().set_nodelay(true);
+    let timeout = shell.config.handshake_timeout();
+    // Boxed so the handshake's state does not stay in every connection's task after it is done.
+    let handshake = Box::pin(upgrade(&shell, &mut stream, peer));
+    let upgraded = handshake.or(async { Timer::after(timeout).await; None }).await;
+    let Some((registered, outbox, leftover)) = upgraded else {
+        return;
+    };
+    let ws_config = Some(shell.ws_config);
+    let mut ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, ws_config).await;
+    Pump {
+        shell: &shell,
+        conn: registered.conn,
+        ws: &mut ws,
+        outbox: &outbox,
+        unflushed: false,
+        reading: true,
+        closing: None,
+        grace: None,
+    }
+    .await;
+}
+
+/// Reads the request head and answers it: a refusal, or a 101 for a registered connection.
+async fn upgrade(
+    shell: &Rc<Shell>,
+    stream: &mut Async<TcpStream>,
+    peer: SocketAddr,
+) -> Option<(Registered, OutboxRx, Vec<u8>)> {
+    let (request, leftover) = match http::read_head(stream).await {
+        Ok(head) => head,
+        Err(HeadError::Closed) => return None,
+        Err(HeadError::TooLarge) => {
+            let refusal = Refusal::new(431, "request head too large");
+            http::respond_and_close(stream, &refusal.to_response()).await;
+            return None;
+        }
+        Err(HeadError::Malformed) => {
+            let refusal = Refusal::new(400, "malformed HTTP request");
+            http::respond_and_close(stream, &refusal.to_response()).await;
+            return None;
+        }
+    };
+    if request.path != "/ws" {
+        let refusal = Refusal::new(404, "not found");
+        http::respond_and_close(stream, &refusal.to_response()).await;
+        return None;
+    }
+    let (key, identity) = match shell.check_upgrade(&request) {
+        Ok(accepted) => accepted,
+        Err(refusal) => {
+            http::respond_and_close(stream, &refusal.to_response()).await;
+            return None;
+        }
+    };
+    let user_id = identity.user_id.clone();
+    let connected = shell.hub.borrow_mut().connect(now(), identity);
+    let connected = match connected {
+        Ok(connected) => connected,
+        Err(Refused::Capacity) => {
+            debug!("refused {peer}: at max_connections");
+            let refusal = Refusal::new(503, "server full; try again later");
+            http::respond_and_close(stream, &refusal.to_response()).await;
+            return None;
+        }
+    };
+    shell.perform(connected.effects);
+    let registered = Registered { shell: shell.clone(), conn: connected.conn };
+    debug!("conn={} user_id={user_id} peer={peer} upgraded", connected.conn);
+    let accepted = http::switching_protocols(key);
+    if stream.write_all(accepted.as_bytes()).await.is_err() {
+        return None;
+    }
+    Some((registered, connected.outbox, leftover))
+}
+
+type Ws = WebSocketStream<Async<TcpStream>>;
+
+/// Moves frames between one WebSocket and the hub until the connection is over: the hub's
+/// queued frames out, the client's frames in (at most [`READ_BUDGET_FRAMES`] per poll).
+///
+/// It ends when the read side is over and the queue is closed and flushed, when a write fails,
+/// or [`CLOSE_GRACE`] after the queue was closed.
+struct Pump<'a> {
+    shell: &'a Shell,
+    conn: ConnId,
+    ws: &'a mut Ws,
+    outbox: &'a OutboxRx,
+    /// Frames handed to the WebSocket since the last completed flush.
+    unflushed: bool,
+    /// The client may still send frames.
+    reading: bool,
+    /// The queue is closed and its close frame (if any) handed to the WebSocket.
+    closing: Option<CloseReason>,
+    grace: Option<Timer>,
+}
+
+impl Pump<'_> {
+    /// Writes queued frames while the socket takes them, then flushes. `Err` means the socket
+    /// failed and the connection is over.
+    fn write(&mut self, cx: &mut Context<'_>) -> Result<(), WsError> {
+        if self.grace.is_none() && self.outbox.closed().is_some() {
+            self.grace = Some(Timer::after(CLOSE_GRACE));
+        }
+        while self.closing.is_none() {
+            match Pin::new(&mut *self.ws).poll_ready(cx) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(result) => result?,
+            }
+            let message = match self.outbox.poll_next(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Next::Frame(Frame::Text(text))) => Message::Text(text),
+                Poll::Ready(Next::Frame(Frame::Ping)) => Message::Ping(Default::default()),
+                Poll::Ready(Next::Closed(reason)) => {
+                    self.closing = Some(reason);
+                    let Some(code) = reason.code() else {
+                        break;
+                    };
+                    let frame = CloseFrame { code: code.into(), reason: reason.label().into() };
+                    Message::Close(Some(frame))
+                }
+            };
+            Pin::new(&mut *self.ws).start_send(message)?;
+            self.unflushed = true;
+        }
+        if self.unflushed {
+            if let Poll::Ready(result) = Pin::new(&mut *self.ws).poll_flush(cx) {
+                result?;
+                self.unflushed = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands one frame from the client to the hub.
+    fn read(&mut self, item: Option<Result<Message, WsError>>) {
+        let incoming = match item {
+            None => return self.stop_reading(CloseReason::Client),
+            Some(Err(e)) => return self.stop_reading(close_reason_for(&e)),
+            Some(Ok(Message::Close(_))) => {
+                self.unflushed = true; // tungstenite queued its reply
+                return self.stop_reading(CloseReason::Client);
+            }
+            Some(Ok(Message::Text(text))) => self.parse(&text),
+            Some(Ok(Message::Binary(_))) => Incoming::Invalid(ProtocolError::BinaryUnsupported),
+            Some(Ok(Message::Ping(_))) => {
+                self.unflushed = true; // tungstenite queued a Pong
+                Incoming::Alive
+            }
+            Some(Ok(Message::Pong(_) | Message::Frame(_))) => Incoming::Alive,
+        };
+        let conn = self.conn;
+        self.shell.apply(|hub, now| hub.receive(now, conn, incoming));
+    }
+
+    fn parse(&self, text: &str) -> Incoming {
+        match parse_client(text, self.shell.config.limits.max_content_chars) {
+            Ok(ClientMessage::Chat { content }) => Incoming::Chat(content),
+            Ok(ClientMessage::Ping) => Incoming::Ping,
+            Ok(ClientMessage::Auth { token }) => {
+                let result = self.shell.verifier.verify(&token, now().unix_ms / 1000);
+                Incoming::Refresh(result.map_err(AuthError::message))
+            }
+            Err(error) => Incoming::Invalid(error),
+        }
+    }
+
+    fn stop_reading(&mut self, reason: CloseReason) {
+        self.reading = false;
+        self.shell.disconnect(self.conn, reason);
+    }
+
+    fn finished(&self) -> bool {
+        self.closing.is_some() && !self.reading && !self.unflushed
+    }
+}
+
+impl Future for Pump<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let mut budget = READ_BUDGET_FRAMES;
+        loop {
+            if let Err(e) = this.write(cx) {
+                debug!("conn={} write failed: {e}", this.conn);
+                if this.reading {
+                    this.stop_reading(CloseReason::Client);
+                }
+                return Poll::Ready(());
+            }
+            if this.finished() {
+                return Poll::Ready(());
+            }
+            if !this.reading {
+                break;
+            }
+            if budget == 0 {
+                // The read budget is spent: let the other tasks run, then carry on.
+                cx.waker().wake_by_ref();
+                break;
+            }
+            match Pin::new(&mut *this.ws).poll_next(cx) {
+                Poll::Pending => break,
+                Poll::Ready(item) => {
+                    budget -= 1;
+                    this.read(item);
+                }
+            }
+        }
+        if let Some(grace) = &mut this.grace {
+            if Pin::new(grace).poll(cx).is_ready() {
+                debug!("conn={} close grace over", this.conn);
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// The close reason for an error on the read side.
+fn close_reason_for(e: &WsError) -> CloseReason {
+    match e {
+        WsError::Capacity(_) => CloseReason::TooBig,
+        WsError::Utf8(_) => CloseReason::InvalidUtf8,
+        // A client that drops the TCP connection without a close frame has simply left.
+        WsError::Protocol(ProtocolViolation::ResetWithoutClosingHandshake) => CloseReason::Client,
+        WsError::Protocol(_) => CloseReason::Protocol,
+        _ => CloseReason::Client,
+    }
+}
+
+/// Binds `config.listen`.
+pub fn bind(config: &Config) -> io::Result<TcpListener> {
+    TcpListener::bind(&config.listen)
+}

@@ -1,0 +1,377 @@
+//! Shared test harness: the real `shequ-chat` binary on a loopback port, real WebSocket clients,
+//! raw HTTP. Every wait is for an event, bounded by [`TIMEOUT`].
+//!
+//! When a [`Server`] is dropped, its log is checked: no panic, and no WARN or ERROR line unless
+//! the test said it expects one.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::client::IntoClientRequest;
+use async_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::{Error as WsError, Message};
+use futures_lite::{FutureExt, StreamExt};
+use jwt_simple::prelude::*;
+use serde_json::{Value, json};
+use smol::net::TcpStream;
+
+/// The longest any single wait in a test may take before it fails.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+/// The HS256 secret of the test configuration.
+pub const SECRET: &str = "integration-test-secret-0123456789";
+
+static NEXT_CONFIG: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+}
+
+/// A running server process.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Log>,
+    expected_warnings: Vec<String>,
+    config_path: std::path::PathBuf,
+}
+
+/// The test configuration: limits out of the way unless a test sets them.
+pub fn base_config() -> Value {
+    json!({
+        "listen": "127.0.0.1:0",
+        "log_level": "debug",
+        "presence_interval_ms": 100,
+        "auth": { "secret": SECRET, "leeway_secs": 0 },
+        "limits": { "rate_per_sec": 100000.0, "rate_burst": 100000 }
+    })
+}
+
+/// Merges `patch` into `base`, object by object.
+pub fn merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, p) => *b = p,
+    }
+}
+
+impl Server {
+    /// Starts the server with the test configuration plus `patch`.
+    pub fn start(patch: Value) -> Server {
+        Server::start_with_env(patch, &[])
+    }
+
+    pub fn start_with_env(patch: Value, env: &[(&str, &str)]) -> Server {
+        let mut config = base_config();
+        merge(&mut config, patch);
+        let n = NEXT_CONFIG.fetch_add(1, Ordering::Relaxed);
+        let config_path =
+            std::env::temp_dir().join(format!("shequ-chat-test-{}-{n}.json", std::process::id()));
+        std::fs::write(&config_path, config.to_string()).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shequ-chat"));
+        command.arg("--config").arg(&config_path);
+        command.env_remove("SHEQU_CHAT_JWT_SECRET").env_remove("SHEQU_CHAT_LOG");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start shequ-chat");
+        let log = Arc::new(Log::default());
+        for pipe in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    log.lines.lock().unwrap().push(line);
+                    log.changed.notify_all();
+                }
+            });
+        }
+        let mut server = Server {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            log,
+            expected_warnings: Vec::new(),
+            config_path,
+        };
+        let line = server.wait_for_log("listening on ");
+        let addr = line.rsplit("listening on ").next().unwrap().trim();
+        server.addr = addr.parse().expect("listen address in the log");
+        server
+    }
+
+    /// Waits until a log line contains `needle`, and returns it.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        let mut lines = self.log.lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines.iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "no log line with {needle:?}; log:\n{}", lines.join("\n"));
+            lines = self.log.changed.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lines.lock().unwrap().clone()
+    }
+
+    /// Declares that a WARN line containing `needle` is expected in this test.
+    pub fn expect_warning(&mut self, needle: &str) {
+        self.expected_warnings.push(needle.to_string());
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/ws?{query}", self.addr)
+    }
+
+    /// Connects as `sub` with a fresh one-hour token.
+    pub async fn connect(&self, sub: &str) -> Client {
+        self.connect_token(&token(sub, 3600)).await
+    }
+
+    pub async fn connect_token(&self, token: &str) -> Client {
+        match Client::connect(self.addr, &format!("token={token}"), &[]).await {
+            Ok(client) => client,
+            Err(status) => panic!("connect refused with {status:?}"),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config_path);
+        if std::thread::panicking() {
+            return;
+        }
+        let lines = self.log_lines();
+        for line in &lines {
+            assert!(!line.contains("panicked"), "the server panicked: {line}");
+            let trouble = line.contains(" WARN ") || line.contains(" ERROR ");
+            if trouble && !self.expected_warnings.iter().any(|w| line.contains(w.as_str())) {
+                panic!("unexpected warning in the server log: {line}");
+            }
+        }
+    }
+}
+
+/// Unix time now, in seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// An HS256 token for the test secret.
+pub fn token(sub: &str, ttl_secs: u64) -> String {
+    sign_hs256(json!({"sub": sub, "name": format!("user-{sub}"), "exp": unix_now() + ttl_secs}))
+}
+
+/// Signs arbitrary claims with the test secret.
+pub fn sign_hs256(claims: Value) -> String {
+    sign_with_key(&HS256Key::from_bytes(SECRET.as_bytes()), "HS256", claims)
+}
+
+pub fn sign_with_key(key: &HS256Key, alg: &str, claims: Value) -> String {
+    let header = json!({"alg": alg, "typ": "JWT"}).to_string();
+    let signed = format!("{}.{}", b64(header.as_bytes()), b64(claims.to_string().as_bytes()));
+    let tag = key.authentication_tag(signed.as_bytes());
+    format!("{signed}.{}", b64(&tag))
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    Base64UrlSafeNoPadding::encode_to_string(bytes).unwrap()
+}
+
+/// Waits for `fut`, failing the test after [`TIMEOUT`].
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    let what = what.to_string();
+    fut.or(async move {
+        smol::Timer::after(TIMEOUT).await;
+        panic!("timed out waiting for {what}");
+    })
+    .await
+}
+
+/// A WebSocket client.
+pub struct Client {
+    ws: WebSocketStream<TcpStream>,
+}
+
+/// How a connection ended, as the client saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    Closed(u16),
+    Dropped,
+}
+
+impl Client {
+    /// Connects with a query string and extra headers. `Err` carries the HTTP status and body of
+    /// a refusal.
+    pub async fn connect(
+        addr: SocketAddr,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Client, (u16, String)> {
+        let mut request = format!("ws://{addr}/ws?{query}").into_client_request().unwrap();
+        for (name, value) in headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            request.headers_mut().insert(name, HeaderValue::from_str(value).unwrap());
+        }
+        let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        let handshake = async_tungstenite::client_async(request, stream);
+        match within("the WebSocket handshake", handshake).await {
+            Ok((ws, _)) => Ok(Client { ws }),
+            Err(WsError::Http(response)) => {
+                let body = response
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                Err((response.status().as_u16(), body))
+            }
+            Err(e) => panic!("handshake failed: {e}"),
+        }
+    }
+
+    /// The next message of any kind, or `None` when the connection is over.
+    pub async fn next_message(&mut self) -> Option<Message> {
+        match within("a frame", self.ws.next()).await {
+            Some(Ok(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The next JSON frame, skipping WebSocket pings and pongs. Panics if the connection ends.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            match self.next_message().await {
+                Some(Message::Text(t)) => return serde_json::from_str(&t).unwrap(),
+                Some(Message::Ping(_) | Message::Pong(_)) => continue,
+                other => panic!("expected a JSON frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame of this `type`, skipping others.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if frame["type"] == kind {
+                return frame;
+            }
+        }
+    }
+
+    /// Skips frames until an `online` frame (or `welcome`) reports `count`.
+    pub async fn await_online(&mut self, count: u64) {
+        loop {
+            let frame = self.recv().await;
+            let seen = match frame["type"].as_str() {
+                Some("online") => frame["count"].as_u64(),
+                Some("welcome") => frame["online"].as_u64(),
+                _ => None,
+            };
+            if seen == Some(count) {
+                return;
+            }
+        }
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send(Message::Text(value.to_string().into())).await;
+    }
+
+    pub async fn chat(&mut self, content: &str) {
+        self.send_json(json!({"type": "chat", "content": content})).await;
+    }
+
+    pub async fn send(&mut self, message: Message) {
+        within("a send", self.ws.send(message)).await.expect("send");
+    }
+
+    /// Reads until the connection ends; returns the close code (if a close frame came) and the
+    /// JSON frames received before it.
+    pub async fn until_closed(&mut self) -> (Ended, Vec<Value>) {
+        let mut frames = Vec::new();
+        loop {
+            match within("the connection to end", self.ws.next()).await {
+                Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(Some(CloseFrame { code, .. })))) => {
+                    return (Ended::Closed(code.into()), frames);
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
+                    return (Ended::Dropped, frames);
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Reads until the close frame and returns its code.
+    pub async fn close_code(&mut self) -> Ended {
+        self.until_closed().await.0
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        while let Some(Ok(_)) = within("the close to finish", self.ws.next()).await {}
+    }
+}
+
+/// Sends raw bytes over TCP and returns the status code and body of the response.
+pub fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(request).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    parse_response(&response)
+}
+
+pub fn parse_response(response: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(response);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// A well-formed upgrade request for `/ws` with the given query and extra header lines.
+pub fn upgrade_request(query: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "GET /ws?{query} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    )
+    .into_bytes()
+}
