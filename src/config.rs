@@ -189,7 +189,10 @@ pub struct Heartbeat {
 
 impl Default for Heartbeat {
     fn default() -> Heartbeat {
-        Heartbeat { ping_interval_secs: 30, pong_timeout_secs: 60 }
+        Heartbeat {
+            ping_interval_secs: 30,
+            pong_timeout_secs: 60,
+        }
     }
 }
 
@@ -205,7 +208,10 @@ pub struct Idle {
 
 impl Default for Idle {
     fn default() -> Idle {
-        Idle { timeout_secs: 600, check_interval_secs: 60 }
+        Idle {
+            timeout_secs: 600,
+            check_interval_secs: 60,
+        }
     }
 }
 
@@ -231,13 +237,13 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
-        let mut config = Config::parse(&text)
-            .map_err(|e| invalid(format!("{}: {}", path.display(), e.0)))?;
-        if let Ok(secret) = std::env::var(SECRET_ENV) {
-            if !secret.is_empty() {
-                config.auth.secret = Some(Secret(secret));
-                config.auth.secret_file = None;
-            }
+        let mut config =
+            Config::parse(&text).map_err(|e| invalid(format!("{}: {}", path.display(), e.0)))?;
+        if let Ok(secret) = std::env::var(SECRET_ENV)
+            && !secret.is_empty()
+        {
+            config.auth.secret = Some(Secret(secret));
+            config.auth.secret_file = None;
         }
         config.resolve_secret_file()?;
         config.validate()?;
@@ -251,13 +257,16 @@ impl Config {
     }
 
     fn resolve_secret_file(&mut self) -> Result<(), ConfigError> {
-        if self.auth.secret.is_none() {
-            if let Some(path) = &self.auth.secret_file {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    invalid(format!("auth.secret_file: cannot read {}: {e}", path.display()))
-                })?;
-                self.auth.secret = Some(Secret(text.trim().to_string()));
-            }
+        if self.auth.secret.is_none()
+            && let Some(path) = &self.auth.secret_file
+        {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid(format!(
+                    "auth.secret_file: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            self.auth.secret = Some(Secret(text.trim().to_string()));
         }
         Ok(())
     }
@@ -268,7 +277,10 @@ impl Config {
             .parse::<std::net::SocketAddr>()
             .map_err(|e| invalid(format!("listen: {:?} is not an address: {e}", self.listen)))?;
         if self.log_level.parse::<log::LevelFilter>().is_err() {
-            return Err(invalid(format!("log_level: unknown level {:?}", self.log_level)));
+            return Err(invalid(format!(
+                "log_level: unknown level {:?}",
+                self.log_level
+            )));
         }
         let a = &self.auth;
         if a.algorithm.is_hmac() {
@@ -298,7 +310,9 @@ impl Config {
             return Err(invalid("limits.max_connections: must be at least 1"));
         }
         if l.max_connections_per_user == 0 {
-            return Err(invalid("limits.max_connections_per_user: must be at least 1"));
+            return Err(invalid(
+                "limits.max_connections_per_user: must be at least 1",
+            ));
         }
         if l.max_content_chars == 0 {
             return Err(invalid("limits.max_content_chars: must be at least 1"));
@@ -307,7 +321,9 @@ impl Config {
             return Err(invalid("limits.max_message_bytes: must be at least 128"));
         }
         if l.violations_before_close == 0 {
-            return Err(invalid("limits.violations_before_close: must be at least 1"));
+            return Err(invalid(
+                "limits.violations_before_close: must be at least 1",
+            ));
         }
         if !(l.rate_per_sec.is_finite() && l.rate_per_sec > 0.0) {
             return Err(invalid("limits.rate_per_sec: must be a positive number"));
@@ -322,7 +338,9 @@ impl Config {
             return Err(invalid("limits.handshake_timeout_secs: must be at least 1"));
         }
         if !(64..=1 << 20).contains(&l.read_buffer_bytes) {
-            return Err(invalid("limits.read_buffer_bytes: must be between 64 and 1048576"));
+            return Err(invalid(
+                "limits.read_buffer_bytes: must be between 64 and 1048576",
+            ));
         }
         let h = &self.heartbeat;
         if h.ping_interval_secs == 0 {
@@ -374,30 +392,43 @@ mod tests {
 
     #[test]
     fn unknown_field_is_named() {
-        let err = Config::parse(r#"{"limits": {"max_conections": 5}}"#).unwrap_err().to_string();
+        let err = Config::parse(r#"{"limits": {"max_conections": 5}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_conections"), "{err}");
     }
 
     #[test]
     fn ping_must_be_below_pong() {
-        let text = with_secret(
-            r#", "heartbeat": {"ping_interval_secs": 60, "pong_timeout_secs": 60}"#,
-        );
-        let err = Config::parse(&text).unwrap().validate().unwrap_err().to_string();
+        let text =
+            with_secret(r#", "heartbeat": {"ping_interval_secs": 60, "pong_timeout_secs": 60}"#);
+        let err = Config::parse(&text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("ping_interval_secs"), "{err}");
     }
 
     #[test]
     fn burst_must_be_positive() {
         let text = with_secret(r#", "limits": {"rate_burst": 0}"#);
-        let err = Config::parse(&text).unwrap().validate().unwrap_err().to_string();
+        let err = Config::parse(&text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("rate_burst"), "{err}");
     }
 
     #[test]
     fn public_key_algorithms_need_a_key() {
         let text = r#"{"auth": {"algorithm": "ES256"}}"#;
-        let err = Config::parse(text).unwrap().validate().unwrap_err().to_string();
+        let err = Config::parse(text)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("public_key_file"), "{err}");
     }
 

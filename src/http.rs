@@ -40,7 +40,10 @@ pub enum HeadError {
 impl Request {
     /// The first header with this name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Whether a comma-separated header contains this token (case-insensitive).
@@ -84,7 +87,10 @@ impl Request {
                 extra_headers: "Sec-WebSocket-Version: 13\r\n",
             });
         }
-        let key = self.header("sec-websocket-key").map(str::trim).unwrap_or("");
+        let key = self
+            .header("sec-websocket-key")
+            .map(str::trim)
+            .unwrap_or("");
         match Base64::decode_to_vec(key, None) {
             Ok(raw) if raw.len() == 16 => Ok(key),
             _ => Err(Refusal::new(400, "bad Sec-WebSocket-Key")),
@@ -102,17 +108,30 @@ pub struct Refusal {
 
 impl Refusal {
     pub const fn new(status: u16, message: &'static str) -> Refusal {
-        Refusal { status, message, extra_headers: "" }
+        Refusal {
+            status,
+            message,
+            extra_headers: "",
+        }
     }
 
     pub fn to_response(self) -> String {
-        response(self.status, "text/plain; charset=utf-8", self.extra_headers, self.message)
+        response(
+            self.status,
+            "text/plain; charset=utf-8",
+            self.extra_headers,
+            self.message,
+        )
     }
 }
 
 /// A complete HTTP/1.1 response that closes the connection. A plain-text body gets a newline.
 pub fn response(status: u16, content_type: &str, extra_headers: &str, body: &str) -> String {
-    let newline = if content_type.starts_with("text/plain") { "\n" } else { "" };
+    let newline = if content_type.starts_with("text/plain") {
+        "\n"
+    } else {
+        ""
+    };
     format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
          Connection: close\r\nCache-Control: no-store\r\n{extra_headers}\r\n{body}{newline}",
@@ -153,7 +172,10 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
-        let n = stream.read(&mut chunk).await.map_err(|_| HeadError::Closed)?;
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|_| HeadError::Closed)?;
         if n == 0 {
             return Err(HeadError::Closed);
         }
@@ -210,7 +232,11 @@ pub async fn respond_and_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S
             }
         }
     };
-    drain.or(async { smol::Timer::after(LINGER).await; }).await;
+    drain
+        .or(async {
+            smol::Timer::after(LINGER).await;
+        })
+        .await;
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -245,14 +271,17 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<(Request, Vec<u8>), HeadError> {
-        smol::block_on(read_head(&mut futures_lite::io::Cursor::new(text.as_bytes().to_vec())))
+        smol::block_on(read_head(&mut futures_lite::io::Cursor::new(
+            text.as_bytes().to_vec(),
+        )))
     }
 
     #[test]
     fn head_and_leftover() {
-        let (req, rest) =
-            parse("GET /ws?token=a.b.c&since=5 HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\n\r\nXY")
-                .unwrap();
+        let (req, rest) = parse(
+            "GET /ws?token=a.b.c&since=5 HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\n\r\nXY",
+        )
+        .unwrap();
         assert_eq!(req.path, "/ws");
         assert_eq!(req.query_param("token").as_deref(), Some("a.b.c"));
         assert_eq!(req.query_param("since").as_deref(), Some("5"));
@@ -263,11 +292,20 @@ mod tests {
 
     #[test]
     fn garbage_and_oversize() {
-        assert_eq!(parse("\x16\x03\x01garbage\r\n\r\n").unwrap_err(), HeadError::Malformed);
-        let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(
+            parse("\x16\x03\x01garbage\r\n\r\n").unwrap_err(),
+            HeadError::Malformed
+        );
+        let huge = format!(
+            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD_BYTES)
+        );
         assert_eq!(parse(&huge).unwrap_err(), HeadError::TooLarge);
         assert_eq!(parse("GET / HTTP/1.1\r\n").unwrap_err(), HeadError::Closed);
-        assert_eq!(parse("GET / HTTP/1.0\r\n\r\n").unwrap_err(), HeadError::Malformed);
+        assert_eq!(
+            parse("GET / HTTP/1.0\r\n\r\n").unwrap_err(),
+            HeadError::Malformed
+        );
     }
 
     #[test]
@@ -281,8 +319,7 @@ mod tests {
 
     #[test]
     fn bearer() {
-        let (req, _) =
-            parse("GET /ws HTTP/1.1\r\nAuthorization: Bearer  abc \r\n\r\n").unwrap();
+        let (req, _) = parse("GET /ws HTTP/1.1\r\nAuthorization: Bearer  abc \r\n\r\n").unwrap();
         assert_eq!(req.bearer_token(), Some("abc"));
     }
 
@@ -295,15 +332,19 @@ mod tests {
             .unwrap()
             .0
         };
-        let ok = head("Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n");
+        let ok =
+            head("Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n");
         assert_eq!(ok.websocket_key(), Ok("dGhlIHNhbXBsZSBub25jZQ=="));
-        let v8 = head("Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n");
+        let v8 =
+            head("Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n");
         assert_eq!(v8.websocket_key().unwrap_err().status, 426);
         let bad_key = head("Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n");
         assert_eq!(bad_key.websocket_key().unwrap_err().status, 400);
         let (plain, _) = parse("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(plain.websocket_key().unwrap_err().status, 400);
-        assert!(switching_protocols("dGhlIHNhbXBsZSBub25jZQ==")
-            .contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        assert!(
+            switching_protocols("dGhlIHNhbXBsZSBub25jZQ==")
+                .contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        );
     }
 }

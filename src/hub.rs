@@ -46,7 +46,10 @@ pub struct Now {
 impl Now {
     /// The same moment moved forward by `d` on both clocks (for tests and simulations).
     pub fn after(self, d: Duration) -> Now {
-        Now { at: self.at + d, unix_ms: self.unix_ms + d.as_millis() as u64 }
+        Now {
+            at: self.at + d,
+            unix_ms: self.unix_ms + d.as_millis() as u64,
+        }
     }
 }
 
@@ -104,7 +107,11 @@ impl From<&Config> for HubConfig {
 pub enum Effect {
     /// The connection is already gone from the hub; close its queue (which makes its task send
     /// the close frame and drop the socket).
-    Close { conn: ConnId, outbox: OutboxTx, reason: CloseReason },
+    Close {
+        conn: ConnId,
+        outbox: OutboxTx,
+        reason: CloseReason,
+    },
 }
 
 /// Why a connection was refused before its upgrade.
@@ -186,6 +193,9 @@ struct Presence {
     last_sent_at: Option<Instant>,
     /// When a coalesced `online` frame is due.
     flush_at: Option<Instant>,
+    /// A `welcome` since the last `online` frame carried a count other than `last_sent`: the
+    /// next flush must go out even if the count has come back to `last_sent`.
+    welcome_differs: bool,
 }
 
 /// The state machine. See the module documentation.
@@ -208,7 +218,9 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(config: HubConfig, now: Now) -> Hub {
-        let next_idle_check = config.idle_timeout.map(|_| now.at + config.idle_check_interval);
+        let next_idle_check = config
+            .idle_timeout
+            .map(|_| now.at + config.idle_check_interval);
         Hub {
             next_heartbeat: now.at + config.ping_interval,
             next_idle_check,
@@ -218,7 +230,12 @@ impl Hub {
             online: 0,
             next_conn: 1,
             last_message_id: 0,
-            presence: Presence { last_sent: 0, last_sent_at: None, flush_at: None },
+            presence: Presence {
+                last_sent: 0,
+                last_sent_at: None,
+                flush_at: None,
+                welcome_differs: false,
+            },
             expiries: BTreeSet::new(),
             stats: Stats::default(),
         }
@@ -242,7 +259,10 @@ impl Hub {
     /// `max_connections_per_user`, the oldest of their connections is removed first and returned
     /// in [`Connected::effects`] to be closed with 4001; the online count does not change.
     pub fn connect(&mut self, now: Now, identity: Identity) -> Result<Connected, Refused> {
-        let existing = self.users.get(identity.user_id.as_str()).map_or(0, |u| u.conns.len());
+        let existing = self
+            .users
+            .get(identity.user_id.as_str())
+            .map_or(0, |u| u.conns.len());
         let frees_one = existing >= self.config.max_connections_per_user;
         if self.conns.len() >= self.config.max_connections && !frees_one {
             return Err(Refused::Capacity);
@@ -288,7 +308,11 @@ impl Hub {
         debug!(
             "user_id={} action={} old_exists={} total_clients={}",
             user_key,
-            if effects.is_empty() { "register" } else { "replace" },
+            if effects.is_empty() {
+                "register"
+            } else {
+                "replace"
+            },
             existing > 0,
             self.conns.len()
         );
@@ -299,10 +323,15 @@ impl Hub {
             online: self.online,
         };
         c.outbox.push(Frame::Text(welcome.to_json().into()));
-        if newly_online {
-            self.presence_changed(now, &mut effects);
+        if self.online != self.presence.last_sent {
+            self.presence.welcome_differs = true;
         }
-        Ok(Connected { conn, outbox: rx, effects })
+        self.presence_if_changed(now, &mut effects);
+        Ok(Connected {
+            conn,
+            outbox: rx,
+            effects,
+        })
     }
 
     /// The connection's task has ended (the client closed, the socket failed, or the hub closed
@@ -374,18 +403,18 @@ impl Hub {
             self.next_heartbeat = now.at + self.config.ping_interval;
             self.heartbeat(now, &mut effects);
         }
-        if let (Some(at), Some(timeout)) = (self.next_idle_check, self.config.idle_timeout) {
-            if now.at >= at {
-                self.next_idle_check = Some(now.at + self.config.idle_check_interval);
-                let idle: Vec<ConnId> = self
-                    .conns
-                    .iter()
-                    .filter(|(_, c)| now.at.saturating_duration_since(c.last_chat) >= timeout)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for conn in idle {
-                    effects.extend(self.remove(conn, CloseReason::Idle));
-                }
+        if let (Some(at), Some(timeout)) = (self.next_idle_check, self.config.idle_timeout)
+            && now.at >= at
+        {
+            self.next_idle_check = Some(now.at + self.config.idle_check_interval);
+            let idle: Vec<ConnId> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| now.at.saturating_duration_since(c.last_chat) >= timeout)
+                .map(|(id, _)| *id)
+                .collect();
+            for conn in idle {
+                effects.extend(self.remove(conn, CloseReason::Idle));
             }
         }
         if self.presence.flush_at.is_some_and(|at| now.at >= at) {
@@ -414,7 +443,9 @@ impl Hub {
     /// Removes every connection, to be closed with 1001.
     pub fn shutdown(&mut self) -> Vec<Effect> {
         let all: Vec<ConnId> = self.conns.keys().copied().collect();
-        all.into_iter().filter_map(|c| self.remove(c, CloseReason::Shutdown)).collect()
+        all.into_iter()
+            .filter_map(|c| self.remove(c, CloseReason::Shutdown))
+            .collect()
     }
 
     fn new_user(&self, now: Now) -> User {
@@ -443,12 +474,16 @@ impl Hub {
             self.stats.heartbeat_failures += 1;
         }
         debug!(
-            "user_id={} action=unregister reason={} total_clients={}",
+            "user_id={} action=unregister old_exists=true reason={} total_clients={}",
             c.user,
             reason.label(),
             self.conns.len()
         );
-        Some(Effect::Close { conn, outbox: c.outbox, reason })
+        Some(Effect::Close {
+            conn,
+            outbox: c.outbox,
+            reason,
+        })
     }
 
     /// Queues a frame for one connection, or closes it with 4004 when its queue is full.
@@ -521,9 +556,17 @@ impl Hub {
         effects: &mut Vec<Effect>,
     ) {
         let message = error.message();
-        let json = ServerMessage::Error { code: error.code(), message: &message }.to_json();
+        let json = ServerMessage::Error {
+            code: error.code(),
+            message: &message,
+        }
+        .to_json();
         self.send_to(conn, json, effects);
-        let Some(user) = self.conns.get(&conn).and_then(|c| self.users.get_mut(&c.user)) else {
+        let Some(user) = self
+            .conns
+            .get(&conn)
+            .and_then(|c| self.users.get_mut(&c.user))
+        else {
             return;
         };
         if now.at.saturating_duration_since(user.violations_since) >= VIOLATION_WINDOW {
@@ -560,9 +603,8 @@ impl Hub {
         for id in slow {
             effects.extend(self.remove(id, CloseReason::TooSlow));
         }
-        let refill = Duration::from_secs_f64(
-            f64::from(self.config.rate_burst) / self.config.rate_per_sec,
-        );
+        let refill =
+            Duration::from_secs_f64(f64::from(self.config.rate_burst) / self.config.rate_per_sec);
         self.users.retain(|_, u| {
             !u.conns.is_empty()
                 || now.at.saturating_duration_since(u.tokens_at) < refill
@@ -588,14 +630,15 @@ impl Hub {
     }
 
     fn presence_if_changed(&mut self, now: Now, effects: &mut Vec<Effect>) {
-        if self.online != self.presence.last_sent {
+        if self.online != self.presence.last_sent || self.presence.welcome_differs {
             self.presence_changed(now, effects);
         }
     }
 
     fn flush_presence(&mut self, now: Now, effects: &mut Vec<Effect>) {
         self.presence.flush_at = None;
-        if self.online != self.presence.last_sent {
+        if self.online != self.presence.last_sent || self.presence.welcome_differs {
+            self.presence.welcome_differs = false;
             self.presence.last_sent = self.online;
             self.presence.last_sent_at = Some(now.at);
             let json = ServerMessage::Online { count: self.online }.to_json();
@@ -615,18 +658,35 @@ impl Hub {
                 u.conns.len()
             );
             for id in &u.conns {
-                let c = self.conns.get(id).expect("a user's connection is registered");
+                let c = self
+                    .conns
+                    .get(id)
+                    .expect("a user's connection is registered");
                 assert_eq!(&c.user, user, "connection {id} filed under the wrong user");
             }
             seen += u.conns.len();
             online += usize::from(!u.conns.is_empty());
         }
-        assert_eq!(seen, self.conns.len(), "every connection belongs to exactly one user");
-        assert_eq!(online, self.online, "online count is the number of distinct users");
-        assert_eq!(self.expiries.len(), self.conns.len(), "one token deadline per connection");
+        assert_eq!(
+            seen,
+            self.conns.len(),
+            "every connection belongs to exactly one user"
+        );
+        assert_eq!(
+            online, self.online,
+            "online count is the number of distinct users"
+        );
+        assert_eq!(
+            self.expiries.len(),
+            self.conns.len(),
+            "one token deadline per connection"
+        );
         for (id, c) in &self.conns {
             assert!(self.expiries.contains(&(c.expires, *id)));
-            assert!(c.outbox.len() <= self.config.send_queue, "queue over its bound");
+            assert!(
+                c.outbox.len() <= self.config.send_queue,
+                "queue over its bound"
+            );
         }
         assert!(self.conns.len() <= self.config.max_connections);
     }
@@ -634,7 +694,9 @@ impl Hub {
 
 /// The instant a token's `exp` (plus leeway) is reached, on the monotonic clock.
 fn token_deadline(now: Now, exp_unix_secs: u64, leeway: Duration) -> Instant {
-    let deadline_ms = exp_unix_secs.saturating_mul(1000).saturating_add(leeway.as_millis() as u64);
+    let deadline_ms = exp_unix_secs
+        .saturating_mul(1000)
+        .saturating_add(leeway.as_millis() as u64);
     now.at + Duration::from_millis(deadline_ms.saturating_sub(now.unix_ms))
 }
 

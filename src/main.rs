@@ -27,9 +27,18 @@ Environment:
 const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
 
 enum Command {
-    Run { config: PathBuf },
-    Check { config: PathBuf },
-    Token { config: PathBuf, sub: String, name: Option<String>, ttl_secs: u64 },
+    Run {
+        config: PathBuf,
+    },
+    Check {
+        config: PathBuf,
+    },
+    Token {
+        config: PathBuf,
+        sub: String,
+        name: Option<String>,
+        ttl_secs: u64,
+    },
     Help,
     Version,
 }
@@ -51,7 +60,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
             "--sub" if token => sub = Some(value("--sub")?),
             "--name" if token => name = Some(value("--name")?),
             "--ttl" if token => {
-                ttl_secs = value("--ttl")?.parse().map_err(|_| "--ttl takes whole seconds")?;
+                ttl_secs = value("--ttl")?
+                    .parse()
+                    .map_err(|_| "--ttl takes whole seconds")?;
             }
             "--help" | "-h" => return Ok(Command::Help),
             "--version" | "-V" => return Ok(Command::Version),
@@ -61,7 +72,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
     }
     let config = config.ok_or("--config PATH is required")?;
     Ok(if token {
-        Command::Token { config, sub: sub.ok_or("token needs --sub ID")?, name, ttl_secs }
+        Command::Token {
+            config,
+            sub: sub.ok_or("token needs --sub ID")?,
+            name,
+            ttl_secs,
+        }
     } else if check {
         Command::Check { config }
     } else {
@@ -89,7 +105,12 @@ fn main() -> ExitCode {
         Command::Check { config } => Config::load(&config).map(|_| {
             println!("{}: ok", config.display());
         }),
-        Command::Token { config, sub, name, ttl_secs } => Config::load(&config)
+        Command::Token {
+            config,
+            sub,
+            name,
+            ttl_secs,
+        } => Config::load(&config)
             .and_then(|c| auth::mint(&c.auth, &sub, name.as_deref(), ttl_secs))
             .map(|token| println!("{token}")),
         Command::Run { config } => Config::load(&config).and_then(run),
@@ -108,8 +129,13 @@ fn run(config: Config) -> Result<(), shequ_chat::config::ConfigError> {
     let listener = server::bind(&config).map_err(|e| {
         shequ_chat::config::ConfigError(format!("cannot listen on {}: {e}", config.listen))
     })?;
-    let addr = listener.local_addr().map_or(config.listen.clone(), |a| a.to_string());
-    info!("shequ-chat {} listening on {addr}", env!("CARGO_PKG_VERSION"));
+    let addr = listener
+        .local_addr()
+        .map_or(config.listen.clone(), |a| a.to_string());
+    info!(
+        "shequ-chat {} listening on {addr}",
+        env!("CARGO_PKG_VERSION")
+    );
     info!("config: {}", config.redacted_json());
     server::run(listener, config, std::future::pending())
 }

@@ -16,9 +16,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::error::ProtocolError as ProtocolViolation;
 use async_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use async_tungstenite::tungstenite::error::ProtocolError as ProtocolViolation;
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use futures_lite::{AsyncWriteExt, FutureExt, Stream};
 use futures_sink::Sink;
@@ -33,9 +33,11 @@ use crate::outbox::{Frame, Next, OutboxRx};
 use crate::protocol::{ClientMessage, CloseReason, ProtocolError, parse_client};
 
 /// Frames a connection's task reads before it yields to the executor. smol has no cooperative
-/// budget: without this, a reader with a backlog would broadcast thousands of messages before
-/// any writer ran, and fill every receiver's queue. Measured with the burst test
-/// (`tests/burst.rs`): 10 senders × 200 messages to 100 receivers.
+/// budget: without this, a reader with a backlog would broadcast hundreds of messages before any
+/// writer ran, and fill every receiver's queue. Measured with `tests/burst.rs` (10 senders × 200
+/// messages to 100 receivers, `send_queue` 256), three runs each in debug and release builds:
+/// with 64, 256 or no limit the burst cut off most clients as too slow (108 of 110 at 256); with
+/// 16 and with 4 it cut off none.
 pub const READ_BUDGET_FRAMES: usize = 16;
 /// After the server sends a close frame, how long the client has to answer it (or, for a client
 /// that is not reading, to make room for it) before the socket is dropped.
@@ -46,8 +48,13 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Reads both clocks. The only place the server asks the operating system for the time.
 #[allow(clippy::disallowed_methods)]
 fn now() -> Now {
-    let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    Now { at: Instant::now(), unix_ms }
+    let unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Now {
+        at: Instant::now(),
+        unix_ms,
+    }
 }
 
 /// State shared by every task on the event loop.
@@ -73,7 +80,11 @@ impl Shell {
     fn perform(&self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::Close { conn, outbox, reason } => {
+                Effect::Close {
+                    conn,
+                    outbox,
+                    reason,
+                } => {
                     debug!("conn={conn} closing reason={}", reason.label());
                     outbox.close(reason);
                 }
@@ -102,7 +113,10 @@ impl Shell {
         let from_query = req.query_param("token").filter(|t| !t.is_empty());
         let token = match (from_query.as_deref(), req.bearer_token()) {
             (Some(q), Some(h)) if q != h => {
-                return Err(Refusal::new(400, "token in query and Authorization header differ"));
+                return Err(Refusal::new(
+                    400,
+                    "token in query and Authorization header differ",
+                ));
             }
             (Some(t), _) | (None, Some(t)) => t,
             (None, None) => "",
@@ -125,8 +139,8 @@ pub fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ConfigError> {
     let verifier = Verifier::new(&config.auth)?;
-    let listener = Async::new(listener)
-        .map_err(|e| ConfigError(format!("cannot use the listener: {e}")))?;
+    let listener =
+        Async::new(listener).map_err(|e| ConfigError(format!("cannot use the listener: {e}")))?;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.limits.read_buffer_bytes)
         .write_buffer_size(4096)
@@ -144,7 +158,9 @@ pub fn run(
     });
     let executor = LocalExecutor::new();
     smol::block_on(executor.run(async {
-        executor.spawn(drive_timers(shell.clone(), rearm_rx)).detach();
+        executor
+            .spawn(drive_timers(shell.clone(), rearm_rx))
+            .detach();
         // Each connection task holds a clone of `alive`; `done` closes when the last one ends.
         let (alive, done) = async_channel::bounded::<()>(1);
         let accept_loop = async {
@@ -170,7 +186,11 @@ pub fn run(
         let all_gone = async {
             let _ = done.recv().await;
         };
-        all_gone.or(async { Timer::after(CLOSE_GRACE).await; }).await;
+        all_gone
+            .or(async {
+                Timer::after(CLOSE_GRACE).await;
+            })
+            .await;
         info!("stopped");
     }));
     Ok(())
@@ -185,7 +205,11 @@ async fn drive_timers(shell: Rc<Shell>, rearm: async_channel::Receiver<()>) {
         let sleep = async {
             Timer::at(deadline).await;
         };
-        sleep.or(async { let _ = rearm.recv().await; }).await;
+        sleep
+            .or(async {
+                let _ = rearm.recv().await;
+            })
+            .await;
         shell.apply(|hub, now| hub.handle_timeout(now));
     }
 }
@@ -215,12 +239,18 @@ async fn serve(
     let timeout = shell.config.handshake_timeout();
     // Boxed so the handshake's state does not stay in every connection's task after it is done.
     let handshake = Box::pin(upgrade(&shell, &mut stream, peer));
-    let upgraded = handshake.or(async { Timer::after(timeout).await; None }).await;
+    let upgraded = handshake
+        .or(async {
+            Timer::after(timeout).await;
+            None
+        })
+        .await;
     let Some((registered, outbox, leftover)) = upgraded else {
         return;
     };
     let ws_config = Some(shell.ws_config);
-    let mut ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, ws_config).await;
+    let mut ws =
+        WebSocketStream::from_partially_read(stream, leftover, Role::Server, ws_config).await;
     Pump {
         shell: &shell,
         conn: registered.conn,
@@ -278,8 +308,14 @@ async fn upgrade(
         }
     };
     shell.perform(connected.effects);
-    let registered = Registered { shell: shell.clone(), conn: connected.conn };
-    debug!("conn={} user_id={user_id} peer={peer} upgraded", connected.conn);
+    let registered = Registered {
+        shell: shell.clone(),
+        conn: connected.conn,
+    };
+    debug!(
+        "conn={} user_id={user_id} peer={peer} upgraded",
+        connected.conn
+    );
     let accepted = http::switching_protocols(key);
     if stream.write_all(accepted.as_bytes()).await.is_err() {
         return None;
@@ -329,18 +365,21 @@ impl Pump<'_> {
                     let Some(code) = reason.code() else {
                         break;
                     };
-                    let frame = CloseFrame { code: code.into(), reason: reason.label().into() };
+                    let frame = CloseFrame {
+                        code: code.into(),
+                        reason: reason.label().into(),
+                    };
                     Message::Close(Some(frame))
                 }
             };
             Pin::new(&mut *self.ws).start_send(message)?;
             self.unflushed = true;
         }
-        if self.unflushed {
-            if let Poll::Ready(result) = Pin::new(&mut *self.ws).poll_flush(cx) {
-                result?;
-                self.unflushed = false;
-            }
+        if self.unflushed
+            && let Poll::Ready(result) = Pin::new(&mut *self.ws).poll_flush(cx)
+        {
+            result?;
+            self.unflushed = false;
         }
         Ok(())
     }
@@ -363,7 +402,8 @@ impl Pump<'_> {
             Some(Ok(Message::Pong(_) | Message::Frame(_))) => Incoming::Alive,
         };
         let conn = self.conn;
-        self.shell.apply(|hub, now| hub.receive(now, conn, incoming));
+        self.shell
+            .apply(|hub, now| hub.receive(now, conn, incoming));
     }
 
     fn parse(&self, text: &str) -> Incoming {
@@ -421,11 +461,11 @@ impl Future for Pump<'_> {
                 }
             }
         }
-        if let Some(grace) = &mut this.grace {
-            if Pin::new(grace).poll(cx).is_ready() {
-                debug!("conn={} close grace over", this.conn);
-                return Poll::Ready(());
-            }
+        if let Some(grace) = &mut this.grace
+            && Pin::new(grace).poll(cx).is_ready()
+        {
+            debug!("conn={} close grace over", this.conn);
+            return Poll::Ready(());
         }
         Poll::Pending
     }

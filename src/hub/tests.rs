@@ -36,8 +36,18 @@ struct Harness {
 
 impl Harness {
     fn new(config: HubConfig) -> Harness {
-        let now = Now { at: Instant::now(), unix_ms: START_UNIX_MS };
-        Harness { hub: Hub::new(config, now), now, open: HashMap::new(), closed: HashMap::new() }
+        // The fake clock starts from an arbitrary instant; only differences matter.
+        #[allow(clippy::disallowed_methods)]
+        let now = Now {
+            at: Instant::now(),
+            unix_ms: START_UNIX_MS,
+        };
+        Harness {
+            hub: Hub::new(config, now),
+            now,
+            open: HashMap::new(),
+            closed: HashMap::new(),
+        }
     }
 
     fn identity(&self, user: &str, ttl: Duration) -> Identity {
@@ -94,9 +104,19 @@ impl Harness {
     /// What the event loop does: close each removed connection's queue, after the hub call.
     fn perform(&mut self, effects: Vec<Effect>) {
         for effect in effects {
-            let Effect::Close { conn, outbox, reason } = effect;
-            let rx = self.open.remove(&conn).expect("closing a connection that is open");
-            assert!(!self.closed.contains_key(&conn), "connection {conn} closed twice");
+            let Effect::Close {
+                conn,
+                outbox,
+                reason,
+            } = effect;
+            let rx = self
+                .open
+                .remove(&conn)
+                .expect("closing a connection that is open");
+            assert!(
+                !self.closed.contains_key(&conn),
+                "connection {conn} closed twice"
+            );
             outbox.close(reason);
             self.closed.insert(conn, (reason, rx));
         }
@@ -113,7 +133,11 @@ impl Harness {
 
     /// Frames queued for a connection, as JSON (`{"type":"ws_ping"}` for a WebSocket Ping).
     fn frames(&self, conn: ConnId) -> Vec<Value> {
-        let rx = self.open.get(&conn).or(self.closed.get(&conn).map(|(_, rx)| rx)).unwrap();
+        let rx = self
+            .open
+            .get(&conn)
+            .or(self.closed.get(&conn).map(|(_, rx)| rx))
+            .unwrap();
         rx.drain()
             .into_iter()
             .map(|f| match f {
@@ -124,7 +148,10 @@ impl Harness {
     }
 
     fn of_type(&self, conn: ConnId, kind: &str) -> Vec<Value> {
-        self.frames(conn).into_iter().filter(|f| f["type"] == kind).collect()
+        self.frames(conn)
+            .into_iter()
+            .filter(|f| f["type"] == kind)
+            .collect()
     }
 
     fn close_reason(&self, conn: ConnId) -> Option<CloseReason> {
@@ -160,7 +187,10 @@ fn replacement_closes_old_first_and_keeps_the_count() {
     h.chat(new, "after");
     h.advance(Duration::from_secs(5));
 
-    assert!(h.frames(old).is_empty(), "the replaced connection got frames after its replacement");
+    assert!(
+        h.frames(old).is_empty(),
+        "the replaced connection got frames after its replacement"
+    );
     let got = h.frames(new);
     assert_eq!(got[0]["type"], "welcome");
     assert_eq!(got[0]["online"], 2);
@@ -169,7 +199,10 @@ fn replacement_closes_old_first_and_keeps_the_count() {
     assert_eq!(chats[0]["content"], "after");
     let seen = h.frames(watcher);
     assert_eq!(seen.iter().filter(|f| f["type"] == "chat").count(), 1);
-    assert!(!seen.iter().any(|f| f["type"] == "online"), "a replacement changed presence");
+    assert!(
+        !seen.iter().any(|f| f["type"] == "online"),
+        "a replacement changed presence"
+    );
 
     // The old connection's task ends later; the hub no longer knows it.
     h.disconnect(old);
@@ -180,7 +213,10 @@ fn replacement_closes_old_first_and_keeps_the_count() {
 
 #[test]
 fn two_devices_stay_and_a_third_replaces_the_oldest() {
-    let mut h = Harness::new(HubConfig { max_connections_per_user: 2, ..config() });
+    let mut h = Harness::new(HubConfig {
+        max_connections_per_user: 2,
+        ..config()
+    });
     let phone = h.connect("7");
     let laptop = h.connect("7");
     assert_eq!(h.hub.online(), 1);
@@ -198,9 +234,16 @@ fn two_devices_stay_and_a_third_replaces_the_oldest() {
 fn presence_is_coalesced_into_one_frame_per_interval() {
     let mut h = Harness::new(config());
     let first = h.connect("u0");
-    assert_eq!(h.of_type(first, "online")[0]["count"], 1, "first change goes out at once");
+    assert_eq!(
+        h.of_type(first, "online")[0]["count"],
+        1,
+        "first change goes out at once"
+    );
     let others: Vec<ConnId> = (1..100).map(|i| h.connect(&format!("u{i}"))).collect();
-    assert!(h.of_type(first, "online").is_empty(), "joins within the interval are held back");
+    assert!(
+        h.of_type(first, "online").is_empty(),
+        "joins within the interval are held back"
+    );
     h.advance(Duration::from_millis(999));
     assert!(h.of_type(first, "online").is_empty());
     h.advance(Duration::from_millis(1));
@@ -217,8 +260,24 @@ fn presence_is_coalesced_into_one_frame_per_interval() {
 }
 
 #[test]
+fn a_joiner_who_saw_a_passing_count_gets_the_final_one() {
+    let mut h = Harness::new(config());
+    let first = h.connect("a");
+    let passing = h.connect("b");
+    assert_eq!(h.of_type(passing, "welcome")[0]["online"], 2);
+    h.disconnect(first);
+    h.advance(Duration::from_secs(1));
+    let online = h.of_type(passing, "online");
+    assert_eq!(online.len(), 1, "{online:?}");
+    assert_eq!(online[0]["count"], 1);
+}
+
+#[test]
 fn message_ids_strictly_increase_and_everyone_gets_each_once() {
-    let mut h = Harness::new(HubConfig { rate_burst: 100, ..config() });
+    let mut h = Harness::new(HubConfig {
+        rate_burst: 100,
+        ..config()
+    });
     let conns: Vec<ConnId> = (0..5).map(|i| h.connect(&i.to_string())).collect();
     for round in 0..4 {
         for &c in &conns {
@@ -300,7 +359,10 @@ fn violations_answer_with_errors_then_close_with_policy() {
     h.receive(bad, Incoming::Invalid(ProtocolError::BinaryUnsupported));
     assert_eq!(h.close_reason(bad), Some(CloseReason::Policy));
     assert_eq!(h.hub.stats().invalid_messages, 5);
-    assert!(h.of_type(good, "error").is_empty(), "another user saw the errors");
+    assert!(
+        h.of_type(good, "error").is_empty(),
+        "another user saw the errors"
+    );
 }
 
 #[test]
@@ -322,7 +384,10 @@ fn heartbeat_pings_and_drops_the_silent() {
     h.receive(alive, Incoming::Alive);
     h.advance(Duration::from_secs(29));
     assert!(h.close_reason(silent).is_none());
-    assert!(h.close_reason(silent).is_none(), "closed before its pong timeout");
+    assert!(
+        h.close_reason(silent).is_none(),
+        "closed before its pong timeout"
+    );
     h.receive(alive, Incoming::Alive);
     h.advance(Duration::from_secs(1));
     assert_eq!(h.close_reason(silent), Some(CloseReason::Heartbeat));
@@ -355,7 +420,10 @@ fn idle_connections_close_and_chatting_ones_stay() {
 
 #[test]
 fn idle_off_keeps_quiet_connections() {
-    let mut h = Harness::new(HubConfig { idle_timeout: None, ..config() });
+    let mut h = Harness::new(HubConfig {
+        idle_timeout: None,
+        ..config()
+    });
     let quiet = h.connect("quiet");
     for _ in 0..100 {
         h.receive(quiet, Incoming::Alive);
@@ -389,14 +457,21 @@ fn token_expiry_closes_and_refresh_extends() {
     h.advance(Duration::from_millis(1));
     assert_eq!(h.close_reason(b), Some(CloseReason::TokenExpired));
     h.advance(Duration::from_secs(10));
-    assert!(h.close_reason(a).is_none(), "the refreshed token was ignored");
+    assert!(
+        h.close_reason(a).is_none(),
+        "the refreshed token was ignored"
+    );
     h.advance(Duration::from_secs(10));
     assert_eq!(h.close_reason(a), Some(CloseReason::TokenExpired));
 }
 
 #[test]
 fn slow_receiver_is_closed_not_skipped() {
-    let mut h = Harness::new(HubConfig { rate_burst: 100, send_queue: 8, ..config() });
+    let mut h = Harness::new(HubConfig {
+        rate_burst: 100,
+        send_queue: 8,
+        ..config()
+    });
     let slow = h.connect("slow");
     let reader = h.connect("reader");
     let sender = h.connect("sender");
@@ -408,13 +483,19 @@ fn slow_receiver_is_closed_not_skipped() {
     }
     assert_eq!(h.close_reason(slow), Some(CloseReason::TooSlow));
     assert!(h.close_reason(reader).is_none());
-    assert!(h.frames(slow).is_empty(), "a too-slow queue keeps its backlog");
+    assert!(
+        h.frames(slow).is_empty(),
+        "a too-slow queue keeps its backlog"
+    );
     assert_eq!(h.hub.online(), 2);
 }
 
 #[test]
 fn capacity_refuses_newcomers_but_not_replacements() {
-    let mut h = Harness::new(HubConfig { max_connections: 2, ..config() });
+    let mut h = Harness::new(HubConfig {
+        max_connections: 2,
+        ..config()
+    });
     h.connect("a");
     let b = h.connect("b");
     assert_eq!(h.try_connect("c"), Err(Refused::Capacity));
@@ -443,7 +524,11 @@ fn departed_users_are_forgotten_once_their_limits_expire() {
     let a = h.connect("gone");
     h.chat(a, "bye");
     h.disconnect(a);
-    assert_eq!(h.hub.users.len(), 1, "limiter state outlives the connection");
+    assert_eq!(
+        h.hub.users.len(),
+        1,
+        "limiter state outlives the connection"
+    );
     h.advance(Duration::from_secs(120));
     assert!(h.hub.users.is_empty());
 }

@@ -1,0 +1,63 @@
+//! Many clients at once: everyone gets `welcome`, the online count settles on the truth, and one
+//! broadcast reaches every client exactly once.
+
+mod common;
+
+use std::rc::Rc;
+
+use common::*;
+use serde_json::json;
+use smol::LocalExecutor;
+
+const CLIENTS: usize = 500;
+
+#[test]
+fn five_hundred_clients_connect_at_once() {
+    let server = Server::start(json!({"log_level": "info"}));
+    let ex = Rc::new(LocalExecutor::new());
+    smol::block_on(ex.run(async {
+        // All handshakes are started before any is awaited.
+        let connecting: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let server = &server;
+                ex.spawn(async move {
+                    let mut client = server.connect(&format!("user{i}")).await;
+                    let welcome = client.recv_type("welcome").await;
+                    assert_eq!(welcome["user_id"], format!("user{i}"));
+                    client.await_online(CLIENTS as u64).await;
+                    client
+                })
+            })
+            .collect();
+        let mut clients = Vec::new();
+        for task in connecting {
+            clients.push(task.await);
+        }
+
+        clients[0].chat("to everyone").await;
+        let receiving: Vec<_> = clients
+            .into_iter()
+            .map(|mut client| {
+                ex.spawn(async move {
+                    let chat = client.recv_type("chat").await;
+                    assert_eq!(chat["content"], "to everyone");
+                    // Exactly once: the next frame is the pong, not a second copy.
+                    client.send_json(json!({"type": "ping"})).await;
+                    loop {
+                        let frame = client.recv().await;
+                        assert_ne!(frame["type"], "chat", "delivered twice: {frame}");
+                        if frame["type"] == "pong" {
+                            break;
+                        }
+                        assert_eq!(frame["type"], "online");
+                        assert_eq!(frame["count"], CLIENTS as u64, "online count drifted");
+                    }
+                    client
+                })
+            })
+            .collect();
+        for task in receiving {
+            task.await;
+        }
+    }));
+}
