@@ -1,0 +1,114 @@
+//! The `shequ-chat` command line: checking configs, minting tokens, and where the secret comes
+//! from.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::json;
+
+fn shequ_chat(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shequ-chat"))
+        .args(args)
+        .env_remove("SHEQU_CHAT_JWT_SECRET")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write_config(name: &str, text: &str) -> String {
+    let path = std::env::temp_dir().join(format!("shequ-chat-cli-{}-{name}", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn shipped_configs_pass_the_check() {
+    let (ok, out, err) = shequ_chat(&["--check-config", "--config", "configs/dev.json"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("ok"));
+    // The production template has no secret; with one in the environment it is complete.
+    let out = Command::new(env!("CARGO_BIN_EXE_shequ-chat"))
+        .args(["--check-config", "--config", "configs/shequ-chat.json"])
+        .env(
+            "SHEQU_CHAT_JWT_SECRET",
+            "a-production-secret-from-the-environment",
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, _, err) = shequ_chat(&["--check-config", "--config", "configs/shequ-chat.json"]);
+    assert!(!ok);
+    assert!(err.contains("secret"), "{err}");
+}
+
+#[test]
+fn check_config_names_the_bad_field() {
+    let path = write_config("typo.json", r#"{"limits": {"max_conections": 5}}"#);
+    let (ok, _, err) = shequ_chat(&["--check-config", "--config", &path]);
+    assert!(!ok);
+    assert!(err.contains("max_conections"), "{err}");
+    let path = write_config(
+        "ping.json",
+        r#"{"auth": {"secret": "0123456789abcdef0123"}, "heartbeat": {"ping_interval_secs": 90}}"#,
+    );
+    let (ok, _, err) = shequ_chat(&["--check-config", "--config", &path]);
+    assert!(!ok);
+    assert!(err.contains("ping_interval_secs"), "{err}");
+}
+
+#[test]
+fn help_version_and_bad_arguments() {
+    let (ok, out, _) = shequ_chat(&["--version"]);
+    assert!(ok && out.starts_with("shequ-chat "));
+    let (ok, out, _) = shequ_chat(&["--help"]);
+    assert!(ok && out.contains("--check-config"));
+    let (ok, _, err) = shequ_chat(&["--frobnicate"]);
+    assert!(!ok && err.contains("--frobnicate"));
+}
+
+#[test]
+fn minted_token_connects() {
+    let server = Server::start(json!({}));
+    let path = write_config(
+        "mint.json",
+        &json!({"auth": {"secret": SECRET}}).to_string(),
+    );
+    let (ok, out, err) = shequ_chat(&[
+        "token", "--config", &path, "--sub", "42", "--name", "alice", "--ttl", "60",
+    ]);
+    assert!(ok, "{err}");
+    smol::block_on(async {
+        let mut client = server.connect_token(out.trim()).await;
+        let welcome = client.recv_type("welcome").await;
+        assert_eq!(
+            (welcome["user_id"].as_str(), welcome["username"].as_str()),
+            (Some("42"), Some("alice"))
+        );
+    });
+}
+
+#[test]
+fn secret_from_the_environment_wins() {
+    let server = Server::start_with_env(
+        json!({"auth": {"secret": "the-file-secret-that-loses-0123"}}),
+        &[("SHEQU_CHAT_JWT_SECRET", SECRET)],
+    );
+    smol::block_on(async {
+        let mut client = server.connect("env").await;
+        assert_eq!(client.recv_type("welcome").await["user_id"], "env");
+    });
+    assert!(
+        !server.log_lines().iter().any(|l| l.contains(SECRET)),
+        "secret in the log"
+    );
+}
