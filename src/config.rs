@@ -56,6 +56,13 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// The shortest time between two `online` frames.
     pub presence_interval_ms: u64,
+    /// A separate address for `/metrics` and `/healthz` (a private interface); `None` serves
+    /// them on `listen`.
+    pub metrics_listen: Option<String>,
+    /// On SIGTERM or SIGINT, how long clients have to answer the 1001 close before exit.
+    pub shutdown_grace_secs: u64,
+    /// Timestamps on log lines; journald adds its own, so systemd setups can turn them off.
+    pub log_timestamps: bool,
     pub auth: AuthConfig,
     pub limits: Limits,
     pub heartbeat: Heartbeat,
@@ -69,6 +76,9 @@ impl Default for Config {
             log_level: "info".into(),
             allowed_origins: Vec::new(),
             presence_interval_ms: 1000,
+            metrics_listen: None,
+            shutdown_grace_secs: 5,
+            log_timestamps: true,
             auth: AuthConfig::default(),
             limits: Limits::default(),
             heartbeat: Heartbeat::default(),
@@ -276,6 +286,13 @@ impl Config {
         self.listen
             .parse::<std::net::SocketAddr>()
             .map_err(|e| invalid(format!("listen: {:?} is not an address: {e}", self.listen)))?;
+        if let Some(metrics) = &self.metrics_listen {
+            metrics.parse::<std::net::SocketAddr>().map_err(|e| {
+                invalid(format!(
+                    "metrics_listen: {metrics:?} is not an address: {e}"
+                ))
+            })?;
+        }
         if self.log_level.parse::<log::LevelFilter>().is_err() {
             return Err(invalid(format!(
                 "log_level: unknown level {:?}",
@@ -368,6 +385,10 @@ impl Config {
 
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(self.limits.handshake_timeout_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
     }
 }
 

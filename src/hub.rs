@@ -151,7 +151,9 @@ pub enum Incoming {
 pub struct Stats {
     pub connections_accepted: u64,
     pub messages_received: u64,
+    /// Chat messages broadcast.
     pub messages_broadcast: u64,
+    /// Chat messages queued to receivers (one broadcast to N connections is N).
     pub deliveries: u64,
     pub replacements: u64,
     pub heartbeat_failures: u64,
@@ -499,20 +501,22 @@ impl Hub {
 
     /// Queues one frame for every connection. The bytes are shared, not copied. A receiver whose
     /// queue is full is closed with 4004 rather than skipped, so no one loses messages silently.
-    fn broadcast(&mut self, text: Utf8Bytes, effects: &mut Vec<Effect>) {
+    /// Returns how many receivers it was queued for.
+    fn broadcast(&mut self, text: Utf8Bytes, effects: &mut Vec<Effect>) -> u64 {
         let mut slow = Vec::new();
+        let mut delivered = 0;
         for (&id, c) in &self.conns {
             if c.outbox.len() >= self.config.send_queue {
                 slow.push(id);
             } else {
                 c.outbox.push(Frame::Text(text.clone()));
-                self.stats.deliveries += 1;
+                delivered += 1;
             }
         }
-        self.stats.messages_broadcast += 1;
         for id in slow {
             effects.extend(self.remove(id, CloseReason::TooSlow));
         }
+        delivered
     }
 
     fn broadcast_chat(&mut self, now: Now, from: ConnId, content: &str, effects: &mut Vec<Effect>) {
@@ -526,7 +530,8 @@ impl Hub {
             ts: now.unix_ms,
         }
         .to_json();
-        self.broadcast(json.into(), effects);
+        self.stats.deliveries += self.broadcast(json.into(), effects);
+        self.stats.messages_broadcast += 1;
     }
 
     /// Refills the user's bucket for the time passed and takes one token if there is one.

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod server;

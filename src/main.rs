@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use log::{LevelFilter, info};
 
-use shequ_chat::config::{Config, LOG_ENV};
+use async_signal::{Signal, Signals};
+use futures_lite::StreamExt;
+use shequ_chat::config::{Config, ConfigError, LOG_ENV};
 use shequ_chat::{auth, server};
 
 const USAGE: &str = "\
@@ -124,20 +126,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> Result<(), shequ_chat::config::ConfigError> {
+fn run(config: Config) -> Result<(), ConfigError> {
     init_logging(&config);
-    let listener = server::bind(&config).map_err(|e| {
-        shequ_chat::config::ConfigError(format!("cannot listen on {}: {e}", config.listen))
-    })?;
-    let addr = listener
-        .local_addr()
-        .map_or(config.listen.clone(), |a| a.to_string());
+    let listeners = server::bind(&config)
+        .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr =
+        |l: &std::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     info!(
-        "shequ-chat {} listening on {addr}",
-        env!("CARGO_PKG_VERSION")
+        "shequ-chat {} listening on {}",
+        env!("CARGO_PKG_VERSION"),
+        addr(&listeners.main)
     );
+    if let Some(metrics) = &listeners.metrics {
+        info!("metrics on {}", addr(metrics));
+    }
     info!("config: {}", config.redacted_json());
-    server::run(listener, config, std::future::pending())
+    let signals = Signals::new([Signal::Term, Signal::Int])
+        .map_err(|e| ConfigError(format!("cannot handle signals: {e}")))?;
+    let shutdown = async move {
+        let mut signals = signals;
+        if let Some(Ok(signal)) = signals.next().await {
+            info!("received {signal:?}");
+        }
+    };
+    server::run(listeners, config, shutdown)
 }
 
 fn init_logging(config: &Config) {
@@ -148,10 +160,14 @@ fn init_logging(config: &Config) {
         .unwrap_or(LevelFilter::Info);
     let colors = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // Our own lines at the configured level; the libraries' chatter only from info up.
-    let _ = simple_logger::SimpleLogger::new()
+    let logger = simple_logger::SimpleLogger::new()
         .with_level(level.min(LevelFilter::Info))
         .with_module_level("shequ_chat", level)
-        .with_utc_timestamps()
-        .with_colors(colors)
-        .init();
+        .with_colors(colors);
+    let logger = if config.log_timestamps {
+        logger.with_utc_timestamps()
+    } else {
+        logger.without_timestamps()
+    };
+    let _ = logger.init();
 }

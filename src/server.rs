@@ -29,6 +29,7 @@ use crate::auth::{AuthError, Verifier};
 use crate::config::{Config, ConfigError};
 use crate::http::{self, HeadError, Refusal, Request};
 use crate::hub::{ConnId, Effect, Hub, HubConfig, Identity, Incoming, Now, Refused};
+use crate::metrics::{self, AuthFailure, ShellCounters, Snapshot};
 use crate::outbox::{Frame, Next, OutboxRx};
 use crate::protocol::{ClientMessage, CloseReason, ProtocolError, parse_client};
 
@@ -67,6 +68,8 @@ struct Shell {
     rearm: async_channel::Sender<()>,
     /// The deadline the timer task sleeps until.
     armed: Cell<Instant>,
+    counters: ShellCounters,
+    start_unix_secs: f64,
 }
 
 impl Shell {
@@ -95,6 +98,17 @@ impl Shell {
         }
     }
 
+    fn metrics(&self) -> String {
+        let hub = self.hub.borrow();
+        metrics::render(&Snapshot {
+            stats: hub.stats(),
+            connections: hub.connection_count(),
+            online: hub.online(),
+            shell: &self.counters,
+            start_time_unix_secs: self.start_unix_secs,
+        })
+    }
+
     fn disconnect(&self, conn: ConnId, reason: CloseReason) {
         self.apply(|hub, now| hub.disconnect(now, conn, reason));
     }
@@ -107,12 +121,14 @@ impl Shell {
             let allowed = &self.config.allowed_origins;
             if !allowed.is_empty() && !allowed.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
                 debug!("refused: origin not allowed");
+                self.counters.count(AuthFailure::Origin);
                 return Err(Refusal::new(403, "origin not allowed"));
             }
         }
         let from_query = req.query_param("token").filter(|t| !t.is_empty());
         let token = match (from_query.as_deref(), req.bearer_token()) {
             (Some(q), Some(h)) if q != h => {
+                self.counters.count(AuthFailure::Invalid);
                 return Err(Refusal::new(
                     400,
                     "token in query and Authorization header differ",
@@ -125,22 +141,61 @@ impl Shell {
             Ok(identity) => Ok((key, identity)),
             Err(e) => {
                 debug!("refused: {} token", e.label());
+                self.counters.count(match e {
+                    AuthError::Missing => AuthFailure::Missing,
+                    AuthError::Invalid(_) => AuthFailure::Invalid,
+                    AuthError::Expired => AuthFailure::Expired,
+                });
                 Err(Refusal::new(401, e.message()))
             }
         }
     }
 }
 
-/// Runs the server on `listener` until `shutdown` completes, then closes every connection with
-/// 1001 and returns once they are gone (or after `CLOSE_GRACE`).
+/// The sockets the server listens on.
+pub struct Listeners {
+    /// `/ws`, `/healthz`, and `/metrics` unless it has a listener of its own.
+    pub main: TcpListener,
+    /// `/metrics` and `/healthz` only, when `metrics_listen` is set.
+    pub metrics: Option<TcpListener>,
+}
+
+/// Binds `listen` and, when set, `metrics_listen`.
+pub fn bind(config: &Config) -> io::Result<Listeners> {
+    let main = TcpListener::bind(&config.listen)?;
+    let metrics = config
+        .metrics_listen
+        .as_ref()
+        .map(TcpListener::bind)
+        .transpose()?;
+    Ok(Listeners { main, metrics })
+}
+
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
+    Main,
+    Metrics,
+}
+
+/// Runs the server until `shutdown` completes, then closes every connection with 1001 and
+/// returns once they are gone (or after `shutdown_grace_secs`).
+///
+/// Under systemd (`Type=notify`) it reports `READY=1` once serving, `WATCHDOG=1` from a timer on
+/// the event loop (so a wedged loop gets restarted), and `STOPPING=1` on shutdown.
 pub fn run(
-    listener: TcpListener,
+    listeners: Listeners,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ConfigError> {
     let verifier = Verifier::new(&config.auth)?;
-    let listener =
-        Async::new(listener).map_err(|e| ConfigError(format!("cannot use the listener: {e}")))?;
+    let cannot = |e: io::Error| ConfigError(format!("cannot use the listener: {e}"));
+    let main = Async::new(listeners.main).map_err(cannot)?;
+    let metrics_listener = listeners
+        .metrics
+        .map(Async::new)
+        .transpose()
+        .map_err(cannot)?;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.limits.read_buffer_bytes)
         .write_buffer_size(4096)
@@ -148,6 +203,7 @@ pub fn run(
         .max_frame_size(Some(config.limits.max_message_bytes));
     let (rearm, rearm_rx) = async_channel::bounded(1);
     let start = now();
+    let shutdown_grace = config.shutdown_grace();
     let shell = Rc::new(Shell {
         hub: RefCell::new(Hub::new(HubConfig::from(&config), start)),
         verifier,
@@ -155,30 +211,33 @@ pub fn run(
         ws_config,
         rearm,
         armed: Cell::new(start.at),
+        counters: ShellCounters::default(),
+        start_unix_secs: start.unix_ms as f64 / 1000.0,
     });
     let executor = LocalExecutor::new();
     smol::block_on(executor.run(async {
         executor
             .spawn(drive_timers(shell.clone(), rearm_rx))
             .detach();
+        if let Some(interval) = sd_notify::watchdog_enabled() {
+            executor.spawn(keep_watchdog_fed(interval)).detach();
+        }
         // Each connection task holds a clone of `alive`; `done` closes when the last one ends.
         let (alive, done) = async_channel::bounded::<()>(1);
-        let accept_loop = async {
-            loop {
-                match listener.accept().await {
-                    Ok((stream, peer)) => {
-                        let task = serve(shell.clone(), stream, peer, alive.clone());
-                        executor.spawn(task).detach();
-                    }
-                    Err(e) => {
-                        warn!("accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
-                        Timer::after(ACCEPT_BACKOFF).await;
-                    }
+        let accepting = accept_loop(&executor, &shell, &main, Port::Main, &alive);
+        let accepting = accepting.or(async {
+            match &metrics_listener {
+                Some(listener) => {
+                    accept_loop(&executor, &shell, listener, Port::Metrics, &alive).await
                 }
+                None => std::future::pending().await,
             }
-        };
-        accept_loop.or(shutdown).await;
-        drop(listener);
+        });
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        accepting.or(shutdown).await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        drop(main);
+        drop(metrics_listener);
         let open = shell.hub.borrow().connection_count();
         info!("shutting down: closing {open} connections");
         shell.apply(|hub, _| hub.shutdown());
@@ -188,12 +247,43 @@ pub fn run(
         };
         all_gone
             .or(async {
-                Timer::after(CLOSE_GRACE).await;
+                Timer::after(shutdown_grace).await;
             })
             .await;
         info!("stopped");
     }));
     Ok(())
+}
+
+/// Accepts connections until dropped, one task each.
+async fn accept_loop(
+    executor: &LocalExecutor<'_>,
+    shell: &Rc<Shell>,
+    listener: &Async<TcpListener>,
+    port: Port,
+    alive: &async_channel::Sender<()>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let task = serve(shell.clone(), stream, peer, port, alive.clone());
+                executor.spawn(task).detach();
+            }
+            Err(e) => {
+                warn!("accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
+                Timer::after(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Tells systemd the event loop is alive, twice per watchdog interval. It runs on the event loop
+/// itself, so if the loop wedges, the pings stop and systemd restarts the service.
+async fn keep_watchdog_fed(interval: Duration) {
+    loop {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        Timer::after(interval / 2).await;
+    }
 }
 
 /// Sleeps until the hub's next deadline (or until an input moves it earlier) and runs the hub's
@@ -233,12 +323,13 @@ async fn serve(
     shell: Rc<Shell>,
     mut stream: Async<TcpStream>,
     peer: SocketAddr,
+    port: Port,
     _alive: async_channel::Sender<()>,
 ) {
     let _ = stream.get_ref().set_nodelay(true);
     let timeout = shell.config.handshake_timeout();
     // Boxed so the handshake's state does not stay in every connection's task after it is done.
-    let handshake = Box::pin(upgrade(&shell, &mut stream, peer));
+    let handshake = Box::pin(upgrade(&shell, &mut stream, peer, port));
     let upgraded = handshake
         .or(async {
             Timer::after(timeout).await;
@@ -264,11 +355,13 @@ async fn serve(
     .await;
 }
 
-/// Reads the request head and answers it: a refusal, or a 101 for a registered connection.
+/// Reads the request head and answers it: a plain HTTP response, or a 101 for a registered
+/// connection.
 async fn upgrade(
     shell: &Rc<Shell>,
     stream: &mut Async<TcpStream>,
     peer: SocketAddr,
+    port: Port,
 ) -> Option<(Registered, OutboxRx, Vec<u8>)> {
     let (request, leftover) = match http::read_head(stream).await {
         Ok(head) => head,
@@ -284,9 +377,26 @@ async fn upgrade(
             return None;
         }
     };
-    if request.path != "/ws" {
-        let refusal = Refusal::new(404, "not found");
-        http::respond_and_close(stream, &refusal.to_response()).await;
+    let metrics_here = match port {
+        Port::Main => shell.config.metrics_listen.is_none(),
+        Port::Metrics => true,
+    };
+    let answer = match request.path.as_str() {
+        "/ws" if port == Port::Main => None,
+        "/healthz" | "/metrics" if request.method != "GET" => {
+            Some(Refusal::new(405, "use GET").to_response())
+        }
+        "/healthz" => Some(http::response(200, "text/plain; charset=utf-8", "", "ok")),
+        "/metrics" if metrics_here => Some(http::response(
+            200,
+            metrics::CONTENT_TYPE,
+            "",
+            &shell.metrics(),
+        )),
+        _ => Some(Refusal::new(404, "not found").to_response()),
+    };
+    if let Some(answer) = answer {
+        http::respond_and_close(stream, &answer).await;
         return None;
     }
     let (key, identity) = match shell.check_upgrade(&request) {
@@ -302,6 +412,7 @@ async fn upgrade(
         Ok(connected) => connected,
         Err(Refused::Capacity) => {
             debug!("refused {peer}: at max_connections");
+            shell.counters.count(AuthFailure::Capacity);
             let refusal = Refusal::new(503, "server full; try again later");
             http::respond_and_close(stream, &refusal.to_response()).await;
             return None;
@@ -481,9 +592,4 @@ fn close_reason_for(e: &WsError) -> CloseReason {
         WsError::Protocol(_) => CloseReason::Protocol,
         _ => CloseReason::Client,
     }
-}
-
-/// Binds `config.listen`.
-pub fn bind(config: &Config) -> io::Result<TcpListener> {
-    TcpListener::bind(&config.listen)
 }

@@ -170,6 +170,38 @@ impl Server {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Sends a signal (`TERM`, `INT`…) to the server.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `limit`; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let pid = self.child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // `Child::wait` blocks; a helper thread turns it into a bounded wait.
+        let mut child = std::mem::replace(
+            &mut self.child,
+            Command::new("true").spawn().expect("placeholder process"),
+        );
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait().map(|s| s.code()));
+        });
+        match rx.recv_timeout(limit) {
+            Ok(Ok(code)) => code,
+            _ => panic!("server {pid} did not exit within {limit:?}"),
+        }
+    }
+
+    /// A plain HTTP GET on this server; returns status and body.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        get(self.addr, path)
+    }
 }
 
 impl Drop for Server {
@@ -353,6 +385,8 @@ impl Client {
             match within("the connection to end", self.ws.next()).await {
                 Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(&t).unwrap()),
                 Some(Ok(Message::Close(Some(CloseFrame { code, .. })))) => {
+                    // One more read lets the client send its half of the close handshake.
+                    let _ = within("the close handshake", self.ws.next()).await;
                     return (Ended::Closed(code.into()), frames);
                 }
                 Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
@@ -372,6 +406,14 @@ impl Client {
         let _ = self.ws.close(None).await;
         while let Some(Ok(_)) = within("the close to finish", self.ws.next()).await {}
     }
+}
+
+/// A plain HTTP GET; returns status and body.
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    raw_http(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
+    )
 }
 
 /// Sends raw bytes over TCP and returns the status code and body of the response.

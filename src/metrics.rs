@@ -1,0 +1,260 @@
+//! `GET /metrics`: the hub's counters and the process's vitals in the Prometheus text exposition
+//! format, version 0.0.4.
+//!
+//! The counters are plain integers in the hub and the event loop, bumped without locks or atomics
+//! (there is one thread); this module only formats them when scraped. A metrics library would keep
+//! its own copies behind atomics and a registry, which buys nothing on one thread.
+
+use std::cell::Cell;
+use std::fmt::{Display, Write as _};
+
+use crate::hub::Stats;
+use crate::protocol::CloseReason;
+
+/// The content type of the exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Why a connection was refused before its upgrade, as the `reason` label of
+/// `shequ_chat_auth_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    Missing,
+    Invalid,
+    Expired,
+    Origin,
+    Capacity,
+}
+
+impl AuthFailure {
+    pub const ALL: [AuthFailure; 5] = [
+        AuthFailure::Missing,
+        AuthFailure::Invalid,
+        AuthFailure::Expired,
+        AuthFailure::Origin,
+        AuthFailure::Capacity,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Invalid => "invalid",
+            AuthFailure::Expired => "expired",
+            AuthFailure::Origin => "origin",
+            AuthFailure::Capacity => "capacity",
+        }
+    }
+}
+
+/// Counters kept by the event loop itself (the hub never sees refused connections).
+#[derive(Debug, Default)]
+pub struct ShellCounters {
+    auth_failures: [Cell<u64>; AuthFailure::ALL.len()],
+}
+
+impl ShellCounters {
+    pub fn count(&self, failure: AuthFailure) {
+        let cell = &self.auth_failures[failure as usize];
+        cell.set(cell.get() + 1);
+    }
+
+    pub fn auth_failures(&self, failure: AuthFailure) -> u64 {
+        self.auth_failures[failure as usize].get()
+    }
+}
+
+/// Everything one scrape reports.
+pub struct Snapshot<'a> {
+    pub stats: &'a Stats,
+    pub connections: usize,
+    pub online: usize,
+    pub shell: &'a ShellCounters,
+    pub start_time_unix_secs: f64,
+}
+
+/// Renders a scrape.
+pub fn render(s: &Snapshot<'_>) -> String {
+    let mut out = Exposition(String::with_capacity(4096));
+    let st = s.stats;
+    out.single(
+        "shequ_chat_connections",
+        "gauge",
+        "Open WebSocket connections.",
+        s.connections,
+    );
+    out.single(
+        "shequ_chat_online_users",
+        "gauge",
+        "Distinct users with at least one open connection.",
+        s.online,
+    );
+    for (name, help, value) in [
+        (
+            "shequ_chat_connections_accepted_total",
+            "WebSocket connections accepted.",
+            st.connections_accepted,
+        ),
+        (
+            "shequ_chat_messages_received_total",
+            "Frames with content received from clients (chat, ping, auth, and refused ones).",
+            st.messages_received,
+        ),
+        (
+            "shequ_chat_messages_broadcast_total",
+            "Chat messages broadcast.",
+            st.messages_broadcast,
+        ),
+        (
+            "shequ_chat_deliveries_total",
+            "Chat messages queued to receivers (one broadcast to N connections counts N).",
+            st.deliveries,
+        ),
+        (
+            "shequ_chat_replacements_total",
+            "Connections replaced by a newer one of the same user.",
+            st.replacements,
+        ),
+        (
+            "shequ_chat_heartbeat_failures_total",
+            "Connections closed for silence past the pong timeout.",
+            st.heartbeat_failures,
+        ),
+        (
+            "shequ_chat_rate_limited_total",
+            "Chat messages dropped by the rate limit.",
+            st.rate_limited,
+        ),
+        (
+            "shequ_chat_invalid_messages_total",
+            "Frames refused as invalid (bad JSON, shape, content, type, binary, auth).",
+            st.invalid_messages,
+        ),
+    ] {
+        out.single(name, "counter", help, value);
+    }
+    let name = "shequ_chat_auth_failures_total";
+    out.family(
+        name,
+        "counter",
+        "Connections refused before the upgrade, by reason.",
+    );
+    for failure in AuthFailure::ALL {
+        out.sample(
+            name,
+            &[("reason", failure.label())],
+            s.shell.auth_failures(failure),
+        );
+    }
+    let name = "shequ_chat_disconnects_total";
+    out.family(name, "counter", "Connections ended, by reason.");
+    for reason in CloseReason::ALL {
+        out.sample(
+            name,
+            &[("reason", reason.label())],
+            st.disconnects[reason.index()],
+        );
+    }
+    if let Some(rss) = resident_memory_bytes() {
+        out.single(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            rss,
+        );
+    }
+    if let Some(fds) = open_fds() {
+        out.single(
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            fds,
+        );
+    }
+    out.single(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since the Unix epoch in seconds.",
+        s.start_time_unix_secs,
+    );
+    let name = "shequ_chat_build_info";
+    out.family(name, "gauge", "Always 1; the version is in the label.");
+    out.sample(name, &[("version", env!("CARGO_PKG_VERSION"))], 1);
+    out.0
+}
+
+struct Exposition(String);
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                // Label values here are our own words and the crate version: nothing to escape.
+                let _ = write!(self.0, "{k}=\"{v}\"");
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+/// `VmRSS` from `/proc/self/status`, in bytes.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn open_fds() -> Option<usize> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_has_help_and_type_and_each_sample_parses() {
+        let stats = Stats {
+            deliveries: 7,
+            ..Stats::default()
+        };
+        let shell = ShellCounters::default();
+        shell.count(AuthFailure::Origin);
+        let text = render(&Snapshot {
+            stats: &stats,
+            connections: 2,
+            online: 1,
+            shell: &shell,
+            start_time_unix_secs: 1.5,
+        });
+        assert!(text.contains("shequ_chat_deliveries_total 7\n"));
+        assert!(text.contains("shequ_chat_auth_failures_total{reason=\"origin\"} 1\n"));
+        assert!(text.contains("shequ_chat_disconnects_total{reason=\"too_slow\"} 0\n"));
+        let mut typed = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                typed.insert(rest.split(' ').next().unwrap().to_string());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(typed.contains(name), "sample before its TYPE: {line}");
+                let value = line.rsplit(' ').next().unwrap();
+                assert!(value.parse::<f64>().is_ok(), "{line}");
+            }
+        }
+        assert!(typed.len() >= 15);
+    }
+}
