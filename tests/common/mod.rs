@@ -421,6 +421,8 @@ pub fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     stream.write_all(request).unwrap();
+    // Done sending: the server's lingering close sees our end of stream at once.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
     parse_response(&response)
