@@ -64,32 +64,22 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn new(config: &AuthConfig) -> Result<Verifier, ConfigError> {
-        let secret = || {
-            config
-                .secret
-                .as_ref()
-                .map(|s| s.expose().as_bytes())
-                .ok_or_else(|| ConfigError(format!("auth: {:?} needs a secret", config.algorithm)))
-        };
+        let secret =
+            || {
+                config.secret.as_ref().map(|s| s.expose().as_bytes()).ok_or_else(|| {
+                    ConfigError(format!("auth: {:?} needs a secret", config.algorithm))
+                })
+            };
         let pem = || -> Result<String, ConfigError> {
             let path = config.public_key_file.as_ref().ok_or_else(|| {
-                ConfigError(format!(
-                    "auth: {:?} needs auth.public_key_file",
-                    config.algorithm
-                ))
+                ConfigError(format!("auth: {:?} needs auth.public_key_file", config.algorithm))
             })?;
             std::fs::read_to_string(path).map_err(|e| {
-                ConfigError(format!(
-                    "auth.public_key_file: cannot read {}: {e}",
-                    path.display()
-                ))
+                ConfigError(format!("auth.public_key_file: cannot read {}: {e}", path.display()))
             })
         };
         let bad_pem = |e: jwt_simple::Error| {
-            ConfigError(format!(
-                "auth.public_key_file: not a {:?} PEM key: {e}",
-                config.algorithm
-            ))
+            ConfigError(format!("auth.public_key_file: not a {:?} PEM key: {e}", config.algorithm))
         };
         let key = match config.algorithm {
             Algorithm::HS256 => Key::HS256(HS256Key::from_bytes(secret()?)),
@@ -129,11 +119,7 @@ impl Verifier {
             _ => user_id.clone(),
         };
         let expires_unix_secs = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
-        Ok(Identity {
-            user_id,
-            username,
-            expires_unix_secs,
-        })
+        Ok(Identity { user_id, username, expires_unix_secs })
     }
 
     fn check_signature(&self, token: &str, now_unix_secs: u64) -> Result<(), AuthError> {
@@ -253,9 +239,7 @@ pub fn mint(
     if config.user_id_claim == "sub" {
         claims = claims.with_subject(sub);
     } else {
-        claims
-            .custom
-            .insert(config.user_id_claim.clone(), Value::String(sub.into()));
+        claims.custom.insert(config.user_id_claim.clone(), Value::String(sub.into()));
     }
     if let Some(issuer) = &config.issuer {
         claims = claims.with_issuer(issuer);
@@ -285,11 +269,7 @@ mod tests {
     const NOW: u64 = 1_764_200_000;
 
     fn hs_config() -> AuthConfig {
-        AuthConfig {
-            secret: Some(Secret::new(SECRET)),
-            leeway_secs: 5,
-            ..AuthConfig::default()
-        }
+        AuthConfig { secret: Some(Secret::new(SECRET)), leeway_secs: 5, ..AuthConfig::default() }
     }
 
     fn sign(claims: serde_json::Value) -> String {
@@ -298,10 +278,7 @@ mod tests {
         let body = Base64UrlSafeNoPadding::encode_to_string(claims.to_string()).unwrap();
         let signed = format!("{header}.{body}");
         let tag = HS256Key::from_bytes(SECRET.as_bytes()).authentication_tag(signed.as_bytes());
-        format!(
-            "{signed}.{}",
-            Base64UrlSafeNoPadding::encode_to_string(tag).unwrap()
-        )
+        format!("{signed}.{}", Base64UrlSafeNoPadding::encode_to_string(tag).unwrap())
     }
 
     fn verify(token: &str) -> Result<Identity, AuthError> {
@@ -310,10 +287,8 @@ mod tests {
 
     #[test]
     fn good_token_gives_identity() {
-        let id = verify(&sign(
-            serde_json::json!({"sub": "42", "name": "alice", "exp": NOW + 60}),
-        ))
-        .unwrap();
+        let id = verify(&sign(serde_json::json!({"sub": "42", "name": "alice", "exp": NOW + 60})))
+            .unwrap();
         assert_eq!(id.user_id, "42");
         assert_eq!(id.username, "alice");
         assert_eq!(id.expires_unix_secs, NOW + 60);
@@ -352,10 +327,7 @@ mod tests {
         let token = sign(serde_json::json!({"sub": "1", "exp": NOW - 6}));
         assert_eq!(verify(&token), Err(AuthError::Expired));
         let token = sign(serde_json::json!({"sub": "1", "exp": NOW + 60, "nbf": NOW + 6}));
-        assert_eq!(
-            verify(&token),
-            Err(AuthError::Invalid("token not valid yet"))
-        );
+        assert_eq!(verify(&token), Err(AuthError::Invalid("token not valid yet")));
     }
 
     #[test]
@@ -365,10 +337,7 @@ mod tests {
             serde_json::json!({"sub": "1", "exp": NOW + 60}).to_string(),
         )
         .unwrap();
-        assert!(matches!(
-            verify(&format!("{header}.{body}.")),
-            Err(AuthError::Invalid(_))
-        ));
+        assert!(matches!(verify(&format!("{header}.{body}.")), Err(AuthError::Invalid(_))));
     }
 
     #[test]
@@ -383,16 +352,10 @@ mod tests {
         assert!(v.verify(&ok, NOW).is_ok());
         let bad_iss =
             sign(serde_json::json!({"sub": 1, "exp": NOW + 60, "iss": "x", "aud": "chat"}));
-        assert_eq!(
-            v.verify(&bad_iss, NOW),
-            Err(AuthError::Invalid("wrong issuer"))
-        );
+        assert_eq!(v.verify(&bad_iss, NOW), Err(AuthError::Invalid("wrong issuer")));
         let bad_aud =
             sign(serde_json::json!({"sub": "1", "exp": NOW + 60, "iss": "site", "aud": "x"}));
-        assert_eq!(
-            v.verify(&bad_aud, NOW),
-            Err(AuthError::Invalid("wrong audience"))
-        );
+        assert_eq!(v.verify(&bad_aud, NOW), Err(AuthError::Invalid("wrong audience")));
     }
 
     #[test]
@@ -400,10 +363,8 @@ mod tests {
         let config = hs_config();
         let token = mint(&config, "7", Some("bob"), 60).unwrap();
         #[allow(clippy::disallowed_methods)] // a real token needs the real time
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         let id = Verifier::new(&config).unwrap().verify(&token, now).unwrap();
         assert_eq!((id.user_id.as_str(), id.username.as_str()), ("7", "bob"));
     }
@@ -411,10 +372,7 @@ mod tests {
     #[test]
     fn garbage_is_invalid_not_a_panic() {
         for token in ["x", "a.b.c", "....", "eyJ.eyJ.sig", "\u{0}"] {
-            assert!(
-                matches!(verify(token), Err(AuthError::Invalid(_))),
-                "{token}"
-            );
+            assert!(matches!(verify(token), Err(AuthError::Invalid(_))), "{token}");
         }
         assert_eq!(verify(""), Err(AuthError::Missing));
     }

@@ -67,6 +67,7 @@ pub struct Config {
     pub limits: Limits,
     pub heartbeat: Heartbeat,
     pub idle: Idle,
+    pub history: History,
 }
 
 impl Default for Config {
@@ -83,6 +84,7 @@ impl Default for Config {
             limits: Limits::default(),
             heartbeat: Heartbeat::default(),
             idle: Idle::default(),
+            history: History::default(),
         }
     }
 }
@@ -199,10 +201,7 @@ pub struct Heartbeat {
 
 impl Default for Heartbeat {
     fn default() -> Heartbeat {
-        Heartbeat {
-            ping_interval_secs: 30,
-            pong_timeout_secs: 60,
-        }
+        Heartbeat { ping_interval_secs: 30, pong_timeout_secs: 60 }
     }
 }
 
@@ -218,10 +217,38 @@ pub struct Idle {
 
 impl Default for Idle {
     fn default() -> Idle {
-        Idle {
-            timeout_secs: 600,
-            check_interval_secs: 60,
-        }
+        Idle { timeout_secs: 600, check_interval_secs: 60 }
+    }
+}
+
+/// When the history file is flushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fsync {
+    /// After every message, before anyone can see it: a crash loses nothing anyone saw.
+    Always,
+    /// At most once a second: a power cut loses at most the last second.
+    Interval,
+    /// Left to the operating system.
+    Never,
+}
+
+/// Recent messages kept for replay on (re)connect.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct History {
+    /// Chat messages kept; 0 turns history off.
+    pub size: usize,
+    /// Messages a client gets on connect without `since`, or with one older than the history.
+    pub on_join: usize,
+    /// A JSON Lines file that keeps the history (and the ids) across restarts.
+    pub file: Option<PathBuf>,
+    pub fsync: Fsync,
+}
+
+impl Default for History {
+    fn default() -> History {
+        History { size: 200, on_join: 50, file: None, fsync: Fsync::Interval }
     }
 }
 
@@ -271,10 +298,7 @@ impl Config {
             && let Some(path) = &self.auth.secret_file
         {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                invalid(format!(
-                    "auth.secret_file: cannot read {}: {e}",
-                    path.display()
-                ))
+                invalid(format!("auth.secret_file: cannot read {}: {e}", path.display()))
             })?;
             self.auth.secret = Some(Secret(text.trim().to_string()));
         }
@@ -288,16 +312,11 @@ impl Config {
             .map_err(|e| invalid(format!("listen: {:?} is not an address: {e}", self.listen)))?;
         if let Some(metrics) = &self.metrics_listen {
             metrics.parse::<std::net::SocketAddr>().map_err(|e| {
-                invalid(format!(
-                    "metrics_listen: {metrics:?} is not an address: {e}"
-                ))
+                invalid(format!("metrics_listen: {metrics:?} is not an address: {e}"))
             })?;
         }
         if self.log_level.parse::<log::LevelFilter>().is_err() {
-            return Err(invalid(format!(
-                "log_level: unknown level {:?}",
-                self.log_level
-            )));
+            return Err(invalid(format!("log_level: unknown level {:?}", self.log_level)));
         }
         let a = &self.auth;
         if a.algorithm.is_hmac() {
@@ -327,9 +346,7 @@ impl Config {
             return Err(invalid("limits.max_connections: must be at least 1"));
         }
         if l.max_connections_per_user == 0 {
-            return Err(invalid(
-                "limits.max_connections_per_user: must be at least 1",
-            ));
+            return Err(invalid("limits.max_connections_per_user: must be at least 1"));
         }
         if l.max_content_chars == 0 {
             return Err(invalid("limits.max_content_chars: must be at least 1"));
@@ -338,9 +355,7 @@ impl Config {
             return Err(invalid("limits.max_message_bytes: must be at least 128"));
         }
         if l.violations_before_close == 0 {
-            return Err(invalid(
-                "limits.violations_before_close: must be at least 1",
-            ));
+            return Err(invalid("limits.violations_before_close: must be at least 1"));
         }
         if !(l.rate_per_sec.is_finite() && l.rate_per_sec > 0.0) {
             return Err(invalid("limits.rate_per_sec: must be a positive number"));
@@ -355,9 +370,7 @@ impl Config {
             return Err(invalid("limits.handshake_timeout_secs: must be at least 1"));
         }
         if !(64..=1 << 20).contains(&l.read_buffer_bytes) {
-            return Err(invalid(
-                "limits.read_buffer_bytes: must be between 64 and 1048576",
-            ));
+            return Err(invalid("limits.read_buffer_bytes: must be between 64 and 1048576"));
         }
         let h = &self.heartbeat;
         if h.ping_interval_secs == 0 {
@@ -371,6 +384,22 @@ impl Config {
         }
         if self.idle.timeout_secs > 0 && self.idle.check_interval_secs == 0 {
             return Err(invalid("idle.check_interval_secs: must be at least 1"));
+        }
+        let history = &self.history;
+        if history.on_join > history.size {
+            return Err(invalid(format!(
+                "history.on_join ({}) must not exceed history.size ({})",
+                history.on_join, history.size
+            )));
+        }
+        if history.file.is_some() && history.size == 0 {
+            return Err(invalid("history.file needs history.size above 0"));
+        }
+        if history.size >= l.send_queue {
+            return Err(invalid(format!(
+                "history.size ({}) must be below limits.send_queue ({}): a replay is queued whole",
+                history.size, l.send_queue
+            )));
         }
         if self.presence_interval_ms == 0 {
             return Err(invalid("presence_interval_ms: must be at least 1"));
@@ -413,9 +442,7 @@ mod tests {
 
     #[test]
     fn unknown_field_is_named() {
-        let err = Config::parse(r#"{"limits": {"max_conections": 5}}"#)
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(r#"{"limits": {"max_conections": 5}}"#).unwrap_err().to_string();
         assert!(err.contains("max_conections"), "{err}");
     }
 
@@ -423,33 +450,21 @@ mod tests {
     fn ping_must_be_below_pong() {
         let text =
             with_secret(r#", "heartbeat": {"ping_interval_secs": 60, "pong_timeout_secs": 60}"#);
-        let err = Config::parse(&text)
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(&text).unwrap().validate().unwrap_err().to_string();
         assert!(err.contains("ping_interval_secs"), "{err}");
     }
 
     #[test]
     fn burst_must_be_positive() {
         let text = with_secret(r#", "limits": {"rate_burst": 0}"#);
-        let err = Config::parse(&text)
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(&text).unwrap().validate().unwrap_err().to_string();
         assert!(err.contains("rate_burst"), "{err}");
     }
 
     #[test]
     fn public_key_algorithms_need_a_key() {
         let text = r#"{"auth": {"algorithm": "ES256"}}"#;
-        let err = Config::parse(text)
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(text).unwrap().validate().unwrap_err().to_string();
         assert!(err.contains("public_key_file"), "{err}");
     }
 

@@ -40,10 +40,7 @@ pub enum HeadError {
 impl Request {
     /// The first header with this name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// Whether a comma-separated header contains this token (case-insensitive).
@@ -87,10 +84,7 @@ impl Request {
                 extra_headers: "Sec-WebSocket-Version: 13\r\n",
             });
         }
-        let key = self
-            .header("sec-websocket-key")
-            .map(str::trim)
-            .unwrap_or("");
+        let key = self.header("sec-websocket-key").map(str::trim).unwrap_or("");
         match Base64::decode_to_vec(key, None) {
             Ok(raw) if raw.len() == 16 => Ok(key),
             _ => Err(Refusal::new(400, "bad Sec-WebSocket-Key")),
@@ -108,30 +102,17 @@ pub struct Refusal {
 
 impl Refusal {
     pub const fn new(status: u16, message: &'static str) -> Refusal {
-        Refusal {
-            status,
-            message,
-            extra_headers: "",
-        }
+        Refusal { status, message, extra_headers: "" }
     }
 
     pub fn to_response(self) -> String {
-        response(
-            self.status,
-            "text/plain; charset=utf-8",
-            self.extra_headers,
-            self.message,
-        )
+        response(self.status, "text/plain; charset=utf-8", self.extra_headers, self.message)
     }
 }
 
 /// A complete HTTP/1.1 response that closes the connection. A plain-text body gets a newline.
 pub fn response(status: u16, content_type: &str, extra_headers: &str, body: &str) -> String {
-    let newline = if content_type.starts_with("text/plain") {
-        "\n"
-    } else {
-        ""
-    };
+    let newline = if content_type.starts_with("text/plain") { "\n" } else { "" };
     format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
          Connection: close\r\nCache-Control: no-store\r\n{extra_headers}\r\n{body}{newline}",
@@ -172,10 +153,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|_| HeadError::Closed)?;
+        let n = stream.read(&mut chunk).await.map_err(|_| HeadError::Closed)?;
         if n == 0 {
             return Err(HeadError::Closed);
         }
@@ -271,9 +249,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<(Request, Vec<u8>), HeadError> {
-        smol::block_on(read_head(&mut futures_lite::io::Cursor::new(
-            text.as_bytes().to_vec(),
-        )))
+        smol::block_on(read_head(&mut futures_lite::io::Cursor::new(text.as_bytes().to_vec())))
     }
 
     #[test]
@@ -292,20 +268,11 @@ mod tests {
 
     #[test]
     fn garbage_and_oversize() {
-        assert_eq!(
-            parse("\x16\x03\x01garbage\r\n\r\n").unwrap_err(),
-            HeadError::Malformed
-        );
-        let huge = format!(
-            "GET / HTTP/1.1\r\nX: {}\r\n\r\n",
-            "a".repeat(MAX_HEAD_BYTES)
-        );
+        assert_eq!(parse("\x16\x03\x01garbage\r\n\r\n").unwrap_err(), HeadError::Malformed);
+        let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD_BYTES));
         assert_eq!(parse(&huge).unwrap_err(), HeadError::TooLarge);
         assert_eq!(parse("GET / HTTP/1.1\r\n").unwrap_err(), HeadError::Closed);
-        assert_eq!(
-            parse("GET / HTTP/1.0\r\n\r\n").unwrap_err(),
-            HeadError::Malformed
-        );
+        assert_eq!(parse("GET / HTTP/1.0\r\n\r\n").unwrap_err(), HeadError::Malformed);
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! A `disconnect` for a connection the hub no longer knows (it was replaced, and its task ended
 //! afterwards) is harmless and does nothing.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -46,10 +46,7 @@ pub struct Now {
 impl Now {
     /// The same moment moved forward by `d` on both clocks (for tests and simulations).
     pub fn after(self, d: Duration) -> Now {
-        Now {
-            at: self.at + d,
-            unix_ms: self.unix_ms + d.as_millis() as u64,
-        }
+        Now { at: self.at + d, unix_ms: self.unix_ms + d.as_millis() as u64 }
     }
 }
 
@@ -80,6 +77,12 @@ pub struct HubConfig {
     /// Added to a token's `exp` before the connection is closed, as it is when the token is
     /// checked, so a token accepted within the leeway is not cut at once.
     pub token_leeway: Duration,
+    /// Chat messages kept for replay; 0 keeps none.
+    pub history_size: usize,
+    /// Messages a client gets on connect without (or with too old a) `since`.
+    pub history_on_join: usize,
+    /// Emit [`Effect::Persist`] for every chat message.
+    pub persist_history: bool,
 }
 
 impl From<&Config> for HubConfig {
@@ -98,6 +101,9 @@ impl From<&Config> for HubConfig {
             idle_check_interval: Duration::from_secs(c.idle.check_interval_secs),
             presence_interval: Duration::from_millis(c.presence_interval_ms),
             token_leeway: Duration::from_secs(c.auth.leeway_secs),
+            history_size: c.history.size,
+            history_on_join: c.history.on_join,
+            persist_history: c.history.file.is_some(),
         }
     }
 }
@@ -107,11 +113,10 @@ impl From<&Config> for HubConfig {
 pub enum Effect {
     /// The connection is already gone from the hub; close its queue (which makes its task send
     /// the close frame and drop the socket).
-    Close {
-        conn: ConnId,
-        outbox: OutboxTx,
-        reason: CloseReason,
-    },
+    Close { conn: ConnId, outbox: OutboxTx, reason: CloseReason },
+    /// A chat message to append to the history file, before anyone can read it. Only when
+    /// [`HubConfig::persist_history`] is set.
+    Persist { line: Utf8Bytes },
 }
 
 /// Why a connection was refused before its upgrade.
@@ -161,6 +166,10 @@ pub struct Stats {
     pub invalid_messages: u64,
     /// Indexed by [`CloseReason::index`].
     pub disconnects: [u64; CloseReason::ALL.len()],
+    /// Connects with `since` that got every message after it.
+    pub recoveries_recovered: u64,
+    /// Connects with `since` older than the history (or unknown).
+    pub recoveries_too_old: u64,
 }
 
 #[derive(Debug)]
@@ -210,6 +219,8 @@ pub struct Hub {
     online: usize,
     next_conn: ConnId,
     last_message_id: u64,
+    /// The last `history_size` chat messages, oldest first, as broadcast.
+    history: VecDeque<(u64, Utf8Bytes)>,
     presence: Presence,
     /// Token deadlines, earliest first.
     expiries: BTreeSet<(Instant, ConnId)>,
@@ -220,9 +231,7 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(config: HubConfig, now: Now) -> Hub {
-        let next_idle_check = config
-            .idle_timeout
-            .map(|_| now.at + config.idle_check_interval);
+        let next_idle_check = config.idle_timeout.map(|_| now.at + config.idle_check_interval);
         Hub {
             next_heartbeat: now.at + config.ping_interval,
             next_idle_check,
@@ -232,6 +241,7 @@ impl Hub {
             online: 0,
             next_conn: 1,
             last_message_id: 0,
+            history: VecDeque::new(),
             presence: Presence {
                 last_sent: 0,
                 last_sent_at: None,
@@ -260,11 +270,18 @@ impl Hub {
     /// Registers a new connection for a verified user. When the user is at
     /// `max_connections_per_user`, the oldest of their connections is removed first and returned
     /// in [`Connected::effects`] to be closed with 4001; the online count does not change.
-    pub fn connect(&mut self, now: Now, identity: Identity) -> Result<Connected, Refused> {
-        let existing = self
-            .users
-            .get(identity.user_id.as_str())
-            .map_or(0, |u| u.conns.len());
+    ///
+    /// The new connection's queue starts with `welcome` and then the history it should see: the
+    /// messages after `since` when the history still holds them all (`"recovered": true`), or
+    /// else the last `history.on_join`. Both are queued in this same step, so no live message
+    /// can come between them, none is missing and none comes twice.
+    pub fn connect(
+        &mut self,
+        now: Now,
+        identity: Identity,
+        since: Option<u64>,
+    ) -> Result<Connected, Refused> {
+        let existing = self.users.get(identity.user_id.as_str()).map_or(0, |u| u.conns.len());
         let frees_one = existing >= self.config.max_connections_per_user;
         if self.conns.len() >= self.config.max_connections && !frees_one {
             return Err(Refused::Capacity);
@@ -310,30 +327,27 @@ impl Hub {
         debug!(
             "user_id={} action={} old_exists={} total_clients={}",
             user_key,
-            if effects.is_empty() {
-                "register"
-            } else {
-                "replace"
-            },
+            if effects.is_empty() { "register" } else { "replace" },
             existing > 0,
             self.conns.len()
         );
+        let (recovered, replay) = self.replay_from(since);
         let c = &self.conns[&conn];
         let welcome = ServerMessage::Welcome {
             user_id: &c.user,
             username: &c.username,
             online: self.online,
+            recovered,
         };
         c.outbox.push(Frame::Text(welcome.to_json().into()));
+        for (_, text) in self.history.range(replay..) {
+            c.outbox.push(Frame::Text(text.clone()));
+        }
         if self.online != self.presence.last_sent {
             self.presence.welcome_differs = true;
         }
         self.presence_if_changed(now, &mut effects);
-        Ok(Connected {
-            conn,
-            outbox: rx,
-            effects,
-        })
+        Ok(Connected { conn, outbox: rx, effects })
     }
 
     /// The connection's task has ended (the client closed, the socket failed, or the hub closed
@@ -429,25 +443,68 @@ impl Hub {
     /// When [`handle_timeout`](Self::handle_timeout) next has work.
     pub fn poll_timeout(&self) -> Instant {
         let mut next = self.next_heartbeat;
-        for at in [
-            self.next_idle_check,
-            self.presence.flush_at,
-            self.expiries.first().map(|&(at, _)| at),
-        ]
-        .into_iter()
-        .flatten()
+        for at in
+            [self.next_idle_check, self.presence.flush_at, self.expiries.first().map(|&(at, _)| at)]
+                .into_iter()
+                .flatten()
         {
             next = next.min(at);
         }
         next
     }
 
+    /// The history a new connection gets: `recovered`, and the index in the history to replay
+    /// from. `recovered` is `None` without
+    /// `since`, `Some(true)` when every message after `since` is still held (possibly none), and
+    /// `Some(false)` when some are not, or `since` is from the future (ids from an earlier run
+    /// without a history file).
+    fn replay_from(&mut self, since: Option<u64>) -> (Option<bool>, usize) {
+        let last = self.last_message_id;
+        let held = self.history.len();
+        let oldest = self.history.front().map_or(last + 1, |(id, _)| *id);
+        let recent = held - self.config.history_on_join.min(held);
+        match since {
+            None => (None, recent),
+            Some(since) if since <= last && since + 1 >= oldest => {
+                self.stats.recoveries_recovered += 1;
+                let skip = usize::try_from(since + 1 - oldest).unwrap_or(usize::MAX);
+                (Some(true), skip.min(held))
+            }
+            Some(_) => {
+                self.stats.recoveries_too_old += 1;
+                (Some(false), recent)
+            }
+        }
+    }
+
+    /// Chat messages held for replay.
+    pub fn history_len(&self) -> usize {
+        self.history.len()
+    }
+
+    /// Fills the history from a previous run (oldest first) and continues ids after the last.
+    /// For start-up, before any connection.
+    pub fn restore(&mut self, messages: impl IntoIterator<Item = (u64, Utf8Bytes)>) {
+        for (id, text) in messages {
+            self.last_message_id = self.last_message_id.max(id);
+            self.remember(id, text);
+        }
+    }
+
+    fn remember(&mut self, id: u64, text: Utf8Bytes) {
+        if self.config.history_size == 0 {
+            return;
+        }
+        if self.history.len() == self.config.history_size {
+            self.history.pop_front();
+        }
+        self.history.push_back((id, text));
+    }
+
     /// Removes every connection, to be closed with 1001.
     pub fn shutdown(&mut self) -> Vec<Effect> {
         let all: Vec<ConnId> = self.conns.keys().copied().collect();
-        all.into_iter()
-            .filter_map(|c| self.remove(c, CloseReason::Shutdown))
-            .collect()
+        all.into_iter().filter_map(|c| self.remove(c, CloseReason::Shutdown)).collect()
     }
 
     fn new_user(&self, now: Now) -> User {
@@ -481,11 +538,7 @@ impl Hub {
             reason.label(),
             self.conns.len()
         );
-        Some(Effect::Close {
-            conn,
-            outbox: c.outbox,
-            reason,
-        })
+        Some(Effect::Close { conn, outbox: c.outbox, reason })
     }
 
     /// Queues a frame for one connection, or closes it with 4004 when its queue is full.
@@ -530,7 +583,12 @@ impl Hub {
             ts: now.unix_ms,
         }
         .to_json();
-        self.stats.deliveries += self.broadcast(json.into(), effects);
+        let text = Utf8Bytes::from(json);
+        if self.config.persist_history {
+            effects.push(Effect::Persist { line: text.clone() });
+        }
+        self.remember(self.last_message_id, text.clone());
+        self.stats.deliveries += self.broadcast(text, effects);
         self.stats.messages_broadcast += 1;
     }
 
@@ -561,17 +619,9 @@ impl Hub {
         effects: &mut Vec<Effect>,
     ) {
         let message = error.message();
-        let json = ServerMessage::Error {
-            code: error.code(),
-            message: &message,
-        }
-        .to_json();
+        let json = ServerMessage::Error { code: error.code(), message: &message }.to_json();
         self.send_to(conn, json, effects);
-        let Some(user) = self
-            .conns
-            .get(&conn)
-            .and_then(|c| self.users.get_mut(&c.user))
-        else {
+        let Some(user) = self.conns.get(&conn).and_then(|c| self.users.get_mut(&c.user)) else {
             return;
         };
         if now.at.saturating_duration_since(user.violations_since) >= VIOLATION_WINDOW {
@@ -623,10 +673,8 @@ impl Hub {
         if self.presence.flush_at.is_some() {
             return;
         }
-        let due = self
-            .presence
-            .last_sent_at
-            .map_or(now.at, |at| at + self.config.presence_interval);
+        let due =
+            self.presence.last_sent_at.map_or(now.at, |at| at + self.config.presence_interval);
         if now.at >= due {
             self.flush_presence(now, effects);
         } else {
@@ -663,35 +711,18 @@ impl Hub {
                 u.conns.len()
             );
             for id in &u.conns {
-                let c = self
-                    .conns
-                    .get(id)
-                    .expect("a user's connection is registered");
+                let c = self.conns.get(id).expect("a user's connection is registered");
                 assert_eq!(&c.user, user, "connection {id} filed under the wrong user");
             }
             seen += u.conns.len();
             online += usize::from(!u.conns.is_empty());
         }
-        assert_eq!(
-            seen,
-            self.conns.len(),
-            "every connection belongs to exactly one user"
-        );
-        assert_eq!(
-            online, self.online,
-            "online count is the number of distinct users"
-        );
-        assert_eq!(
-            self.expiries.len(),
-            self.conns.len(),
-            "one token deadline per connection"
-        );
+        assert_eq!(seen, self.conns.len(), "every connection belongs to exactly one user");
+        assert_eq!(online, self.online, "online count is the number of distinct users");
+        assert_eq!(self.expiries.len(), self.conns.len(), "one token deadline per connection");
         for (id, c) in &self.conns {
             assert!(self.expiries.contains(&(c.expires, *id)));
-            assert!(
-                c.outbox.len() <= self.config.send_queue,
-                "queue over its bound"
-            );
+            assert!(c.outbox.len() <= self.config.send_queue, "queue over its bound");
         }
         assert!(self.conns.len() <= self.config.max_connections);
     }
@@ -699,9 +730,7 @@ impl Hub {
 
 /// The instant a token's `exp` (plus leeway) is reached, on the monotonic clock.
 fn token_deadline(now: Now, exp_unix_secs: u64, leeway: Duration) -> Instant {
-    let deadline_ms = exp_unix_secs
-        .saturating_mul(1000)
-        .saturating_add(leeway.as_millis() as u64);
+    let deadline_ms = exp_unix_secs.saturating_mul(1000).saturating_add(leeway.as_millis() as u64);
     now.at + Duration::from_millis(deadline_ms.saturating_sub(now.unix_ms))
 }
 

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod metrics;

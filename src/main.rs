@@ -29,18 +29,9 @@ Environment:
 const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
 
 enum Command {
-    Run {
-        config: PathBuf,
-    },
-    Check {
-        config: PathBuf,
-    },
-    Token {
-        config: PathBuf,
-        sub: String,
-        name: Option<String>,
-        ttl_secs: u64,
-    },
+    Run { config: PathBuf },
+    Check { config: PathBuf },
+    Token { config: PathBuf, sub: String, name: Option<String>, ttl_secs: u64 },
     Help,
     Version,
 }
@@ -62,9 +53,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
             "--sub" if token => sub = Some(value("--sub")?),
             "--name" if token => name = Some(value("--name")?),
             "--ttl" if token => {
-                ttl_secs = value("--ttl")?
-                    .parse()
-                    .map_err(|_| "--ttl takes whole seconds")?;
+                ttl_secs = value("--ttl")?.parse().map_err(|_| "--ttl takes whole seconds")?;
             }
             "--help" | "-h" => return Ok(Command::Help),
             "--version" | "-V" => return Ok(Command::Version),
@@ -74,12 +63,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
     }
     let config = config.ok_or("--config PATH is required")?;
     Ok(if token {
-        Command::Token {
-            config,
-            sub: sub.ok_or("token needs --sub ID")?,
-            name,
-            ttl_secs,
-        }
+        Command::Token { config, sub: sub.ok_or("token needs --sub ID")?, name, ttl_secs }
     } else if check {
         Command::Check { config }
     } else {
@@ -107,12 +91,7 @@ fn main() -> ExitCode {
         Command::Check { config } => Config::load(&config).map(|_| {
             println!("{}: ok", config.display());
         }),
-        Command::Token {
-            config,
-            sub,
-            name,
-            ttl_secs,
-        } => Config::load(&config)
+        Command::Token { config, sub, name, ttl_secs } => Config::load(&config)
             .and_then(|c| auth::mint(&c.auth, &sub, name.as_deref(), ttl_secs))
             .map(|token| println!("{token}")),
         Command::Run { config } => Config::load(&config).and_then(run),
@@ -132,11 +111,7 @@ fn run(config: Config) -> Result<(), ConfigError> {
         .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr =
         |l: &std::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    info!(
-        "shequ-chat {} listening on {}",
-        env!("CARGO_PKG_VERSION"),
-        addr(&listeners.main)
-    );
+    info!("shequ-chat {} listening on {}", env!("CARGO_PKG_VERSION"), addr(&listeners.main));
     if let Some(metrics) = &listeners.metrics {
         info!("metrics on {}", addr(metrics));
     }

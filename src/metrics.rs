@@ -67,6 +67,7 @@ pub struct Snapshot<'a> {
     pub stats: &'a Stats,
     pub connections: usize,
     pub online: usize,
+    pub history: usize,
     pub shell: &'a ShellCounters,
     pub start_time_unix_secs: f64,
 }
@@ -75,12 +76,7 @@ pub struct Snapshot<'a> {
 pub fn render(s: &Snapshot<'_>) -> String {
     let mut out = Exposition(String::with_capacity(4096));
     let st = s.stats;
-    out.single(
-        "shequ_chat_connections",
-        "gauge",
-        "Open WebSocket connections.",
-        s.connections,
-    );
+    out.single("shequ_chat_connections", "gauge", "Open WebSocket connections.", s.connections);
     out.single(
         "shequ_chat_online_users",
         "gauge",
@@ -98,11 +94,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
             "Frames with content received from clients (chat, ping, auth, and refused ones).",
             st.messages_received,
         ),
-        (
-            "shequ_chat_messages_broadcast_total",
-            "Chat messages broadcast.",
-            st.messages_broadcast,
-        ),
+        ("shequ_chat_messages_broadcast_total", "Chat messages broadcast.", st.messages_broadcast),
         (
             "shequ_chat_deliveries_total",
             "Chat messages queued to receivers (one broadcast to N connections counts N).",
@@ -131,43 +123,26 @@ pub fn render(s: &Snapshot<'_>) -> String {
     ] {
         out.single(name, "counter", help, value);
     }
+    out.single("shequ_chat_history_messages", "gauge", "Chat messages held for replay.", s.history);
+    let name = "shequ_chat_recoveries_total";
+    out.family(name, "counter", "Connects with `since`, by whether every missed message was held.");
+    out.sample(name, &[("result", "recovered")], st.recoveries_recovered);
+    out.sample(name, &[("result", "too_old")], st.recoveries_too_old);
     let name = "shequ_chat_auth_failures_total";
-    out.family(
-        name,
-        "counter",
-        "Connections refused before the upgrade, by reason.",
-    );
+    out.family(name, "counter", "Connections refused before the upgrade, by reason.");
     for failure in AuthFailure::ALL {
-        out.sample(
-            name,
-            &[("reason", failure.label())],
-            s.shell.auth_failures(failure),
-        );
+        out.sample(name, &[("reason", failure.label())], s.shell.auth_failures(failure));
     }
     let name = "shequ_chat_disconnects_total";
     out.family(name, "counter", "Connections ended, by reason.");
     for reason in CloseReason::ALL {
-        out.sample(
-            name,
-            &[("reason", reason.label())],
-            st.disconnects[reason.index()],
-        );
+        out.sample(name, &[("reason", reason.label())], st.disconnects[reason.index()]);
     }
     if let Some(rss) = resident_memory_bytes() {
-        out.single(
-            "process_resident_memory_bytes",
-            "gauge",
-            "Resident memory size in bytes.",
-            rss,
-        );
+        out.single("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", rss);
     }
     if let Some(fds) = open_fds() {
-        out.single(
-            "process_open_fds",
-            "gauge",
-            "Number of open file descriptors.",
-            fds,
-        );
+        out.single("process_open_fds", "gauge", "Number of open file descriptors.", fds);
     }
     out.single(
         "process_start_time_seconds",
@@ -228,16 +203,14 @@ mod tests {
 
     #[test]
     fn every_family_has_help_and_type_and_each_sample_parses() {
-        let stats = Stats {
-            deliveries: 7,
-            ..Stats::default()
-        };
+        let stats = Stats { deliveries: 7, ..Stats::default() };
         let shell = ShellCounters::default();
         shell.count(AuthFailure::Origin);
         let text = render(&Snapshot {
             stats: &stats,
             connections: 2,
             online: 1,
+            history: 0,
             shell: &shell,
             start_time_unix_secs: 1.5,
         });

@@ -67,12 +67,7 @@ pub enum Next {
 /// A new, empty, open queue.
 pub fn outbox() -> (OutboxTx, OutboxRx) {
     let shared = Rc::new(RefCell::new(Shared::default()));
-    (
-        OutboxTx {
-            shared: shared.clone(),
-        },
-        OutboxRx { shared },
-    )
+    (OutboxTx { shared: shared.clone() }, OutboxRx { shared })
 }
 
 impl OutboxTx {
@@ -131,11 +126,7 @@ impl OutboxRx {
         if let Some(reason) = shared.closed {
             return Poll::Ready(Next::Closed(reason));
         }
-        if !shared
-            .waker
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
+        if !shared.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             shared.waker = Some(cx.waker().clone());
         }
         Poll::Pending

@@ -70,9 +70,7 @@ impl ProtocolError {
 pub fn parse_client(text: &str, max_content_chars: usize) -> Result<ClientMessage, ProtocolError> {
     let value: Value = serde_json::from_str(text).map_err(|_| ProtocolError::InvalidJson)?;
     let Value::Object(mut fields) = value else {
-        return Err(ProtocolError::InvalidMessage(
-            "a message must be a JSON object",
-        ));
+        return Err(ProtocolError::InvalidMessage("a message must be a JSON object"));
     };
     let kind = match fields.get("type") {
         Some(Value::String(kind)) => kind.as_str(),
@@ -85,19 +83,13 @@ pub fn parse_client(text: &str, max_content_chars: usize) -> Result<ClientMessag
                 validate_content(&content, max_content_chars)?;
                 Ok(ClientMessage::Chat { content })
             }
-            Some(_) => Err(ProtocolError::InvalidMessage(
-                "\"content\" must be a string",
-            )),
-            None => Err(ProtocolError::InvalidMessage(
-                "a chat message needs \"content\"",
-            )),
+            Some(_) => Err(ProtocolError::InvalidMessage("\"content\" must be a string")),
+            None => Err(ProtocolError::InvalidMessage("a chat message needs \"content\"")),
         },
         "ping" => Ok(ClientMessage::Ping),
         "auth" => match fields.remove("token") {
             Some(Value::String(token)) => Ok(ClientMessage::Auth { token }),
-            _ => Err(ProtocolError::InvalidMessage(
-                "an auth message needs a string \"token\"",
-            )),
+            _ => Err(ProtocolError::InvalidMessage("an auth message needs a string \"token\"")),
         },
         _ => Err(ProtocolError::UnsupportedType),
     }
@@ -112,18 +104,10 @@ pub fn validate_content(content: &str, max_chars: usize) -> Result<(), ProtocolE
     // Counting stops just past the limit, so a huge string costs no more than a legal one.
     let chars = content.chars().take(max_chars + 1).count();
     if chars > max_chars {
-        return Err(ProtocolError::TooLong {
-            chars: content.chars().count(),
-            max: max_chars,
-        });
+        return Err(ProtocolError::TooLong { chars: content.chars().count(), max: max_chars });
     }
-    if content
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
-    {
-        return Err(ProtocolError::InvalidMessage(
-            "content has control characters",
-        ));
+    if content.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(ProtocolError::InvalidMessage("content has control characters"));
     }
     Ok(())
 }
@@ -136,6 +120,9 @@ pub enum ServerMessage<'a> {
         user_id: &'a str,
         username: &'a str,
         online: usize,
+        /// Only when the client sent `since`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
     },
     Chat {
         id: u64,
@@ -256,9 +243,7 @@ mod tests {
     fn good_messages_parse() {
         assert_eq!(
             parse(r#"{"type":"chat","content":"hi"}"#),
-            Ok(ClientMessage::Chat {
-                content: "hi".into()
-            })
+            Ok(ClientMessage::Chat { content: "hi".into() })
         );
         assert_eq!(parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping));
         assert_eq!(
@@ -267,9 +252,7 @@ mod tests {
         );
         assert_eq!(
             parse("{\"type\":\"chat\",\"content\":\"a\\nb\\tc\"}"),
-            Ok(ClientMessage::Chat {
-                content: "a\nb\tc".into()
-            })
+            Ok(ClientMessage::Chat { content: "a\nb\tc".into() })
         );
     }
 
@@ -282,22 +265,10 @@ mod tests {
         assert_eq!(code(r#"{"type":7}"#), "invalid_message");
         assert_eq!(code(r#"{"type":"chat"}"#), "invalid_message");
         assert_eq!(code(r#"{"type":"chat","content":5}"#), "invalid_message");
-        assert_eq!(
-            code(r#"{"type":"chat","content":"   "}"#),
-            "invalid_message"
-        );
-        assert_eq!(
-            code(r#"{"type":"chat","content":"a\u0000b"}"#),
-            "invalid_message"
-        );
-        assert_eq!(
-            code(r#"{"type":"chat","content":"a\u007fb"}"#),
-            "invalid_message"
-        );
-        assert_eq!(
-            code(r#"{"type":"chat","content":"01234567890"}"#),
-            "too_long"
-        );
+        assert_eq!(code(r#"{"type":"chat","content":"   "}"#), "invalid_message");
+        assert_eq!(code(r#"{"type":"chat","content":"a\u0000b"}"#), "invalid_message");
+        assert_eq!(code(r#"{"type":"chat","content":"a\u007fb"}"#), "invalid_message");
+        assert_eq!(code(r#"{"type":"chat","content":"01234567890"}"#), "too_long");
         assert_eq!(code(r#"{"type":"dance"}"#), "unsupported_type");
         assert_eq!(code(r#"{"type":"auth"}"#), "invalid_message");
     }
@@ -328,10 +299,7 @@ mod tests {
             r#"{"type":"chat","id":17,"user_id":"42","username":"alice","content":"hi \"there\"","ts":1764200000000}"#
         );
         assert_eq!(ServerMessage::Pong.to_json(), r#"{"type":"pong"}"#);
-        assert_eq!(
-            ServerMessage::Online { count: 3 }.to_json(),
-            r#"{"type":"online","count":3}"#
-        );
+        assert_eq!(ServerMessage::Online { count: 3 }.to_json(), r#"{"type":"online","count":3}"#);
     }
 
     #[test]

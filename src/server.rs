@@ -26,7 +26,8 @@ use log::{debug, info, warn};
 use smol::{Async, LocalExecutor, Timer};
 
 use crate::auth::{AuthError, Verifier};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Fsync};
+use crate::history::HistoryFile;
 use crate::http::{self, HeadError, Refusal, Request};
 use crate::hub::{ConnId, Effect, Hub, HubConfig, Identity, Incoming, Now, Refused};
 use crate::metrics::{self, AuthFailure, ShellCounters, Snapshot};
@@ -43,19 +44,16 @@ pub const READ_BUDGET_FRAMES: usize = 16;
 /// After the server sends a close frame, how long the client has to answer it (or, for a client
 /// that is not reading, to make room for it) before the socket is dropped.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How often `fsync: interval` syncs the history file.
+pub const HISTORY_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause after a failed `accept` (out of file descriptors, usually) before trying again.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Reads both clocks. The only place the server asks the operating system for the time.
 #[allow(clippy::disallowed_methods)]
 fn now() -> Now {
-    let unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    Now {
-        at: Instant::now(),
-        unix_ms,
-    }
+    let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    Now { at: Instant::now(), unix_ms }
 }
 
 /// State shared by every task on the event loop.
@@ -70,6 +68,8 @@ struct Shell {
     armed: Cell<Instant>,
     counters: ShellCounters,
     start_unix_secs: f64,
+    /// The history file, when `history.file` is set.
+    history: RefCell<Option<HistoryFile>>,
 }
 
 impl Shell {
@@ -81,20 +81,39 @@ impl Shell {
     }
 
     fn perform(&self, effects: Vec<Effect>) {
+        let mut persisted = false;
         for effect in effects {
             match effect {
-                Effect::Close {
-                    conn,
-                    outbox,
-                    reason,
-                } => {
+                // Persist effects come before the message can reach any socket: the connection
+                // tasks only write once this input is done and the executor runs them.
+                Effect::Persist { line } => {
+                    if let Some(file) = self.history.borrow_mut().as_mut() {
+                        if let Err(e) = file.append(&line) {
+                            warn!("history: cannot write {}: {e}", file.path().display());
+                        }
+                        persisted = true;
+                    }
+                }
+                Effect::Close { conn, outbox, reason } => {
                     debug!("conn={conn} closing reason={}", reason.label());
                     outbox.close(reason);
                 }
             }
         }
+        if persisted {
+            self.with_history(|file| file.flush());
+        }
         if self.hub.borrow().poll_timeout() < self.armed.get() {
             let _ = self.rearm.try_send(());
+        }
+    }
+
+    /// Runs an operation on the history file, if there is one, and logs a failure.
+    fn with_history(&self, op: impl FnOnce(&mut HistoryFile) -> io::Result<()>) {
+        if let Some(file) = self.history.borrow_mut().as_mut()
+            && let Err(e) = op(file)
+        {
+            warn!("history: cannot write {}: {e}", file.path().display());
         }
     }
 
@@ -104,6 +123,7 @@ impl Shell {
             stats: hub.stats(),
             connections: hub.connection_count(),
             online: hub.online(),
+            history: hub.history_len(),
             shell: &self.counters,
             start_time_unix_secs: self.start_unix_secs,
         })
@@ -129,10 +149,7 @@ impl Shell {
         let token = match (from_query.as_deref(), req.bearer_token()) {
             (Some(q), Some(h)) if q != h => {
                 self.counters.count(AuthFailure::Invalid);
-                return Err(Refusal::new(
-                    400,
-                    "token in query and Authorization header differ",
-                ));
+                return Err(Refusal::new(400, "token in query and Authorization header differ"));
             }
             (Some(t), _) | (None, Some(t)) => t,
             (None, None) => "",
@@ -163,11 +180,7 @@ pub struct Listeners {
 /// Binds `listen` and, when set, `metrics_listen`.
 pub fn bind(config: &Config) -> io::Result<Listeners> {
     let main = TcpListener::bind(&config.listen)?;
-    let metrics = config
-        .metrics_listen
-        .as_ref()
-        .map(TcpListener::bind)
-        .transpose()?;
+    let metrics = config.metrics_listen.as_ref().map(TcpListener::bind).transpose()?;
     Ok(Listeners { main, metrics })
 }
 
@@ -191,11 +204,7 @@ pub fn run(
     let verifier = Verifier::new(&config.auth)?;
     let cannot = |e: io::Error| ConfigError(format!("cannot use the listener: {e}"));
     let main = Async::new(listeners.main).map_err(cannot)?;
-    let metrics_listener = listeners
-        .metrics
-        .map(Async::new)
-        .transpose()
-        .map_err(cannot)?;
+    let metrics_listener = listeners.metrics.map(Async::new).transpose().map_err(cannot)?;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.limits.read_buffer_bytes)
         .write_buffer_size(4096)
@@ -204,8 +213,20 @@ pub fn run(
     let (rearm, rearm_rx) = async_channel::bounded(1);
     let start = now();
     let shutdown_grace = config.shutdown_grace();
+    let mut hub = Hub::new(HubConfig::from(&config), start);
+    let history = match &config.history.file {
+        Some(path) => {
+            let loaded = HistoryFile::open(path, config.history.fsync, config.history.size)
+                .map_err(|e| ConfigError(format!("history.file {}: {e}", path.display())))?;
+            info!("history: {} messages from {}", loaded.messages.len(), path.display());
+            hub.restore(loaded.messages);
+            Some(loaded.file)
+        }
+        None => None,
+    };
+    let sync_history = history.is_some() && config.history.fsync == Fsync::Interval;
     let shell = Rc::new(Shell {
-        hub: RefCell::new(Hub::new(HubConfig::from(&config), start)),
+        hub: RefCell::new(hub),
         verifier,
         config,
         ws_config,
@@ -213,12 +234,14 @@ pub fn run(
         armed: Cell::new(start.at),
         counters: ShellCounters::default(),
         start_unix_secs: start.unix_ms as f64 / 1000.0,
+        history: RefCell::new(history),
     });
     let executor = LocalExecutor::new();
     smol::block_on(executor.run(async {
-        executor
-            .spawn(drive_timers(shell.clone(), rearm_rx))
-            .detach();
+        executor.spawn(drive_timers(shell.clone(), rearm_rx)).detach();
+        if sync_history {
+            executor.spawn(sync_history_every_second(shell.clone())).detach();
+        }
         if let Some(interval) = sd_notify::watchdog_enabled() {
             executor.spawn(keep_watchdog_fed(interval)).detach();
         }
@@ -250,6 +273,7 @@ pub fn run(
                 Timer::after(shutdown_grace).await;
             })
             .await;
+        shell.with_history(HistoryFile::sync);
         info!("stopped");
     }));
     Ok(())
@@ -274,6 +298,14 @@ async fn accept_loop(
                 Timer::after(ACCEPT_BACKOFF).await;
             }
         }
+    }
+}
+
+/// `fsync: interval`: syncs the history file at most once a second, from the event loop.
+async fn sync_history_every_second(shell: Rc<Shell>) {
+    loop {
+        Timer::after(HISTORY_SYNC_INTERVAL).await;
+        shell.with_history(HistoryFile::sync);
     }
 }
 
@@ -387,12 +419,9 @@ async fn upgrade(
             Some(Refusal::new(405, "use GET").to_response())
         }
         "/healthz" => Some(http::response(200, "text/plain; charset=utf-8", "", "ok")),
-        "/metrics" if metrics_here => Some(http::response(
-            200,
-            metrics::CONTENT_TYPE,
-            "",
-            &shell.metrics(),
-        )),
+        "/metrics" if metrics_here => {
+            Some(http::response(200, metrics::CONTENT_TYPE, "", &shell.metrics()))
+        }
         _ => Some(Refusal::new(404, "not found").to_response()),
     };
     if let Some(answer) = answer {
@@ -407,7 +436,8 @@ async fn upgrade(
         }
     };
     let user_id = identity.user_id.clone();
-    let connected = shell.hub.borrow_mut().connect(now(), identity);
+    let since = request.query_param("since").and_then(|s| s.parse::<u64>().ok());
+    let connected = shell.hub.borrow_mut().connect(now(), identity, since);
     let connected = match connected {
         Ok(connected) => connected,
         Err(Refused::Capacity) => {
@@ -419,14 +449,8 @@ async fn upgrade(
         }
     };
     shell.perform(connected.effects);
-    let registered = Registered {
-        shell: shell.clone(),
-        conn: connected.conn,
-    };
-    debug!(
-        "conn={} user_id={user_id} peer={peer} upgraded",
-        connected.conn
-    );
+    let registered = Registered { shell: shell.clone(), conn: connected.conn };
+    debug!("conn={} user_id={user_id} peer={peer} upgraded", connected.conn);
     let accepted = http::switching_protocols(key);
     if stream.write_all(accepted.as_bytes()).await.is_err() {
         return None;
@@ -476,10 +500,7 @@ impl Pump<'_> {
                     let Some(code) = reason.code() else {
                         break;
                     };
-                    let frame = CloseFrame {
-                        code: code.into(),
-                        reason: reason.label().into(),
-                    };
+                    let frame = CloseFrame { code: code.into(), reason: reason.label().into() };
                     Message::Close(Some(frame))
                 }
             };
@@ -513,8 +534,7 @@ impl Pump<'_> {
             Some(Ok(Message::Pong(_) | Message::Frame(_))) => Incoming::Alive,
         };
         let conn = self.conn;
-        self.shell
-            .apply(|hub, now| hub.receive(now, conn, incoming));
+        self.shell.apply(|hub, now| hub.receive(now, conn, incoming));
     }
 
     fn parse(&self, text: &str) -> Incoming {

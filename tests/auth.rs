@@ -8,9 +8,7 @@ use jwt_simple::prelude::*;
 use serde_json::json;
 
 fn refused(server: &Server, query: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    smol::block_on(Client::connect(server.addr, query, headers))
-        .err()
-        .expect("was accepted")
+    smol::block_on(Client::connect(server.addr, query, headers)).err().expect("was accepted")
 }
 
 #[test]
@@ -18,10 +16,7 @@ fn missing_expired_forged_and_none_tokens_get_401() {
     let server = Server::start(json!({}));
     assert_eq!(refused(&server, "", &[]), (401, "missing token\n".into()));
     let expired = sign_hs256(json!({"sub": "1", "exp": unix_now() - 10}));
-    assert_eq!(
-        refused(&server, &format!("token={expired}"), &[]),
-        (401, "token expired\n".into())
-    );
+    assert_eq!(refused(&server, &format!("token={expired}"), &[]), (401, "token expired\n".into()));
 
     let forged = sign_with_key(
         &HS256Key::from_bytes(b"some-other-secret-0123456789"),
@@ -33,9 +28,7 @@ fn missing_expired_forged_and_none_tokens_get_401() {
     let none = format!(
         "{}.{}.",
         b64(br#"{"alg":"none","typ":"JWT"}"#),
-        b64(json!({"sub": "1", "exp": unix_now() + 60})
-            .to_string()
-            .as_bytes())
+        b64(json!({"sub": "1", "exp": unix_now() + 60}).to_string().as_bytes())
     );
     assert_eq!(refused(&server, &format!("token={none}"), &[]).0, 401);
 
@@ -50,10 +43,7 @@ fn missing_expired_forged_and_none_tokens_get_401() {
 
     // The token never reaches the log.
     for line in server.log_lines() {
-        assert!(
-            !line.contains(&expired) && !line.contains(&forged),
-            "token logged: {line}"
-        );
+        assert!(!line.contains(&expired) && !line.contains(&forged), "token logged: {line}");
     }
 }
 
@@ -86,10 +76,7 @@ fn numeric_sub_and_bearer_header() {
         let mut client = server.connect_token(&numeric).await;
         let welcome = client.recv_type("welcome").await;
         assert_eq!(welcome["user_id"], "42");
-        assert_eq!(
-            welcome["username"], "42",
-            "the name falls back to the user id"
-        );
+        assert_eq!(welcome["username"], "42", "the name falls back to the user id");
 
         let bearer = format!("Bearer {}", token("alice", 60));
         let mut by_header = Client::connect(server.addr, "", &[("authorization", &bearer)])
@@ -102,11 +89,8 @@ fn numeric_sub_and_bearer_header() {
         );
     });
     let other = format!("Bearer {}", token("bob", 60));
-    let (status, _) = refused(
-        &server,
-        &format!("token={}", token("alice", 60)),
-        &[("authorization", &other)],
-    );
+    let (status, _) =
+        refused(&server, &format!("token={}", token("alice", 60)), &[("authorization", &other)]);
     assert_eq!(status, 400, "disagreeing tokens");
 }
 
@@ -176,18 +160,12 @@ fn session_ends_with_4003_at_expiry_unless_refreshed() {
         let mut refreshed = server.connect_token(&token("long", 2)).await;
         short.recv_type("welcome").await;
         refreshed.recv_type("welcome").await;
-        refreshed
-            .send_json(json!({"type": "auth", "token": token("long", 3600)}))
-            .await;
+        refreshed.send_json(json!({"type": "auth", "token": token("long", 3600)})).await;
         // A token for someone else is refused without ending the session.
-        refreshed
-            .send_json(json!({"type": "auth", "token": token("mallory", 3600)}))
-            .await;
+        refreshed.send_json(json!({"type": "auth", "token": token("mallory", 3600)})).await;
         let error = refreshed.recv_type("error").await;
         assert_eq!(error["code"], "auth_failed");
-        refreshed
-            .send_json(json!({"type": "auth", "token": "garbage"}))
-            .await;
+        refreshed.send_json(json!({"type": "auth", "token": "garbage"})).await;
         assert_eq!(refreshed.recv_type("error").await["code"], "auth_failed");
 
         assert_eq!(short.close_code().await, Ended::Closed(4003));

@@ -26,11 +26,7 @@ fn burst_reaches_every_reader_and_cuts_no_one() {
             .map(|i| {
                 let server = &server;
                 ex.spawn(async move {
-                    let name = if i < SENDERS {
-                        format!("sender{i}")
-                    } else {
-                        format!("r{i}")
-                    };
+                    let name = if i < SENDERS { format!("sender{i}") } else { format!("r{i}") };
                     let mut client = server.connect(&name).await;
                     client.await_online((RECEIVERS + SENDERS) as u64).await;
                     client

@@ -35,17 +35,10 @@ fn shipped_configs_pass_the_check() {
     // The production template has no secret; with one in the environment it is complete.
     let out = Command::new(env!("CARGO_BIN_EXE_shequ-chat"))
         .args(["--check-config", "--config", "configs/shequ-chat.json"])
-        .env(
-            "SHEQU_CHAT_JWT_SECRET",
-            "a-production-secret-from-the-environment",
-        )
+        .env("SHEQU_CHAT_JWT_SECRET", "a-production-secret-from-the-environment")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (ok, _, err) = shequ_chat(&["--check-config", "--config", "configs/shequ-chat.json"]);
     assert!(!ok);
     assert!(err.contains("secret"), "{err}");
@@ -79,13 +72,9 @@ fn help_version_and_bad_arguments() {
 #[test]
 fn minted_token_connects() {
     let server = Server::start(json!({}));
-    let path = write_config(
-        "mint.json",
-        &json!({"auth": {"secret": SECRET}}).to_string(),
-    );
-    let (ok, out, err) = shequ_chat(&[
-        "token", "--config", &path, "--sub", "42", "--name", "alice", "--ttl", "60",
-    ]);
+    let path = write_config("mint.json", &json!({"auth": {"secret": SECRET}}).to_string());
+    let (ok, out, err) =
+        shequ_chat(&["token", "--config", &path, "--sub", "42", "--name", "alice", "--ttl", "60"]);
     assert!(ok, "{err}");
     smol::block_on(async {
         let mut client = server.connect_token(out.trim()).await;
@@ -107,8 +96,5 @@ fn secret_from_the_environment_wins() {
         let mut client = server.connect("env").await;
         assert_eq!(client.recv_type("welcome").await["user_id"], "env");
     });
-    assert!(
-        !server.log_lines().iter().any(|l| l.contains(SECRET)),
-        "secret in the log"
-    );
+    assert!(!server.log_lines().iter().any(|l| l.contains(SECRET)), "secret in the log");
 }

@@ -13,10 +13,7 @@ fn max_connections_gives_503_and_frees_up() {
         let mut a = server.connect("a").await;
         let b = server.connect("b").await;
         let refused = Client::connect(server.addr, &format!("token={}", token("c", 60)), &[]).await;
-        assert_eq!(
-            refused.err(),
-            Some((503, "server full; try again later\n".into()))
-        );
+        assert_eq!(refused.err(), Some((503, "server full; try again later\n".into())));
         // A replacement does not need a free slot.
         let mut b2 = server.connect("b").await;
         b2.recv_type("welcome").await;
@@ -60,16 +57,10 @@ fn origin_outside_the_list_gives_403() {
 fn plain_http_gets_plain_answers() {
     let server = Server::start(json!({}));
     let (status, body) = raw_http(server.addr, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(
-        (status, body.as_str()),
-        (400, "expected a WebSocket upgrade request\n")
-    );
+    assert_eq!((status, body.as_str()), (400, "expected a WebSocket upgrade request\n"));
     let (status, _) = raw_http(server.addr, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status, 404);
-    let (status, _) = raw_http(
-        server.addr,
-        b"POST /ws HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
-    );
+    let (status, _) = raw_http(server.addr, b"POST /ws HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
     assert_eq!(status, 405);
     let (status, _) = raw_http(server.addr, b"\x16\x03\x01\x02\x00garbage\r\n\r\n");
     assert_eq!(status, 400);
@@ -97,8 +88,5 @@ fn handshake_that_never_finishes_is_dropped() {
     std::io::Write::write_all(&mut stream, b"GET /ws HTTP/1.1\r\n").unwrap();
     let mut buf = [0u8; 64];
     let read = std::io::Read::read(&mut stream, &mut buf);
-    assert!(
-        matches!(read, Ok(0) | Err(_)),
-        "the server answered instead of dropping: {read:?}"
-    );
+    assert!(matches!(read, Ok(0) | Err(_)), "the server answered instead of dropping: {read:?}");
 }

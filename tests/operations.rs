@@ -34,12 +34,7 @@ print(json.dumps(out))
         .stderr(Stdio::piped())
         .spawn()
         .expect("python3");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -88,10 +83,7 @@ fn metrics_count_what_happened() {
         let (status, text) = server.get("/metrics");
         assert_eq!(status, 200);
         let m = parse_with_prometheus(&text);
-        let get = |k: &str| {
-            *m.get(k)
-                .unwrap_or_else(|| panic!("no sample {k} in\n{text}"))
-        };
+        let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no sample {k} in\n{text}"));
         assert_eq!(get("shequ_chat_connections"), 2.0);
         assert_eq!(get("shequ_chat_online_users"), 2.0);
         assert_eq!(get("shequ_chat_connections_accepted_total"), 3.0);
@@ -102,37 +94,17 @@ fn metrics_count_what_happened() {
         assert_eq!(get("shequ_chat_rate_limited_total"), 1.0);
         assert_eq!(get("shequ_chat_invalid_messages_total"), 1.0);
         assert_eq!(get("shequ_chat_heartbeat_failures_total"), 0.0);
-        assert_eq!(
-            get(r#"shequ_chat_auth_failures_total{reason="missing"}"#),
-            1.0
-        );
-        assert_eq!(
-            get(r#"shequ_chat_auth_failures_total{reason="origin"}"#),
-            1.0
-        );
-        assert_eq!(
-            get(r#"shequ_chat_auth_failures_total{reason="capacity"}"#),
-            0.0
-        );
-        assert_eq!(
-            get(r#"shequ_chat_disconnects_total{reason="replaced"}"#),
-            1.0
-        );
-        assert_eq!(
-            get(r#"shequ_chat_disconnects_total{reason="shutdown"}"#),
-            0.0
-        );
+        assert_eq!(get(r#"shequ_chat_auth_failures_total{reason="missing"}"#), 1.0);
+        assert_eq!(get(r#"shequ_chat_auth_failures_total{reason="origin"}"#), 1.0);
+        assert_eq!(get(r#"shequ_chat_auth_failures_total{reason="capacity"}"#), 0.0);
+        assert_eq!(get(r#"shequ_chat_disconnects_total{reason="replaced"}"#), 1.0);
+        assert_eq!(get(r#"shequ_chat_disconnects_total{reason="shutdown"}"#), 0.0);
         assert!(get("process_resident_memory_bytes") > 100_000.0);
         assert!(get("process_open_fds") >= 3.0);
         let started = get("process_start_time_seconds");
-        assert!(
-            (started - unix_now() as f64).abs() < 600.0,
-            "start time {started}"
-        );
-        let version = format!(
-            r#"shequ_chat_build_info{{version="{}"}}"#,
-            env!("CARGO_PKG_VERSION")
-        );
+        assert!((started - unix_now() as f64).abs() < 600.0, "start time {started}");
+        let version =
+            format!(r#"shequ_chat_build_info{{version="{}"}}"#, env!("CARGO_PKG_VERSION"));
         assert_eq!(get(&version), 1.0);
     });
 }
@@ -141,18 +113,8 @@ fn metrics_count_what_happened() {
 fn metrics_on_a_private_listener() {
     let server = Server::start(json!({"metrics_listen": "127.0.0.1:0"}));
     let line = server.wait_for_log("metrics on ");
-    let addr = line
-        .rsplit("metrics on ")
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_eq!(
-        server.get("/metrics").0,
-        404,
-        "metrics leaked onto the public listener"
-    );
+    let addr = line.rsplit("metrics on ").next().unwrap().trim().parse().unwrap();
+    assert_eq!(server.get("/metrics").0, 404, "metrics leaked onto the public listener");
     let (status, text) = get(addr, "/metrics");
     assert_eq!(status, 200);
     assert!(parse_with_prometheus(&text).contains_key("shequ_chat_connections"));
@@ -188,10 +150,7 @@ fn systemd_notify_ready_watchdog_and_stopping() {
     let notify = path.to_string_lossy().into_owned();
     let mut server = Server::start_with_env(
         json!({}),
-        &[
-            ("NOTIFY_SOCKET", notify.as_str()),
-            ("WATCHDOG_USEC", "200000"),
-        ],
+        &[("NOTIFY_SOCKET", notify.as_str()), ("WATCHDOG_USEC", "200000")],
     );
     let receive = || {
         let mut buf = [0u8; 256];
@@ -199,12 +158,7 @@ fn systemd_notify_ready_watchdog_and_stopping() {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     let mut seen = Vec::new();
-    while seen
-        .iter()
-        .filter(|m: &&String| m.contains("WATCHDOG=1"))
-        .count()
-        < 3
-    {
+    while seen.iter().filter(|m: &&String| m.contains("WATCHDOG=1")).count() < 3 {
         seen.push(receive());
     }
     assert!(seen.iter().any(|m| m.contains("READY=1")), "{seen:?}");

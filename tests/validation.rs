@@ -18,35 +18,16 @@ fn each_bad_frame_gets_its_error_code_and_reaches_no_one() {
         let cases: Vec<(Message, &str)> = vec![
             (Message::Text("not json".into()), "invalid_json"),
             (Message::Text("[1,2,3]".into()), "invalid_message"),
+            (Message::Text(r#"{"type":"chat","content":42}"#.into()), "invalid_message"),
+            (Message::Text(r#"{"type":"chat","content":"  \n "}"#.into()), "invalid_message"),
+            (Message::Text(r#"{"type":"chat","content":"a\u0000b"}"#.into()), "invalid_message"),
             (
-                Message::Text(r#"{"type":"chat","content":42}"#.into()),
-                "invalid_message",
-            ),
-            (
-                Message::Text(r#"{"type":"chat","content":"  \n "}"#.into()),
-                "invalid_message",
-            ),
-            (
-                Message::Text(r#"{"type":"chat","content":"a\u0000b"}"#.into()),
-                "invalid_message",
-            ),
-            (
-                Message::Text(
-                    json!({"type":"chat","content":"x".repeat(51)})
-                        .to_string()
-                        .into(),
-                ),
+                Message::Text(json!({"type":"chat","content":"x".repeat(51)}).to_string().into()),
                 "too_long",
             ),
-            (
-                Message::Text(r#"{"type":"dance"}"#.into()),
-                "unsupported_type",
-            ),
+            (Message::Text(r#"{"type":"dance"}"#.into()), "unsupported_type"),
             (Message::Binary(vec![1, 2, 3].into()), "binary_unsupported"),
-            (
-                Message::Text(r#"{"type":"auth","token":"nope"}"#.into()),
-                "auth_failed",
-            ),
+            (Message::Text(r#"{"type":"auth","token":"nope"}"#.into()), "auth_failed"),
         ];
         for (message, code) in cases {
             bad.send(message).await;
@@ -56,16 +37,10 @@ fn each_bad_frame_gets_its_error_code_and_reaches_no_one() {
         }
         // Still connected and able to chat; the other user saw only the good message.
         bad.chat("a fine message with\ttab and\nnewline").await;
-        assert_eq!(
-            bad.recv_type("chat").await["content"],
-            "a fine message with\ttab and\nnewline"
-        );
+        assert_eq!(bad.recv_type("chat").await["content"], "a fine message with\ttab and\nnewline");
         let seen = loop {
             let frame = other.recv().await;
-            assert!(
-                matches!(frame["type"].as_str(), Some("online" | "chat")),
-                "other saw {frame}"
-            );
+            assert!(matches!(frame["type"].as_str(), Some("online" | "chat")), "other saw {frame}");
             if frame["type"] == "chat" {
                 break frame;
             }
@@ -88,13 +63,7 @@ fn repeated_violations_close_with_1008() {
         }
         let (ended, frames) = troll.until_closed().await;
         assert_eq!(ended, Ended::Closed(1008));
-        assert_eq!(
-            frames
-                .iter()
-                .filter(|f| f["code"] == "invalid_json")
-                .count(),
-            5
-        );
+        assert_eq!(frames.iter().filter(|f| f["code"] == "invalid_json").count(), 5);
         bystander.await_online(1).await;
         bystander.chat("unbothered").await;
         assert_eq!(bystander.recv_type("chat").await["content"], "unbothered");
@@ -134,10 +103,7 @@ fn rate_limit_drops_the_excess() {
         reader.send_json(json!({"type": "ping"})).await;
         loop {
             let frame = reader.recv().await;
-            assert_ne!(
-                frame["type"], "chat",
-                "a rate-limited message was delivered"
-            );
+            assert_ne!(frame["type"], "chat", "a rate-limited message was delivered");
             if frame["type"] == "pong" {
                 break;
             }
@@ -153,8 +119,7 @@ fn oversized_frame_closes_with_1009() {
         let mut other = server.connect("other").await;
         other.await_online(2).await;
         let content = "x".repeat(2000);
-        big.send_json(json!({"type": "chat", "content": content}))
-            .await;
+        big.send_json(json!({"type": "chat", "content": content})).await;
         assert_eq!(big.close_code().await, Ended::Closed(1009));
         other.await_online(1).await;
     });

@@ -24,6 +24,9 @@ fn config() -> HubConfig {
         idle_check_interval: Duration::from_secs(60),
         presence_interval: Duration::from_secs(1),
         token_leeway: Duration::from_secs(0),
+        history_size: 20,
+        history_on_join: 5,
+        persist_history: false,
     }
 }
 
@@ -32,21 +35,20 @@ struct Harness {
     now: Now,
     open: HashMap<ConnId, OutboxRx>,
     closed: HashMap<ConnId, (CloseReason, OutboxRx)>,
+    persisted: Vec<String>,
 }
 
 impl Harness {
     fn new(config: HubConfig) -> Harness {
         // The fake clock starts from an arbitrary instant; only differences matter.
         #[allow(clippy::disallowed_methods)]
-        let now = Now {
-            at: Instant::now(),
-            unix_ms: START_UNIX_MS,
-        };
+        let now = Now { at: Instant::now(), unix_ms: START_UNIX_MS };
         Harness {
             hub: Hub::new(config, now),
             now,
             open: HashMap::new(),
             closed: HashMap::new(),
+            persisted: Vec::new(),
         }
     }
 
@@ -59,8 +61,16 @@ impl Harness {
     }
 
     fn try_connect(&mut self, user: &str) -> Result<ConnId, Refused> {
+        self.try_connect_since(user, None)
+    }
+
+    fn connect_since(&mut self, user: &str, since: u64) -> ConnId {
+        self.try_connect_since(user, Some(since)).expect("connect")
+    }
+
+    fn try_connect_since(&mut self, user: &str, since: Option<u64>) -> Result<ConnId, Refused> {
         let identity = self.identity(user, Duration::from_secs(3600));
-        let connected = self.hub.connect(self.now, identity)?;
+        let connected = self.hub.connect(self.now, identity, since)?;
         self.open.insert(connected.conn, connected.outbox);
         self.perform(connected.effects);
         Ok(connected.conn)
@@ -104,19 +114,15 @@ impl Harness {
     /// What the event loop does: close each removed connection's queue, after the hub call.
     fn perform(&mut self, effects: Vec<Effect>) {
         for effect in effects {
-            let Effect::Close {
-                conn,
-                outbox,
-                reason,
-            } = effect;
-            let rx = self
-                .open
-                .remove(&conn)
-                .expect("closing a connection that is open");
-            assert!(
-                !self.closed.contains_key(&conn),
-                "connection {conn} closed twice"
-            );
+            let (conn, outbox, reason) = match effect {
+                Effect::Close { conn, outbox, reason } => (conn, outbox, reason),
+                Effect::Persist { line } => {
+                    self.persisted.push(line.to_string());
+                    continue;
+                }
+            };
+            let rx = self.open.remove(&conn).expect("closing a connection that is open");
+            assert!(!self.closed.contains_key(&conn), "connection {conn} closed twice");
             outbox.close(reason);
             self.closed.insert(conn, (reason, rx));
         }
@@ -133,11 +139,7 @@ impl Harness {
 
     /// Frames queued for a connection, as JSON (`{"type":"ws_ping"}` for a WebSocket Ping).
     fn frames(&self, conn: ConnId) -> Vec<Value> {
-        let rx = self
-            .open
-            .get(&conn)
-            .or(self.closed.get(&conn).map(|(_, rx)| rx))
-            .unwrap();
+        let rx = self.open.get(&conn).or(self.closed.get(&conn).map(|(_, rx)| rx)).unwrap();
         rx.drain()
             .into_iter()
             .map(|f| match f {
@@ -148,10 +150,7 @@ impl Harness {
     }
 
     fn of_type(&self, conn: ConnId, kind: &str) -> Vec<Value> {
-        self.frames(conn)
-            .into_iter()
-            .filter(|f| f["type"] == kind)
-            .collect()
+        self.frames(conn).into_iter().filter(|f| f["type"] == kind).collect()
     }
 
     fn close_reason(&self, conn: ConnId) -> Option<CloseReason> {
@@ -187,10 +186,7 @@ fn replacement_closes_old_first_and_keeps_the_count() {
     h.chat(new, "after");
     h.advance(Duration::from_secs(5));
 
-    assert!(
-        h.frames(old).is_empty(),
-        "the replaced connection got frames after its replacement"
-    );
+    assert!(h.frames(old).is_empty(), "the replaced connection got frames after its replacement");
     let got = h.frames(new);
     assert_eq!(got[0]["type"], "welcome");
     assert_eq!(got[0]["online"], 2);
@@ -199,10 +195,7 @@ fn replacement_closes_old_first_and_keeps_the_count() {
     assert_eq!(chats[0]["content"], "after");
     let seen = h.frames(watcher);
     assert_eq!(seen.iter().filter(|f| f["type"] == "chat").count(), 1);
-    assert!(
-        !seen.iter().any(|f| f["type"] == "online"),
-        "a replacement changed presence"
-    );
+    assert!(!seen.iter().any(|f| f["type"] == "online"), "a replacement changed presence");
 
     // The old connection's task ends later; the hub no longer knows it.
     h.disconnect(old);
@@ -213,10 +206,7 @@ fn replacement_closes_old_first_and_keeps_the_count() {
 
 #[test]
 fn two_devices_stay_and_a_third_replaces_the_oldest() {
-    let mut h = Harness::new(HubConfig {
-        max_connections_per_user: 2,
-        ..config()
-    });
+    let mut h = Harness::new(HubConfig { max_connections_per_user: 2, ..config() });
     let phone = h.connect("7");
     let laptop = h.connect("7");
     assert_eq!(h.hub.online(), 1);
@@ -234,16 +224,9 @@ fn two_devices_stay_and_a_third_replaces_the_oldest() {
 fn presence_is_coalesced_into_one_frame_per_interval() {
     let mut h = Harness::new(config());
     let first = h.connect("u0");
-    assert_eq!(
-        h.of_type(first, "online")[0]["count"],
-        1,
-        "first change goes out at once"
-    );
+    assert_eq!(h.of_type(first, "online")[0]["count"], 1, "first change goes out at once");
     let others: Vec<ConnId> = (1..100).map(|i| h.connect(&format!("u{i}"))).collect();
-    assert!(
-        h.of_type(first, "online").is_empty(),
-        "joins within the interval are held back"
-    );
+    assert!(h.of_type(first, "online").is_empty(), "joins within the interval are held back");
     h.advance(Duration::from_millis(999));
     assert!(h.of_type(first, "online").is_empty());
     h.advance(Duration::from_millis(1));
@@ -274,10 +257,7 @@ fn a_joiner_who_saw_a_passing_count_gets_the_final_one() {
 
 #[test]
 fn message_ids_strictly_increase_and_everyone_gets_each_once() {
-    let mut h = Harness::new(HubConfig {
-        rate_burst: 100,
-        ..config()
-    });
+    let mut h = Harness::new(HubConfig { rate_burst: 100, ..config() });
     let conns: Vec<ConnId> = (0..5).map(|i| h.connect(&i.to_string())).collect();
     for round in 0..4 {
         for &c in &conns {
@@ -360,10 +340,7 @@ fn violations_answer_with_errors_then_close_with_policy() {
     h.receive(bad, Incoming::Invalid(ProtocolError::BinaryUnsupported));
     assert_eq!(h.close_reason(bad), Some(CloseReason::Policy));
     assert_eq!(h.hub.stats().invalid_messages, 5);
-    assert!(
-        h.of_type(good, "error").is_empty(),
-        "another user saw the errors"
-    );
+    assert!(h.of_type(good, "error").is_empty(), "another user saw the errors");
 }
 
 #[test]
@@ -385,10 +362,7 @@ fn heartbeat_pings_and_drops_the_silent() {
     h.receive(alive, Incoming::Alive);
     h.advance(Duration::from_secs(29));
     assert!(h.close_reason(silent).is_none());
-    assert!(
-        h.close_reason(silent).is_none(),
-        "closed before its pong timeout"
-    );
+    assert!(h.close_reason(silent).is_none(), "closed before its pong timeout");
     h.receive(alive, Incoming::Alive);
     h.advance(Duration::from_secs(1));
     assert_eq!(h.close_reason(silent), Some(CloseReason::Heartbeat));
@@ -421,10 +395,7 @@ fn idle_connections_close_and_chatting_ones_stay() {
 
 #[test]
 fn idle_off_keeps_quiet_connections() {
-    let mut h = Harness::new(HubConfig {
-        idle_timeout: None,
-        ..config()
-    });
+    let mut h = Harness::new(HubConfig { idle_timeout: None, ..config() });
     let quiet = h.connect("quiet");
     for _ in 0..100 {
         h.receive(quiet, Incoming::Alive);
@@ -438,11 +409,11 @@ fn idle_off_keeps_quiet_connections() {
 fn token_expiry_closes_and_refresh_extends() {
     let mut h = Harness::new(config());
     let identity = h.identity("u", Duration::from_secs(10));
-    let connected = h.hub.connect(h.now, identity).unwrap();
+    let connected = h.hub.connect(h.now, identity, None).unwrap();
     let a = connected.conn;
     h.open.insert(a, connected.outbox);
     let b_identity = h.identity("other", Duration::from_secs(5));
-    let connected = h.hub.connect(h.now, b_identity).unwrap();
+    let connected = h.hub.connect(h.now, b_identity, None).unwrap();
     let b = connected.conn;
     h.open.insert(b, connected.outbox);
 
@@ -458,21 +429,14 @@ fn token_expiry_closes_and_refresh_extends() {
     h.advance(Duration::from_millis(1));
     assert_eq!(h.close_reason(b), Some(CloseReason::TokenExpired));
     h.advance(Duration::from_secs(10));
-    assert!(
-        h.close_reason(a).is_none(),
-        "the refreshed token was ignored"
-    );
+    assert!(h.close_reason(a).is_none(), "the refreshed token was ignored");
     h.advance(Duration::from_secs(10));
     assert_eq!(h.close_reason(a), Some(CloseReason::TokenExpired));
 }
 
 #[test]
 fn slow_receiver_is_closed_not_skipped() {
-    let mut h = Harness::new(HubConfig {
-        rate_burst: 100,
-        send_queue: 8,
-        ..config()
-    });
+    let mut h = Harness::new(HubConfig { rate_burst: 100, send_queue: 8, ..config() });
     let slow = h.connect("slow");
     let reader = h.connect("reader");
     let sender = h.connect("sender");
@@ -484,19 +448,13 @@ fn slow_receiver_is_closed_not_skipped() {
     }
     assert_eq!(h.close_reason(slow), Some(CloseReason::TooSlow));
     assert!(h.close_reason(reader).is_none());
-    assert!(
-        h.frames(slow).is_empty(),
-        "a too-slow queue keeps its backlog"
-    );
+    assert!(h.frames(slow).is_empty(), "a too-slow queue keeps its backlog");
     assert_eq!(h.hub.online(), 2);
 }
 
 #[test]
 fn capacity_refuses_newcomers_but_not_replacements() {
-    let mut h = Harness::new(HubConfig {
-        max_connections: 2,
-        ..config()
-    });
+    let mut h = Harness::new(HubConfig { max_connections: 2, ..config() });
     h.connect("a");
     let b = h.connect("b");
     assert_eq!(h.try_connect("c"), Err(Refused::Capacity));
@@ -525,11 +483,7 @@ fn departed_users_are_forgotten_once_their_limits_expire() {
     let a = h.connect("gone");
     h.chat(a, "bye");
     h.disconnect(a);
-    assert_eq!(
-        h.hub.users.len(),
-        1,
-        "limiter state outlives the connection"
-    );
+    assert_eq!(h.hub.users.len(), 1, "limiter state outlives the connection");
     h.advance(Duration::from_secs(120));
     assert!(h.hub.users.is_empty());
 }
@@ -545,4 +499,87 @@ fn timeouts_called_early_or_twice_do_nothing() {
     }
     assert!(h.frames(a).is_empty());
     assert!(h.closed.is_empty());
+}
+
+fn chat_ids(frames: &[Value]) -> Vec<u64> {
+    frames.iter().filter(|f| f["type"] == "chat").map(|f| f["id"].as_u64().unwrap()).collect()
+}
+
+/// A harness with a sender who has sent `n` messages (ids 1..=n).
+fn with_messages(n: u64) -> (Harness, ConnId) {
+    let mut h = Harness::new(HubConfig { rate_burst: 1000, ..config() });
+    let sender = h.connect("sender");
+    for i in 1..=n {
+        h.chat(sender, &format!("m{i}"));
+        h.frames(sender);
+    }
+    (h, sender)
+}
+
+#[test]
+fn joining_without_since_gets_the_last_on_join_messages() {
+    let (mut h, _) = with_messages(12);
+    let c = h.connect("late");
+    let frames = h.frames(c);
+    assert_eq!(frames[0]["type"], "welcome");
+    assert!(frames[0].get("recovered").is_none());
+    assert_eq!(chat_ids(&frames), vec![8, 9, 10, 11, 12]);
+}
+
+#[test]
+fn since_within_the_history_recovers_exactly_what_was_missed() {
+    let (mut h, sender) = with_messages(12);
+    let c = h.connect_since("back", 9);
+    h.chat(sender, "live");
+    let frames = h.frames(c);
+    assert_eq!(frames[0]["recovered"], true);
+    assert_eq!(chat_ids(&frames), vec![10, 11, 12, 13], "replay, then live, no gap");
+    let up_to_date = h.connect_since("current", 13);
+    let frames = h.frames(up_to_date);
+    assert_eq!(frames[0]["recovered"], true);
+    assert!(chat_ids(&frames).is_empty());
+    assert_eq!(h.hub.stats().recoveries_recovered, 2);
+}
+
+#[test]
+fn since_older_than_the_history_says_so_and_sends_the_recent() {
+    let (mut h, _) = with_messages(30); // history holds 11..=30
+    let edge = h.connect_since("edge", 10);
+    let frames = h.frames(edge);
+    assert_eq!(frames[0]["recovered"], true, "since = oldest - 1 is still complete");
+    assert_eq!(chat_ids(&frames).len(), 20);
+    let old = h.connect_since("old", 9);
+    let frames = h.frames(old);
+    assert_eq!(frames[0]["recovered"], false);
+    assert_eq!(chat_ids(&frames), vec![26, 27, 28, 29, 30]);
+    let future = h.connect_since("future", 31);
+    assert_eq!(h.frames(future)[0]["recovered"], false);
+    assert_eq!(h.hub.stats().recoveries_too_old, 2);
+}
+
+#[test]
+fn restored_history_continues_ids_and_persists_new_ones() {
+    let mut h = Harness::new(HubConfig { persist_history: true, ..config() });
+    let old: Vec<(u64, Utf8Bytes)> = (40..=42)
+        .map(|id| (id, Utf8Bytes::from(format!(r#"{{"type":"chat","id":{id}}}"#))))
+        .collect();
+    h.hub.restore(old);
+    let c = h.connect_since("back", 40);
+    h.chat(c, "new");
+    let frames = h.frames(c);
+    assert_eq!(chat_ids(&frames), vec![41, 42, 43]);
+    assert_eq!(h.persisted.len(), 1);
+    assert!(h.persisted[0].contains(r#""id":43"#));
+}
+
+#[test]
+fn history_off_replays_nothing() {
+    let mut h = Harness::new(HubConfig { history_size: 0, history_on_join: 0, ..config() });
+    let a = h.connect("a");
+    h.chat(a, "gone");
+    let b = h.connect_since("b", 0);
+    let frames = h.frames(b);
+    assert_eq!(frames[0]["recovered"], false);
+    assert!(chat_ids(&frames).is_empty());
+    assert_eq!(h.hub.history_len(), 0);
 }

@@ -85,9 +85,7 @@ impl Server {
         std::fs::write(&config_path, config.to_string()).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_shequ-chat"));
         command.arg("--config").arg(&config_path);
-        command
-            .env_remove("SHEQU_CHAT_JWT_SECRET")
-            .env_remove("SHEQU_CHAT_LOG");
+        command.env_remove("SHEQU_CHAT_JWT_SECRET").env_remove("SHEQU_CHAT_LOG");
         for (k, v) in env {
             command.env(k, v);
         }
@@ -133,11 +131,7 @@ impl Server {
                 return line.clone();
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            assert!(
-                !left.is_zero(),
-                "no log line with {needle:?}; log:\n{}",
-                lines.join("\n")
-            );
+            assert!(!left.is_zero(), "no log line with {needle:?}; log:\n{}", lines.join("\n"));
             lines = self.log.changed.wait_timeout(lines, left).unwrap().0;
         }
     }
@@ -211,21 +205,13 @@ impl Drop for Server {
         let _ = std::fs::remove_file(&self.config_path);
         let lines = self.log_lines();
         if std::thread::panicking() {
-            eprintln!(
-                "--- server log ---\n{}\n--- end of server log ---",
-                lines.join("\n")
-            );
+            eprintln!("--- server log ---\n{}\n--- end of server log ---", lines.join("\n"));
             return;
         }
         for line in &lines {
             assert!(!line.contains("panicked"), "the server panicked: {line}");
             let trouble = line.contains(" WARN ") || line.contains(" ERROR ");
-            if trouble
-                && !self
-                    .expected_warnings
-                    .iter()
-                    .any(|w| line.contains(w.as_str()))
-            {
+            if trouble && !self.expected_warnings.iter().any(|w| line.contains(w.as_str())) {
                 panic!("unexpected warning in the server log: {line}");
             }
         }
@@ -234,10 +220,7 @@ impl Drop for Server {
 
 /// Unix time now, in seconds.
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 /// An HS256 token for the test secret.
@@ -252,11 +235,7 @@ pub fn sign_hs256(claims: Value) -> String {
 
 pub fn sign_with_key(key: &HS256Key, alg: &str, claims: Value) -> String {
     let header = json!({"alg": alg, "typ": "JWT"}).to_string();
-    let signed = format!(
-        "{}.{}",
-        b64(header.as_bytes()),
-        b64(claims.to_string().as_bytes())
-    );
+    let signed = format!("{}.{}", b64(header.as_bytes()), b64(claims.to_string().as_bytes()));
     let tag = key.authentication_tag(signed.as_bytes());
     format!("{signed}.{}", b64(&tag))
 }
@@ -295,14 +274,10 @@ impl Client {
         query: &str,
         headers: &[(&str, &str)],
     ) -> Result<Client, (u16, String)> {
-        let mut request = format!("ws://{addr}/ws?{query}")
-            .into_client_request()
-            .unwrap();
+        let mut request = format!("ws://{addr}/ws?{query}").into_client_request().unwrap();
         for (name, value) in headers {
             let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
-            request
-                .headers_mut()
-                .insert(name, HeaderValue::from_str(value).unwrap());
+            request.headers_mut().insert(name, HeaderValue::from_str(value).unwrap());
         }
         let stream = TcpStream::connect(addr).await.expect("tcp connect");
         let handshake = async_tungstenite::client_async(request, stream);
@@ -369,8 +344,7 @@ impl Client {
     }
 
     pub async fn chat(&mut self, content: &str) {
-        self.send_json(json!({"type": "chat", "content": content}))
-            .await;
+        self.send_json(json!({"type": "chat", "content": content})).await;
     }
 
     pub async fn send(&mut self, message: Message) {
@@ -410,10 +384,7 @@ impl Client {
 
 /// A plain HTTP GET; returns status and body.
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    raw_http(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
-    )
+    raw_http(addr, format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
 }
 
 /// Sends raw bytes over TCP and returns the status code and body of the response.
@@ -435,10 +406,7 @@ pub fn parse_response(response: &[u8]) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
 

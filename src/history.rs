@@ -1,0 +1,241 @@
+//! The history file: an append-only JSON Lines log of chat messages, each line exactly the frame
+//! that was broadcast, so that history and message ids survive a restart.
+//!
+//! On start the file is read back; a torn last line (a crash in the middle of a write) is logged
+//! and cut off. Appends go through a buffer that the event loop flushes once per input (one
+//! `write` call); `fsync` follows `history.fsync`. When the file holds twice the history it is
+//! rewritten with just the history (write to a temporary file, sync, rename).
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use async_tungstenite::tungstenite::Utf8Bytes;
+use log::warn;
+
+use crate::config::Fsync;
+
+/// An open history file.
+pub struct HistoryFile {
+    path: PathBuf,
+    writer: BufWriter<File>,
+    fsync: Fsync,
+    /// The last `keep` lines, for compaction (shared bytes, not copies).
+    recent: VecDeque<Utf8Bytes>,
+    keep: usize,
+    /// Lines in the file now.
+    lines: usize,
+    /// Written to the OS but not yet synced to disk.
+    unsynced: bool,
+}
+
+/// What was read back from a history file.
+pub struct Loaded {
+    pub file: HistoryFile,
+    /// The last `keep` messages, oldest first, with their ids.
+    pub messages: Vec<(u64, Utf8Bytes)>,
+    /// Whether a torn last line was cut off.
+    pub repaired: bool,
+}
+
+impl HistoryFile {
+    /// Opens (or creates) the file, repairs a torn last line, and returns the last `keep`
+    /// messages.
+    pub fn open(path: &Path, fsync: Fsync, keep: usize) -> io::Result<Loaded> {
+        let mut file = OpenOptions::new().read(true).append(true).create(true).open(path)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let (entries, good_len) = parse(&bytes, path);
+        let repaired = good_len < bytes.len();
+        if repaired {
+            warn!(
+                "history: {} ends with a torn line ({} bytes); cut it off",
+                path.display(),
+                bytes.len() - good_len
+            );
+            file.set_len(good_len as u64)?;
+            file.sync_all()?;
+        }
+        file.seek(SeekFrom::End(0))?;
+        let lines = entries.len();
+        let skip = entries.len().saturating_sub(keep);
+        let messages: Vec<(u64, Utf8Bytes)> = entries.into_iter().skip(skip).collect();
+        let mut history = HistoryFile {
+            path: path.to_path_buf(),
+            writer: BufWriter::new(file),
+            fsync,
+            recent: messages.iter().map(|(_, text)| text.clone()).collect(),
+            keep,
+            lines,
+            unsynced: false,
+        };
+        if history.lines > history.keep {
+            history.compact()?;
+        }
+        Ok(Loaded { file: history, messages, repaired })
+    }
+
+    /// Appends one line to the buffer. With `fsync: always` it is written and synced before this
+    /// returns; otherwise [`flush`](Self::flush) writes it.
+    pub fn append(&mut self, line: &Utf8Bytes) -> io::Result<()> {
+        self.writer.write_all(line.as_bytes())?;
+        self.writer.write_all(b"\n")?;
+        self.lines += 1;
+        if self.recent.len() == self.keep {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(line.clone());
+        if self.fsync == Fsync::Always {
+            self.writer.flush()?;
+            self.writer.get_ref().sync_data()?;
+        } else {
+            self.unsynced = true;
+        }
+        if self.lines >= 2 * self.keep.max(1) {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Hands buffered lines to the OS (one `write` call for a small batch).
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+
+    /// Syncs to disk if anything was written since the last sync (`fsync: interval`, and at
+    /// shutdown).
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.writer.flush()?;
+        if self.unsynced && self.fsync != Fsync::Never {
+            self.writer.get_ref().sync_data()?;
+        }
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Rewrites the file with only the recent lines.
+    fn compact(&mut self) -> io::Result<()> {
+        self.writer.flush()?;
+        let tmp = self.path.with_extension("jsonl.tmp");
+        let mut out = Vec::with_capacity(self.recent.iter().map(|l| l.len() + 1).sum());
+        for line in &self.recent {
+            out.extend_from_slice(line.as_bytes());
+            out.push(b'\n');
+        }
+        {
+            let mut file = File::create(&tmp)?;
+            file.write_all(&out)?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        let file = OpenOptions::new().append(true).open(&self.path)?;
+        self.writer = BufWriter::new(file);
+        self.lines = self.recent.len();
+        self.unsynced = false;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Parses every complete line; returns the messages and the length of the good prefix. A last
+/// line that is not complete JSON with an id is torn; a bad line in the middle is skipped.
+fn parse(bytes: &[u8], path: &Path) -> (Vec<(u64, Utf8Bytes)>, usize) {
+    let mut entries = Vec::new();
+    let mut good_len = 0;
+    let mut start = 0;
+    while start < bytes.len() {
+        let Some(newline) = bytes[start..].iter().position(|&b| b == b'\n') else {
+            break; // no newline: the last write was torn
+        };
+        let end = start + newline;
+        let line = &bytes[start..end];
+        let is_last = end + 1 == bytes.len();
+        match id_of(line) {
+            Some(id) => {
+                let text = String::from_utf8_lossy(line).into_owned();
+                entries.push((id, Utf8Bytes::from(text)));
+                good_len = end + 1;
+            }
+            None if is_last => break,
+            None => {
+                warn!("history: {} has an unreadable line; skipped", path.display());
+                good_len = end + 1;
+            }
+        }
+        start = end + 1;
+    }
+    (entries, good_len)
+}
+
+fn id_of(line: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: u64,
+    }
+    serde_json::from_slice::<Id>(line).ok().map(|m| m.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let path = std::env::temp_dir()
+            .join(format!("shequ-chat-history-{}-{name}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    fn line(id: u64) -> Utf8Bytes {
+        Utf8Bytes::from(format!(r#"{{"type":"chat","id":{id},"content":"m{id}"}}"#))
+    }
+
+    #[test]
+    fn appends_survive_reopening() {
+        let path = temp("reopen");
+        let mut loaded = HistoryFile::open(&path, Fsync::Always, 10).unwrap();
+        assert!(loaded.messages.is_empty());
+        for id in 1..=3 {
+            loaded.file.append(&line(id)).unwrap();
+        }
+        drop(loaded);
+        let loaded = HistoryFile::open(&path, Fsync::Always, 10).unwrap();
+        let ids: Vec<u64> = loaded.messages.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        assert_eq!(loaded.messages[2].1, line(3));
+        assert!(!loaded.repaired);
+    }
+
+    #[test]
+    fn torn_last_line_is_cut_off() {
+        let path = temp("torn");
+        std::fs::write(&path, format!("{}\n{}\n{{\"type\":\"ch", line(1), line(2))).unwrap();
+        let loaded = HistoryFile::open(&path, Fsync::Interval, 10).unwrap();
+        assert!(loaded.repaired);
+        assert_eq!(loaded.messages.len(), 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, format!("{}\n{}\n", line(1), line(2)));
+    }
+
+    #[test]
+    fn grows_to_twice_the_history_then_compacts() {
+        let path = temp("compact");
+        let mut file = HistoryFile::open(&path, Fsync::Never, 5).unwrap().file;
+        for id in 1..=10 {
+            file.append(&line(id)).unwrap();
+        }
+        file.sync().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 5, "{text}");
+        assert!(text.starts_with(line(6).as_str()));
+        file.append(&line(11)).unwrap();
+        file.sync().unwrap();
+        let loaded = HistoryFile::open(&path, Fsync::Never, 5).unwrap();
+        let ids: Vec<u64> = loaded.messages.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, vec![7, 8, 9, 10, 11]);
+    }
+}
