@@ -49,13 +49,13 @@ impl HistoryFile {
         let (entries, good_len) = parse(&bytes, path);
         let repaired = good_len < bytes.len();
         if repaired {
+            file.set_len(good_len as u64)?;
+            file.sync_all()?;
             warn!(
-                "history: {} ends with a torn line ({} bytes); cut it off",
+                "history: {} ended with a torn line ({} bytes); cut it off",
                 path.display(),
                 bytes.len() - good_len
             );
-            file.set_len(good_len as u64)?;
-            file.sync_all()?;
         }
         file.seek(SeekFrom::End(0))?;
         let lines = entries.len();

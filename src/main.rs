@@ -109,12 +109,6 @@ fn run(config: Config) -> Result<(), ConfigError> {
     init_logging(&config);
     let listeners = server::bind(&config)
         .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", config.listen)))?;
-    let addr =
-        |l: &std::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    info!("shequ-chat {} listening on {}", env!("CARGO_PKG_VERSION"), addr(&listeners.main));
-    if let Some(metrics) = &listeners.metrics {
-        info!("metrics on {}", addr(metrics));
-    }
     info!("config: {}", config.redacted_json());
     let signals = Signals::new([Signal::Term, Signal::Int])
         .map_err(|e| ConfigError(format!("cannot handle signals: {e}")))?;

@@ -236,6 +236,16 @@ pub fn run(
         start_unix_secs: start.unix_ms as f64 / 1000.0,
         history: RefCell::new(history),
     });
+    // Logged once everything is loaded: from this line on, the server answers.
+    let addr = |l: &Async<TcpListener>| l.get_ref().local_addr().map(|a| a.to_string());
+    info!(
+        "shequ-chat {} listening on {}",
+        env!("CARGO_PKG_VERSION"),
+        addr(&main).unwrap_or_default()
+    );
+    if let Some(metrics) = &metrics_listener {
+        info!("metrics on {}", addr(metrics).unwrap_or_default());
+    }
     let executor = LocalExecutor::new();
     smol::block_on(executor.run(async {
         executor.spawn(drive_timers(shell.clone(), rearm_rx)).detach();
