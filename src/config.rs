@@ -54,6 +54,9 @@ pub struct Config {
     /// Browser origins allowed to open `/ws`; empty allows any. A request without an `Origin`
     /// header (not a browser) is always allowed: the header protects browsers, not the server.
     pub allowed_origins: Vec<String>,
+    /// Reverse proxies whose `X-Forwarded-For` header is believed; from anyone else it is
+    /// ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// The shortest time between two `online` frames.
     pub presence_interval_ms: u64,
     /// A separate address for `/metrics` and `/healthz` (a private interface); `None` serves
@@ -76,6 +79,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             log_level: "info".into(),
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             presence_interval_ms: 1000,
             metrics_listen: None,
             shutdown_grace_secs: 5,
@@ -153,6 +157,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections per user; a new one beyond it replaces the oldest (close 4001).
     pub max_connections_per_user: usize,
+    /// Connections per client address; the next one gets 503. 0 turns the limit off.
+    pub max_connections_per_ip: usize,
     /// Characters in a chat message's `content`.
     pub max_content_chars: usize,
     /// Bytes in one WebSocket message; a larger one closes the connection with 1009.
@@ -176,6 +182,7 @@ impl Default for Limits {
         Limits {
             max_connections: 10_000,
             max_connections_per_user: 1,
+            max_connections_per_ip: 0,
             max_content_chars: 2000,
             max_message_bytes: 16 * 1024,
             violations_before_close: 20,

@@ -19,6 +19,7 @@
 //! afterwards) is harmless and does nothing.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,8 @@ pub struct Identity {
 pub struct HubConfig {
     pub max_connections: usize,
     pub max_connections_per_user: usize,
+    /// 0 turns the per-address limit off.
+    pub max_connections_per_ip: usize,
     pub send_queue: usize,
     pub rate_per_sec: f64,
     pub rate_burst: u32,
@@ -90,6 +93,7 @@ impl From<&Config> for HubConfig {
         HubConfig {
             max_connections: c.limits.max_connections,
             max_connections_per_user: c.limits.max_connections_per_user,
+            max_connections_per_ip: c.limits.max_connections_per_ip,
             send_queue: c.limits.send_queue,
             rate_per_sec: c.limits.rate_per_sec,
             rate_burst: c.limits.rate_burst,
@@ -124,6 +128,18 @@ pub enum Effect {
 pub enum Refused {
     /// `limits.max_connections` are open.
     Capacity,
+    /// `limits.max_connections_per_ip` are open from this address.
+    IpLimit,
+}
+
+/// A verified client asking to join.
+#[derive(Debug, Clone)]
+pub struct Join {
+    pub identity: Identity,
+    /// The last message id the client saw, from `?since=`.
+    pub since: Option<u64>,
+    /// The client's address (behind a trusted proxy, from `X-Forwarded-For`).
+    pub ip: IpAddr,
 }
 
 /// A connection the hub accepted.
@@ -183,6 +199,7 @@ struct Conn {
     last_chat: Instant,
     /// When its token runs out, leeway included.
     expires: Instant,
+    ip: IpAddr,
 }
 
 /// What the hub keeps per user id, beyond the user's connections: the rate limiter and the
@@ -224,6 +241,8 @@ pub struct Hub {
     presence: Presence,
     /// Token deadlines, earliest first.
     expiries: BTreeSet<(Instant, ConnId)>,
+    /// Open connections per client address.
+    ips: HashMap<IpAddr, usize>,
     next_heartbeat: Instant,
     next_idle_check: Option<Instant>,
     stats: Stats,
@@ -249,6 +268,7 @@ impl Hub {
                 welcome_differs: false,
             },
             expiries: BTreeSet::new(),
+            ips: HashMap::new(),
             stats: Stats::default(),
         }
     }
@@ -275,16 +295,21 @@ impl Hub {
     /// messages after `since` when the history still holds them all (`"recovered": true`), or
     /// else the last `history.on_join`. Both are queued in this same step, so no live message
     /// can come between them, none is missing and none comes twice.
-    pub fn connect(
-        &mut self,
-        now: Now,
-        identity: Identity,
-        since: Option<u64>,
-    ) -> Result<Connected, Refused> {
-        let existing = self.users.get(identity.user_id.as_str()).map_or(0, |u| u.conns.len());
-        let frees_one = existing >= self.config.max_connections_per_user;
-        if self.conns.len() >= self.config.max_connections && !frees_one {
+    pub fn connect(&mut self, now: Now, join: Join) -> Result<Connected, Refused> {
+        let Join { identity, since, ip } = join;
+        let mine: &[ConnId] = self.users.get(identity.user_id.as_str()).map_or(&[], |u| &u.conns);
+        let existing = mine.len();
+        // The oldest connections of this user that this one will replace.
+        let replacing = &mine[..(existing + 1).saturating_sub(self.config.max_connections_per_user)];
+        if self.conns.len() >= self.config.max_connections && replacing.is_empty() {
             return Err(Refused::Capacity);
+        }
+        let per_ip = self.config.max_connections_per_ip;
+        if per_ip > 0 {
+            let freed = replacing.iter().filter(|c| self.conns[*c].ip == ip).count();
+            if self.ips.get(&ip).copied().unwrap_or(0) - freed >= per_ip {
+                return Err(Refused::IpLimit);
+            }
         }
         let user_key: Rc<str> = match self.users.get_key_value(identity.user_id.as_str()) {
             Some((key, _)) => key.clone(),
@@ -317,9 +342,11 @@ impl Hub {
                 last_seen: now.at,
                 last_chat: now.at,
                 expires,
+                ip,
             },
         );
         self.expiries.insert((expires, conn));
+        *self.ips.entry(ip).or_insert(0) += 1;
         self.stats.connections_accepted += 1;
         if newly_online {
             self.online += 1;
@@ -522,6 +549,12 @@ impl Hub {
     fn remove(&mut self, conn: ConnId, reason: CloseReason) -> Option<Effect> {
         let c = self.conns.remove(&conn)?;
         self.expiries.remove(&(c.expires, conn));
+        if let Some(n) = self.ips.get_mut(&c.ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.ips.remove(&c.ip);
+            }
+        }
         if let Some(user) = self.users.get_mut(&c.user) {
             user.conns.retain(|&id| id != conn);
             if user.conns.is_empty() && reason != CloseReason::Replaced {
@@ -720,6 +753,10 @@ impl Hub {
         assert_eq!(seen, self.conns.len(), "every connection belongs to exactly one user");
         assert_eq!(online, self.online, "online count is the number of distinct users");
         assert_eq!(self.expiries.len(), self.conns.len(), "one token deadline per connection");
+        assert_eq!(self.ips.values().sum::<usize>(), self.conns.len(), "per-address counts");
+        for (ip, n) in &self.ips {
+            assert_eq!(*n, self.conns.values().filter(|c| c.ip == *ip).count());
+        }
         for (id, c) in &self.conns {
             assert!(self.expiries.contains(&(c.expires, *id)));
             assert!(c.outbox.len() <= self.config.send_queue, "queue over its bound");

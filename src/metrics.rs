@@ -23,15 +23,17 @@ pub enum AuthFailure {
     Expired,
     Origin,
     Capacity,
+    IpLimit,
 }
 
 impl AuthFailure {
-    pub const ALL: [AuthFailure; 5] = [
+    pub const ALL: [AuthFailure; 6] = [
         AuthFailure::Missing,
         AuthFailure::Invalid,
         AuthFailure::Expired,
         AuthFailure::Origin,
         AuthFailure::Capacity,
+        AuthFailure::IpLimit,
     ];
 
     pub fn label(self) -> &'static str {
@@ -41,6 +43,7 @@ impl AuthFailure {
             AuthFailure::Expired => "expired",
             AuthFailure::Origin => "origin",
             AuthFailure::Capacity => "capacity",
+            AuthFailure::IpLimit => "ip_limit",
         }
     }
 }

@@ -9,7 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -29,7 +29,7 @@ use crate::auth::{AuthError, Verifier};
 use crate::config::{Config, ConfigError, Fsync};
 use crate::history::HistoryFile;
 use crate::http::{self, HeadError, Refusal, Request};
-use crate::hub::{ConnId, Effect, Hub, HubConfig, Identity, Incoming, Now, Refused};
+use crate::hub::{ConnId, Effect, Hub, HubConfig, Identity, Incoming, Join, Now, Refused};
 use crate::metrics::{self, AuthFailure, ShellCounters, Snapshot};
 use crate::outbox::{Frame, Next, OutboxRx};
 use crate::protocol::{ClientMessage, CloseReason, ProtocolError, parse_client};
@@ -447,13 +447,23 @@ async fn upgrade(
     };
     let user_id = identity.user_id.clone();
     let since = request.query_param("since").and_then(|s| s.parse::<u64>().ok());
-    let connected = shell.hub.borrow_mut().connect(now(), identity, since);
+    let ip = client_ip(&request, peer.ip(), &shell.config.trusted_proxies);
+    let join = Join { identity, since, ip };
+    let connected = shell.hub.borrow_mut().connect(now(), join);
     let connected = match connected {
         Ok(connected) => connected,
-        Err(Refused::Capacity) => {
-            debug!("refused {peer}: at max_connections");
-            shell.counters.count(AuthFailure::Capacity);
-            let refusal = Refusal::new(503, "server full; try again later");
+        Err(refused) => {
+            let (failure, refusal) = match refused {
+                Refused::Capacity => {
+                    (AuthFailure::Capacity, Refusal::new(503, "server full; try again later"))
+                }
+                Refused::IpLimit => (
+                    AuthFailure::IpLimit,
+                    Refusal::new(503, "too many connections from your address"),
+                ),
+            };
+            debug!("refused {ip}: {}", failure.label());
+            shell.counters.count(failure);
             http::respond_and_close(stream, &refusal.to_response()).await;
             return None;
         }
@@ -466,6 +476,30 @@ async fn upgrade(
         return None;
     }
     Some((registered, connected.outbox, leftover))
+}
+
+/// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest address in
+/// `X-Forwarded-For` that is not itself a trusted proxy. Unparseable entries end the search.
+fn client_ip(request: &Request, peer: IpAddr, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let Some(forwarded) = request.header("x-forwarded-for") else {
+        return peer;
+    };
+    let mut client = peer;
+    for hop in forwarded.rsplit(',') {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !trusted.contains(&ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
 }
 
 type Ws = WebSocketStream<Async<TcpStream>>;

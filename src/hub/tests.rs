@@ -6,7 +6,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use std::net::IpAddr;
+
 use super::*;
+
+fn join(identity: Identity) -> Join {
+    Join { identity, since: None, ip: IpAddr::from([127, 0, 0, 1]) }
+}
 
 const START_UNIX_MS: u64 = 1_764_200_000_000;
 
@@ -14,6 +20,7 @@ fn config() -> HubConfig {
     HubConfig {
         max_connections: 100,
         max_connections_per_user: 1,
+        max_connections_per_ip: 0,
         send_queue: 64,
         rate_per_sec: 5.0,
         rate_burst: 10,
@@ -69,8 +76,17 @@ impl Harness {
     }
 
     fn try_connect_since(&mut self, user: &str, since: Option<u64>) -> Result<ConnId, Refused> {
+        self.try_connect_from(user, since, IpAddr::from([127, 0, 0, 1]))
+    }
+
+    fn try_connect_from(
+        &mut self,
+        user: &str,
+        since: Option<u64>,
+        ip: IpAddr,
+    ) -> Result<ConnId, Refused> {
         let identity = self.identity(user, Duration::from_secs(3600));
-        let connected = self.hub.connect(self.now, identity, since)?;
+        let connected = self.hub.connect(self.now, Join { identity, since, ip })?;
         self.open.insert(connected.conn, connected.outbox);
         self.perform(connected.effects);
         Ok(connected.conn)
@@ -409,11 +425,11 @@ fn idle_off_keeps_quiet_connections() {
 fn token_expiry_closes_and_refresh_extends() {
     let mut h = Harness::new(config());
     let identity = h.identity("u", Duration::from_secs(10));
-    let connected = h.hub.connect(h.now, identity, None).unwrap();
+    let connected = h.hub.connect(h.now, join(identity)).unwrap();
     let a = connected.conn;
     h.open.insert(a, connected.outbox);
     let b_identity = h.identity("other", Duration::from_secs(5));
-    let connected = h.hub.connect(h.now, b_identity, None).unwrap();
+    let connected = h.hub.connect(h.now, join(b_identity)).unwrap();
     let b = connected.conn;
     h.open.insert(b, connected.outbox);
 
@@ -582,4 +598,20 @@ fn history_off_replays_nothing() {
     assert_eq!(frames[0]["recovered"], false);
     assert!(chat_ids(&frames).is_empty());
     assert_eq!(h.hub.history_len(), 0);
+}
+
+#[test]
+fn per_address_limit_counts_open_connections_and_allows_replacing_one_s_own() {
+    let mut h = Harness::new(HubConfig { max_connections_per_ip: 2, ..config() });
+    let home = IpAddr::from([192, 0, 2, 1]);
+    let cafe = IpAddr::from([192, 0, 2, 2]);
+    let a = h.try_connect_from("a", None, home).unwrap();
+    h.try_connect_from("b", None, home).unwrap();
+    assert_eq!(h.try_connect_from("c", None, home), Err(Refused::IpLimit));
+    h.try_connect_from("c", None, cafe).unwrap();
+    // `a` refreshing from the same address replaces its own connection: allowed.
+    let a2 = h.try_connect_from("a", None, home).unwrap();
+    assert_eq!(h.close_reason(a), Some(CloseReason::Replaced));
+    h.disconnect(a2);
+    h.try_connect_from("d", None, home).unwrap();
 }
