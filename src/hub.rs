@@ -300,7 +300,8 @@ impl Hub {
         let mine: &[ConnId] = self.users.get(identity.user_id.as_str()).map_or(&[], |u| &u.conns);
         let existing = mine.len();
         // The oldest connections of this user that this one will replace.
-        let replacing = &mine[..(existing + 1).saturating_sub(self.config.max_connections_per_user)];
+        let replacing =
+            &mine[..(existing + 1).saturating_sub(self.config.max_connections_per_user)];
         if self.conns.len() >= self.config.max_connections && replacing.is_empty() {
             return Err(Refused::Capacity);
         }

@@ -419,3 +419,116 @@ pub fn upgrade_request(query: &str, extra: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// A WebSocket client that speaks raw frames, for sending what a proper client never would.
+pub struct RawWs {
+    stream: std::net::TcpStream,
+}
+
+impl RawWs {
+    /// Upgrades with a token for `sub`; panics unless the server answers 101.
+    pub fn connect(addr: SocketAddr, sub: &str) -> RawWs {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.write_all(&upgrade_request(&format!("token={}", token(sub, 3600)), "")).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).expect("upgrade response");
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        RawWs { stream }
+    }
+
+    /// Sends one frame. Write errors are ignored: the server may have hung up already.
+    pub fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8], masked: bool) {
+        let _ = self.stream.write_all(&frame_header(fin, opcode, payload.len() as u64, masked));
+        if masked {
+            let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+            let _ = self.stream.write_all(&mask);
+            let data: Vec<u8> = payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+            let _ = self.stream.write_all(&data);
+        } else {
+            let _ = self.stream.write_all(payload);
+        }
+    }
+
+    /// Sends a header that announces `len` bytes, then as many as the server takes of them.
+    pub fn send_announced(&mut self, opcode: u8, len: u64) {
+        let _ = self.stream.write_all(&frame_header(true, opcode, len, true));
+        let _ = self.stream.write_all(&[1, 2, 3, 4]);
+        let chunk = vec![b'a'; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            if self.stream.write_all(&chunk[..n]).is_err() {
+                break;
+            }
+            left -= n as u64;
+        }
+    }
+
+    /// Reads frames until the server's close frame; its code, or `None` if the socket just ended.
+    pub fn close_code(&mut self) -> Option<u16> {
+        loop {
+            let mut head = [0u8; 2];
+            self.stream.read_exact(&mut head).ok()?;
+            let opcode = head[0] & 0x0f;
+            let len = match head[1] & 0x7f {
+                126 => {
+                    let mut b = [0u8; 2];
+                    self.stream.read_exact(&mut b).ok()?;
+                    u64::from(u16::from_be_bytes(b))
+                }
+                127 => {
+                    let mut b = [0u8; 8];
+                    self.stream.read_exact(&mut b).ok()?;
+                    u64::from_be_bytes(b)
+                }
+                n => u64::from(n),
+            };
+            let mut payload = vec![0u8; len as usize];
+            self.stream.read_exact(&mut payload).ok()?;
+            if opcode == 8 {
+                return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+    }
+
+    /// The next text frame as JSON (skips pings).
+    pub fn recv_text(&mut self) -> Value {
+        loop {
+            let mut head = [0u8; 2];
+            self.stream.read_exact(&mut head).expect("a frame");
+            let len = match head[1] & 0x7f {
+                126 => {
+                    let mut b = [0u8; 2];
+                    self.stream.read_exact(&mut b).unwrap();
+                    usize::from(u16::from_be_bytes(b))
+                }
+                n => usize::from(n),
+            };
+            let mut payload = vec![0u8; len];
+            self.stream.read_exact(&mut payload).unwrap();
+            if head[0] & 0x0f == 1 {
+                return serde_json::from_slice(&payload).unwrap();
+            }
+        }
+    }
+}
+
+fn frame_header(fin: bool, opcode: u8, len: u64, masked: bool) -> Vec<u8> {
+    let mut header = vec![(u8::from(fin) << 7) | opcode];
+    let mask_bit = u8::from(masked) << 7;
+    if len < 126 {
+        header.push(mask_bit | len as u8);
+    } else if len <= u64::from(u16::MAX) {
+        header.push(mask_bit | 126);
+        header.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        header.push(mask_bit | 127);
+        header.extend_from_slice(&len.to_be_bytes());
+    }
+    header
+}
