@@ -505,6 +505,11 @@ impl Hub {
         }
     }
 
+    /// The id of the last chat message broadcast (0 before the first).
+    pub fn last_message_id(&self) -> u64 {
+        self.last_message_id
+    }
+
     /// Chat messages held for replay.
     pub fn history_len(&self) -> usize {
         self.history.len()

@@ -1,0 +1,313 @@
+//! Property tests of the hub: random sequences of connects, refreshes, messages, bad frames,
+//! disconnects, reads and time jumps, with the invariants checked after every event.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use serde_json::Value;
+use shequ_chat::hub::{ConnId, Effect, Hub, HubConfig, Identity, Incoming, Join, Now};
+use shequ_chat::outbox::{Frame, OutboxRx};
+use shequ_chat::protocol::{CloseReason, ProtocolError};
+
+const USERS: u8 = 5;
+const RATE_PER_SEC: f64 = 5.0;
+const BURST: u32 = 4;
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// A user connects, optionally resuming after a message id.
+    Connect {
+        user: u8,
+        since: Option<u8>,
+        reader: bool,
+    },
+    Disconnect(usize),
+    Chat(usize),
+    Invalid(usize),
+    Ping(usize),
+    Alive(usize),
+    /// A non-reading connection's writer takes what is queued.
+    Drain(usize),
+    Refresh {
+        conn: usize,
+        user: u8,
+    },
+    Advance(u16),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..USERS, proptest::option::of(0u8..40), any::<bool>())
+            .prop_map(|(user, since, reader)| Op::Connect { user, since, reader }),
+        1 => any::<usize>().prop_map(Op::Disconnect),
+        6 => any::<usize>().prop_map(Op::Chat),
+        1 => any::<usize>().prop_map(Op::Invalid),
+        1 => any::<usize>().prop_map(Op::Ping),
+        1 => any::<usize>().prop_map(Op::Alive),
+        2 => any::<usize>().prop_map(Op::Drain),
+        1 => (any::<usize>(), 0..USERS).prop_map(|(conn, user)| Op::Refresh { conn, user }),
+        3 => (0u16..40_000).prop_map(Op::Advance),
+    ]
+}
+
+fn config() -> HubConfig {
+    HubConfig {
+        max_connections: 12,
+        max_connections_per_user: 2,
+        max_connections_per_ip: 0,
+        send_queue: 24,
+        rate_per_sec: RATE_PER_SEC,
+        rate_burst: BURST,
+        violations_before_close: 3,
+        ping_interval: Duration::from_secs(10),
+        pong_timeout: Duration::from_secs(25),
+        idle_timeout: Some(Duration::from_secs(60)),
+        idle_check_interval: Duration::from_secs(5),
+        presence_interval: Duration::from_millis(500),
+        token_leeway: Duration::from_secs(0),
+        history_size: 16,
+        history_on_join: 4,
+        persist_history: false,
+    }
+}
+
+struct Conn {
+    user: String,
+    rx: OutboxRx,
+    reader: bool,
+    /// Ids of the chat messages the connection's writer has taken, in order.
+    ids: Vec<u64>,
+    closed: Option<CloseReason>,
+}
+
+impl Conn {
+    /// What the connection's writer does: take every queued frame. Ids must keep increasing.
+    fn take(&mut self) {
+        for id in chat_ids(&self.rx.drain()) {
+            if let Some(last) = self.ids.last() {
+                assert!(id > *last, "id {id} after {last}: out of order or twice");
+            }
+            self.ids.push(id);
+        }
+    }
+}
+
+struct Model {
+    hub: Hub,
+    now: Now,
+    start: Instant,
+    conns: Vec<(ConnId, Conn)>,
+    /// For each accepted message: the connections live from before it to after it.
+    owed: Vec<(u64, Vec<ConnId>)>,
+    /// Chat messages admitted per user.
+    admitted: HashMap<String, u64>,
+}
+
+impl Model {
+    fn new() -> Model {
+        #[allow(clippy::disallowed_methods)] // the fake clock starts anywhere
+        let start = Instant::now();
+        let now = Now { at: start, unix_ms: 1_764_200_000_000 };
+        Model {
+            hub: Hub::new(config(), now),
+            now,
+            start,
+            conns: Vec::new(),
+            owed: Vec::new(),
+            admitted: HashMap::new(),
+        }
+    }
+
+    fn pick(&self, i: usize) -> Option<ConnId> {
+        let open: Vec<ConnId> =
+            self.conns.iter().filter(|(_, c)| c.closed.is_none()).map(|(id, _)| *id).collect();
+        (!open.is_empty()).then(|| open[i % open.len()])
+    }
+
+    fn conn(&mut self, id: ConnId) -> &mut Conn {
+        &mut self.conns.iter_mut().find(|(c, _)| *c == id).unwrap().1
+    }
+
+    fn identity(&self, user: u8) -> Identity {
+        Identity {
+            user_id: format!("u{user}"),
+            username: format!("user {user}"),
+            expires_unix_secs: self.now.unix_ms / 1000 + 3600,
+        }
+    }
+
+    fn perform(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            if let Effect::Close { conn, outbox, reason } = effect {
+                let c = self.conn(conn);
+                assert!(c.closed.is_none(), "connection {conn} closed twice");
+                outbox.close(reason);
+                c.closed = Some(reason);
+                // The writer still delivers what was queued before the close.
+                c.take();
+            }
+        }
+    }
+
+    fn open_ids(&self) -> Vec<ConnId> {
+        self.conns.iter().filter(|(_, c)| c.closed.is_none()).map(|(id, _)| *id).collect()
+    }
+
+    fn step(&mut self, op: Op) {
+        match op {
+            Op::Connect { user, since, reader } => {
+                let join = Join {
+                    identity: self.identity(user),
+                    since: since.map(u64::from),
+                    ip: IpAddr::from([127, 0, 0, 1]),
+                };
+                if let Ok(connected) = self.hub.connect(self.now, join) {
+                    let conn = Conn {
+                        user: format!("u{user}"),
+                        rx: connected.outbox,
+                        reader,
+                        ids: Vec::new(),
+                        closed: None,
+                    };
+                    self.conns.push((connected.conn, conn));
+                    self.perform(connected.effects);
+                }
+            }
+            Op::Disconnect(i) => {
+                if let Some(id) = self.pick(i) {
+                    let effects = self.hub.disconnect(self.now, id, CloseReason::Client);
+                    self.perform(effects);
+                }
+            }
+            Op::Chat(i) => {
+                if let Some(id) = self.pick(i) {
+                    let before = self.hub.last_message_id();
+                    let live_before = self.open_ids();
+                    let effects = self.hub.receive(self.now, id, Incoming::Chat("hi".into()));
+                    self.perform(effects);
+                    let after = self.hub.last_message_id();
+                    if after != before {
+                        assert_eq!(after, before + 1);
+                        let user = self.conn(id).user.clone();
+                        *self.admitted.entry(user).or_default() += 1;
+                        let live_after: HashSet<ConnId> = self.open_ids().into_iter().collect();
+                        let owed = live_before.into_iter().filter(|c| live_after.contains(c));
+                        self.owed.push((after, owed.collect()));
+                    }
+                }
+            }
+            Op::Invalid(i) => self.receive(i, Incoming::Invalid(ProtocolError::InvalidJson)),
+            Op::Ping(i) => self.receive(i, Incoming::Ping),
+            Op::Alive(i) => self.receive(i, Incoming::Alive),
+            Op::Refresh { conn, user } => {
+                let identity = self.identity(user);
+                self.receive(conn, Incoming::Refresh(Ok(identity)));
+            }
+            Op::Drain(i) => {
+                if let Some(id) = self.pick(i) {
+                    self.conn(id).take();
+                }
+            }
+            Op::Advance(ms) => {
+                let end = self.now.at + Duration::from_millis(u64::from(ms));
+                while self.hub.poll_timeout() <= end {
+                    let step = self.hub.poll_timeout().saturating_duration_since(self.now.at);
+                    self.now = self.now.after(step);
+                    let effects = self.hub.handle_timeout(self.now);
+                    self.perform(effects);
+                    self.readers_read();
+                }
+                let rest = end.saturating_duration_since(self.now.at);
+                self.now = self.now.after(rest);
+            }
+        }
+        self.readers_read();
+    }
+
+    fn receive(&mut self, i: usize, incoming: Incoming) {
+        if let Some(id) = self.pick(i) {
+            let effects = self.hub.receive(self.now, id, incoming);
+            self.perform(effects);
+        }
+    }
+
+    /// Connections that read keep their queues drained, as a live client's writer would.
+    fn readers_read(&mut self) {
+        for (_, c) in &mut self.conns {
+            if c.reader && c.closed.is_none() {
+                c.take();
+            }
+        }
+    }
+
+    fn check(&self) {
+        self.hub.check_invariants();
+        let open = self.open_ids();
+        assert_eq!(self.hub.connection_count(), open.len());
+        let users: HashSet<&str> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.closed.is_none())
+            .map(|(_, c)| c.user.as_str())
+            .collect();
+        assert_eq!(self.hub.online(), users.len(), "online = distinct users with a connection");
+        for (id, c) in &self.conns {
+            if c.closed.is_some() {
+                assert!(c.rx.drain().is_empty(), "connection {id} got a frame after its close");
+            }
+        }
+        let elapsed = self.now.at.duration_since(self.start).as_secs_f64();
+        for (user, n) in &self.admitted {
+            let bound = f64::from(BURST) + RATE_PER_SEC * elapsed + 1e-9;
+            assert!(*n as f64 <= bound, "{user} got {n} messages in {elapsed}s");
+        }
+    }
+
+    /// Every accepted message reached, exactly once, every connection live across it that was
+    /// not later cut off as too slow.
+    fn check_deliveries(&mut self) {
+        for (_, c) in &mut self.conns {
+            c.take();
+        }
+        let by_id: HashMap<ConnId, &Conn> = self.conns.iter().map(|(id, c)| (*id, c)).collect();
+        for (message, owed) in &self.owed {
+            for conn in owed {
+                let c = by_id[conn];
+                let ids = &c.ids;
+                if c.closed == Some(CloseReason::TooSlow) {
+                    continue;
+                }
+                let copies = ids.iter().filter(|id| *id == message).count();
+                assert_eq!(copies, 1, "message {message} reached connection {conn} {copies} times");
+            }
+        }
+    }
+}
+
+fn chat_ids(frames: &[Frame]) -> Vec<u64> {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Text(t) => serde_json::from_str::<Value>(t).ok(),
+            Frame::Ping => None,
+        })
+        .filter(|v| v["type"] == "chat")
+        .map(|v| v["id"].as_u64().unwrap())
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn hub_invariants_hold_for_any_sequence(ops in proptest::collection::vec(op(), 1..200)) {
+        let mut model = Model::new();
+        for op in ops {
+            model.step(op);
+            model.check();
+        }
+        model.check_deliveries();
+    }
+}
