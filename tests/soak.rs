@@ -1,0 +1,221 @@
+//! A bounded soak test: a few hundred clients connect, chat, refresh, go quiet, leave and come
+//! back at random for `SHEQU_SOAK_SECS` (30 by default; 600 for the long run), with a seed
+//! (`SHEQU_SOAK_SEED`) that reproduces the run. At the end: the clients that stayed connected got
+//! every message exactly once and in order, the online count is the truth, the log has no panic,
+//! and the server's memory is back where it was once warm (no leak).
+//!
+//! `SHEQU_SOAK_SECS=600 cargo test --release --test soak -- --nocapture`
+
+// The soak test paces itself and reads the server's memory by the real clock.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use async_tungstenite::tungstenite::Message;
+use common::*;
+use futures_lite::FutureExt;
+use serde_json::{Value, json};
+use smol::{LocalExecutor, Timer};
+
+const STAYERS: usize = 40;
+const WANDERERS: usize = 200;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn chat_id(text: &str) -> Option<u64> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    (v["type"] == "chat").then(|| v["id"].as_u64()).flatten()
+}
+
+enum Event {
+    Frame(Option<Message>),
+    Tick,
+}
+
+/// A user who connects, chats, refreshes, goes quiet, leaves and returns at random.
+async fn wander(server: &Server, user: usize, seed: u64, until: Instant) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let name = format!("wanderer{user}");
+    let mut last_id = 0u64;
+    let mut client: Option<Client> = None;
+    // The next thing this user does; frames arriving in between do not postpone it.
+    let mut next_tick = Instant::now();
+    while Instant::now() < until {
+        let Some(c) = client.as_mut() else {
+            Timer::after(Duration::from_millis(rng.u64(50..1500))).await;
+            let query = format!("token={}&since={last_id}", token(&name, 3600));
+            if let Ok(mut c) = Client::connect(server.addr, &query, &[]).await {
+                c.recv_type("welcome").await;
+                client = Some(c);
+            }
+            continue;
+        };
+        let event = async { Event::Frame(c.next_message().await) }
+            .or(async {
+                Timer::at(next_tick).await;
+                Event::Tick
+            })
+            .await;
+        if matches!(event, Event::Tick) {
+            next_tick = Instant::now() + Duration::from_millis(rng.u64(20..400));
+        }
+        match event {
+            Event::Frame(Some(Message::Text(t))) => last_id = chat_id(&t).unwrap_or(last_id),
+            Event::Frame(Some(_)) => {}
+            Event::Frame(None) => client = None, // replaced elsewhere, cut, or expired
+            Event::Tick => match rng.u32(0..1000) {
+                0..550 => c.chat(&format!("{name} says {}", rng.u32(..))).await,
+                550..650 => {
+                    // A page refresh: the new connection replaces the old one.
+                    let query = format!("token={}&since={last_id}", token(&name, 3600));
+                    if let Ok(mut fresh) = Client::connect(server.addr, &query, &[]).await {
+                        fresh.recv_type("welcome").await;
+                        client = Some(fresh);
+                    }
+                }
+                650..750 => {
+                    Timer::after(Duration::from_millis(rng.u64(200..1500))).await;
+                }
+                750..790 => client = None, // the tab closes; it comes back later
+                790..792 => {
+                    if let Some(c) = client.take() {
+                        c.close().await;
+                    }
+                    return; // gone for good
+                }
+                _ => {} // reading along
+            },
+        }
+    }
+    if let Some(c) = client {
+        c.close().await;
+    }
+}
+
+#[test]
+fn soak() {
+    let secs = env_u64("SHEQU_SOAK_SECS", 30);
+    let seed = env_u64("SHEQU_SOAK_SEED", 7);
+    eprintln!("soak: {secs}s, seed {seed}, {STAYERS} stayers, {WANDERERS} wanderers");
+    let server = Server::start(json!({
+        "log_level": "info",
+        "limits": {"rate_per_sec": 20.0, "rate_burst": 40},
+        "history": {"size": 200, "on_join": 0}
+    }));
+    let ex = Rc::new(LocalExecutor::new());
+    let started = Instant::now();
+    let until = started + Duration::from_secs(secs);
+    let warm_at = started + Duration::from_secs((secs / 3).min(60));
+    let rss_warm = Rc::new(Cell::new(0u64));
+    smol::block_on(ex.run(async {
+        let mut stayers = Vec::new();
+        for i in 0..STAYERS {
+            let mut c = server.connect(&format!("stayer{i}")).await;
+            c.recv_type("welcome").await;
+            stayers.push(c);
+        }
+        let wanderers: Vec<_> = (0..WANDERERS)
+            .map(|i| {
+                let server = &server;
+                ex.spawn(async move { wander(server, i, seed * 1000 + i as u64, until).await })
+            })
+            .collect();
+        let memory = {
+            let rss_warm = rss_warm.clone();
+            let pid = server.pid();
+            ex.spawn(async move {
+                Timer::at(warm_at).await;
+                rss_warm.set(rss_kib(pid));
+            })
+        };
+        // Stayers read everything and chat now and then.
+        let readers: Vec<_> = stayers
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut c)| {
+                ex.spawn(async move {
+                    let mut rng = fastrand::Rng::with_seed(seed + i as u64);
+                    let mut ids = Vec::new();
+                    let mut next_tick = Instant::now();
+                    while Instant::now() < until {
+                        let event = async { Event::Frame(c.next_message().await) }
+                            .or(async {
+                                Timer::at(next_tick).await;
+                                Event::Tick
+                            })
+                            .await;
+                        if matches!(event, Event::Tick) {
+                            next_tick = Instant::now() + Duration::from_millis(rng.u64(500..3000));
+                        }
+                        match event {
+                            Event::Frame(Some(Message::Text(t))) => ids.extend(chat_id(&t)),
+                            Event::Frame(Some(_)) => {}
+                            Event::Frame(None) => panic!("stayer {i} was disconnected"),
+                            Event::Tick => c.chat("steady").await,
+                        }
+                    }
+                    (c, ids)
+                })
+            })
+            .collect();
+        for w in wanderers {
+            w.await;
+        }
+        memory.await;
+        let mut stayers = Vec::new();
+        for r in readers {
+            stayers.push(r.await);
+        }
+
+        // Quiet now. A last message marks the end; every stayer must have 1..=its id.
+        stayers[0].0.chat("the end").await;
+        let mut last = 0;
+        for (c, ids) in &mut stayers {
+            loop {
+                let frame = c.recv().await;
+                if let Some(id) = frame["id"].as_u64() {
+                    ids.push(id);
+                    if frame["content"] == "the end" {
+                        last = id;
+                        break;
+                    }
+                }
+            }
+        }
+        let expected: Vec<u64> = (1..=last).collect();
+        for (i, (_, ids)) in stayers.iter().enumerate() {
+            assert_eq!(ids.len(), expected.len(), "stayer {i}: count");
+            assert!(ids == &expected, "stayer {i} missed or repeated a message");
+        }
+        // Only the stayers are online, and the server knows it.
+        stayers[0].0.await_online(STAYERS as u64).await;
+        let (_, metrics) = server.get("/metrics");
+        assert!(metrics.contains(&format!("shequ_chat_online_users {STAYERS}\n")), "{metrics}");
+        eprintln!("soak: {last} messages; every stayer got each exactly once");
+        for (c, _) in stayers {
+            c.close().await;
+        }
+    }));
+    // Wait for the server to see everyone gone, then compare its memory with the warm figure.
+    let deadline = Instant::now() + TIMEOUT;
+    while !server.get("/metrics").1.contains("shequ_chat_connections 0\n") {
+        assert!(Instant::now() < deadline, "connections did not drain");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (warm, end) = (rss_warm.get(), rss_kib(server.pid()));
+    eprintln!("soak: RSS {warm} KiB when warm, {end} KiB after everyone left");
+    let allowed = (warm / 10).max(1024);
+    assert!(end <= warm + allowed, "RSS grew from {warm} KiB to {end} KiB: a leak?");
+}
