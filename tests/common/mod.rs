@@ -45,6 +45,7 @@ pub struct Server {
     log: Arc<Log>,
     expected_warnings: Vec<String>,
     config_path: std::path::PathBuf,
+    log_readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// The test configuration: limits out of the way unless a test sets them.
@@ -83,7 +84,18 @@ impl Server {
         let config_path =
             std::env::temp_dir().join(format!("shequ-chat-test-{}-{n}.json", std::process::id()));
         std::fs::write(&config_path, config.to_string()).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_shequ-chat"));
+        // SHEQU_CHAT_TEST_WRAPPER runs the server under a tool, e.g. valgrind (see
+        // docs/RELIABILITY.md); the server is then stopped with SIGTERM so the tool can report.
+        let wrapper = std::env::var("SHEQU_CHAT_TEST_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(tool) => {
+                let mut c = Command::new(tool);
+                c.args(words).arg(env!("CARGO_BIN_EXE_shequ-chat"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_shequ-chat")),
+        };
         command.arg("--config").arg(&config_path);
         command.env_remove("SHEQU_CHAT_JWT_SECRET").env_remove("SHEQU_CHAT_LOG");
         for (k, v) in env {
@@ -96,18 +108,19 @@ impl Server {
             .spawn()
             .expect("start shequ-chat");
         let log = Arc::new(Log::default());
+        let mut log_readers = Vec::new();
         for pipe in [
             Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
             Box::new(child.stdout.take().unwrap()),
         ] {
             let log = log.clone();
-            std::thread::spawn(move || {
+            log_readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines() {
                     let Ok(line) = line else { break };
                     log.lines.lock().unwrap().push(line);
                     log.changed.notify_all();
                 }
-            });
+            }));
         }
         let mut server = Server {
             child,
@@ -115,6 +128,7 @@ impl Server {
             log,
             expected_warnings: Vec::new(),
             config_path,
+            log_readers,
         };
         let line = server.wait_for_log("listening on ");
         let addr = line.rsplit("listening on ").next().unwrap().trim();
@@ -200,8 +214,18 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if std::env::var_os("SHEQU_CHAT_TEST_WRAPPER").is_some()
+            && matches!(self.child.try_wait(), Ok(None))
+        {
+            let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        } else {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
+        // The log readers end when the process's pipes close: then the log is complete.
+        for reader in self.log_readers.drain(..) {
+            let _ = reader.join();
+        }
         let _ = std::fs::remove_file(&self.config_path);
         let lines = self.log_lines();
         if std::thread::panicking() {
@@ -210,7 +234,18 @@ impl Drop for Server {
         }
         for line in &lines {
             assert!(!line.contains("panicked"), "the server panicked: {line}");
-            let trouble = line.contains(" WARN ") || line.contains(" ERROR ");
+            assert!(
+                !line.contains("definitely lost: ") || line.contains("definitely lost: 0 bytes"),
+                "leak: {line}"
+            );
+            assert!(!line.contains("LeakSanitizer"), "leak: {line}");
+            assert!(
+                !line.contains("ERROR SUMMARY: ") || line.contains("ERROR SUMMARY: 0 errors"),
+                "memory errors: {line}"
+            );
+            // Lines from a wrapping tool (`==pid== …`) are not the server's own.
+            let own = !line.starts_with("==");
+            let trouble = own && (line.contains(" WARN ") || line.contains(" ERROR "));
             if trouble && !self.expected_warnings.iter().any(|w| line.contains(w.as_str())) {
                 panic!("unexpected warning in the server log: {line}");
             }
