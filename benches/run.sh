@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole benchmark table, side by side: shequ-chat, the Go hub it replaces, and the bare
+# smol + async-tungstenite floor. Each server runs pinned to core 0, the load generator to core 1.
+# Prints one JSON line per run (also saved to benches/results.jsonl) and a Markdown table.
+#
+# Usage: benches/run.sh [REPEATS]        (default 3; the table shows medians)
+# Needs: Debian's golang-go and golang-github-gorilla-websocket-dev (installed if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repeats=${1:-3}
+shared=${SHARED:-../shared/reference}
+
+if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/github.com/gorilla/websocket ]; then
+  apt-get update -qq && apt-get install -y -qq golang-go golang-github-gorilla-websocket-dev >/dev/null
+fi
+# Build the references outside ../shared (which stays read-only).
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cp -r "$shared/go-hub" "$shared/rust-floor" "$work/"
+(cd "$work/go-hub" && GO111MODULE=off GOPATH=/usr/share/gocode go build -o /tmp/go-hub .)
+cargo build --quiet --release --manifest-path "$work/rust-floor/Cargo.toml" \
+  --target-dir /tmp/rust-floor-target
+cargo build --quiet --release --bins
+
+out=benches/results.jsonl
+: > "$out"
+run() { taskset -c 1 target/release/shequ-loadgen "$@" | tee -a "$out"; }
+for ((r = 1; r <= repeats; r++)); do
+  for server in shequ go-hub rust-floor; do
+    for n in 100 1000 5000 10000; do
+      run --server "$server" --scenario idle --connections "$n"
+    done
+    run --server "$server" --scenario fanout --receivers 1000 --senders 1 --messages 500
+    run --server "$server" --scenario fanout --receivers 100 --senders 10 --messages 500 --rate 5000
+    run --server "$server" --scenario fanout --receivers 100 --senders 10 --messages 500 --rate 1000
+    run --server "$server" --scenario burst --receivers 100 --senders 10 --messages 200
+    run --server "$server" --scenario churn --users 50 --secs 5
+  done
+done
+python3 benches/report.py "$out"

@@ -1,0 +1,406 @@
+//! Load generator and benchmark harness: starts a server as a child process pinned to core 0,
+//! drives it from core 1 with real WebSocket clients and real tokens, and prints one JSON line
+//! per scenario.
+//!
+//! ```sh
+//! benches/run.sh                   # builds everything, runs the whole table
+//! cargo run --release --bin shequ-loadgen -- --server shequ --scenario fanout --receivers 1000
+//! ```
+//!
+//! Servers: `shequ` (this project, `configs/bench.json`), `go-hub` and `rust-floor` (the
+//! references in `../shared/reference`, built by `benches/run.sh`). All three take the same
+//! HS256 token in `?token=`. Our server wraps a message in a JSON chat frame; the references echo
+//! raw text. Either way the load generator finds the send time by the `t=` marker in the frame
+//! text, so the client does the same work for every server.
+
+// A benchmark reads the real clock.
+#![allow(clippy::disallowed_methods)]
+
+use std::cell::{Cell, RefCell};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::Message;
+use futures_lite::{FutureExt, StreamExt};
+use jwt_simple::prelude::*;
+use serde_json::json;
+use smol::net::TcpStream;
+use smol::{LocalExecutor, Timer};
+
+const SECRET: &str = "bench-secret-0123456789";
+/// Concurrent handshakes while opening many connections.
+const CONNECT_PARALLELISM: usize = 64;
+
+type Ws = WebSocketStream<TcpStream>;
+
+#[derive(Clone, Debug)]
+struct Args {
+    server: String,
+    scenario: String,
+    receivers: usize,
+    senders: usize,
+    messages: usize,
+    /// Messages per second offered by all senders together; 0 = as fast as possible.
+    rate: u64,
+    connections: usize,
+    users: usize,
+    secs: u64,
+    /// The shequ-chat binary and its configuration.
+    server_bin: String,
+    config: String,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        server: "shequ".into(),
+        scenario: "fanout".into(),
+        receivers: 1000,
+        senders: 1,
+        messages: 200,
+        rate: 0,
+        connections: 1000,
+        users: 50,
+        secs: 5,
+        server_bin: "target/release/shequ-chat".into(),
+        config: "configs/bench.json".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--server" => args.server = value(),
+            "--scenario" => args.scenario = value(),
+            "--receivers" => args.receivers = value().parse().unwrap(),
+            "--senders" => args.senders = value().parse().unwrap(),
+            "--messages" => args.messages = value().parse().unwrap(),
+            "--rate" => args.rate = value().parse().unwrap(),
+            "--connections" => args.connections = value().parse().unwrap(),
+            "--users" => args.users = value().parse().unwrap(),
+            "--secs" => args.secs = value().parse().unwrap(),
+            "--server-bin" => args.server_bin = value(),
+            "--config" => args.config = value(),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    args
+}
+
+fn token(sub: &str) -> String {
+    let claims = Claims::create(jwt_simple::prelude::Duration::from_hours(2)).with_subject(sub);
+    HS256Key::from_bytes(SECRET.as_bytes()).authenticate(claims).unwrap()
+}
+
+/// A server under test, pinned to core 0.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    pid: u32,
+}
+
+impl Server {
+    fn start(args: &Args) -> Server {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut command = Command::new("taskset");
+        command.args(["-c", "0"]).env("SECRET", SECRET);
+        match args.server.as_str() {
+            "shequ" => {
+                let mut config: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(&args.config).unwrap()).unwrap();
+                config["listen"] = json!(format!("127.0.0.1:{port}"));
+                let path = std::env::temp_dir().join(format!("shequ-bench-{port}.json"));
+                std::fs::write(&path, config.to_string()).unwrap();
+                command.arg(&args.server_bin).arg("--config").arg(path);
+            }
+            "go-hub" => {
+                command.arg("/tmp/go-hub").arg(port.to_string()).env("COALESCE", "0");
+            }
+            "rust-floor" => {
+                command
+                    .arg("/tmp/rust-floor-target/release/rust-floor")
+                    .arg(port.to_string())
+                    .env("WS_BUF", "4096");
+            }
+            other => panic!("unknown server {other}"),
+        }
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "{} did not start", args.server);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let pid = child.id();
+        Server { child, addr, pid }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// User plus system CPU time, in seconds.
+    fn cpu_secs(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        ticks as f64 / 100.0
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn connect(addr: SocketAddr, user: &str) -> Option<Ws> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    let url = format!("ws://{addr}/ws?token={}", token(user));
+    let (ws, _) = async_tungstenite::client_async(url, stream).await.ok()?;
+    Some(ws)
+}
+
+/// Opens `n` connections, `CONNECT_PARALLELISM` at a time.
+async fn connect_many(ex: &LocalExecutor<'_>, addr: SocketAddr, prefix: &str, n: usize) -> Vec<Ws> {
+    let mut out = Vec::with_capacity(n);
+    for chunk_start in (0..n).step_by(CONNECT_PARALLELISM) {
+        let tasks: Vec<_> = (chunk_start..(chunk_start + CONNECT_PARALLELISM).min(n))
+            .map(|i| {
+                let user = format!("{prefix}{i}");
+                ex.spawn(async move { connect(addr, &user).await })
+            })
+            .collect();
+        for t in tasks {
+            out.push(t.await.expect("connect"));
+        }
+    }
+    out
+}
+
+fn now_us(origin: Instant) -> u64 {
+    origin.elapsed().as_micros() as u64
+}
+
+/// The send time carried in a frame as `t=<µs>;`.
+fn sent_at(text: &str) -> Option<u64> {
+    let start = text.find("t=")? + 2;
+    let end = start + text[start..].find(';')?;
+    text[start..end].parse().ok()
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn idle(args: &Args) -> serde_json::Value {
+    let server = Server::start(args);
+    let ex = LocalExecutor::new();
+    smol::block_on(ex.run(async {
+        Timer::after(Duration::from_millis(300)).await;
+        let rss_start = server.rss_kib();
+        let started = Instant::now();
+        let conns = connect_many(&ex, server.addr, "idle", args.connections).await;
+        let connect_secs = started.elapsed().as_secs_f64();
+        // Let every welcome and presence frame be written and the queues drained.
+        Timer::after(Duration::from_secs(3)).await;
+        let rss = server.rss_kib();
+        let result = json!({
+            "server": args.server, "scenario": "idle", "connections": conns.len(),
+            "rss_start_kib": rss_start, "rss_kib": rss,
+            "kib_per_connection": (rss - rss_start) as f64 / conns.len() as f64,
+            "connects_per_sec": conns.len() as f64 / connect_secs,
+        });
+        drop(conns);
+        result
+    }))
+}
+
+fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
+    let server = Server::start(args);
+    let ex = LocalExecutor::new();
+    let origin = Instant::now();
+    smol::block_on(ex.run(async {
+        let receivers = connect_many(&ex, server.addr, "rx", args.receivers).await;
+        let senders = connect_many(&ex, server.addr, "tx", args.senders).await;
+        Timer::after(Duration::from_millis(1500)).await; // welcomes and presence settle
+        let expected = args.senders * args.messages;
+        let latencies = Rc::new(RefCell::new(Vec::with_capacity(expected * args.receivers)));
+        let received = Rc::new(Cell::new(0usize));
+        let closed = Rc::new(Cell::new(0usize));
+        let last_receipt = Rc::new(Cell::new(Instant::now()));
+        let reading: Vec<_> = receivers
+            .into_iter()
+            .map(|mut ws| {
+                let (latencies, received, closed, last) =
+                    (latencies.clone(), received.clone(), closed.clone(), last_receipt.clone());
+                ex.spawn(async move {
+                    let mut got = 0;
+                    while got < expected {
+                        match ws.next().await {
+                            Some(Ok(Message::Text(t))) => {
+                                if let Some(at) = sent_at(&t) {
+                                    latencies.borrow_mut().push(now_us(origin).saturating_sub(at));
+                                    got += 1;
+                                    received.set(received.get() + 1);
+                                    last.set(Instant::now());
+                                }
+                            }
+                            Some(Ok(_)) => {}
+                            _ => {
+                                closed.set(closed.get() + 1);
+                                return;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        let cpu_before = server.cpu_secs();
+        let started = Instant::now();
+        let per_sender_interval = (args.rate > 0)
+            .then(|| Duration::from_secs_f64(args.senders as f64 / args.rate as f64));
+        let sending: Vec<_> = senders
+            .into_iter()
+            .enumerate()
+            .map(|(s, ws)| {
+                ex.spawn(async move {
+                    let (mut sink, mut stream) = ws.split();
+                    // Senders read too (their own copies), or the servers would cut them off.
+                    let drain = async move { while let Some(Ok(_)) = stream.next().await {} };
+                    let send = async move {
+                        let mut next = Instant::now();
+                        for m in 0..args.messages {
+                            if let Some(interval) = per_sender_interval {
+                                Timer::at(next).await;
+                                next += interval;
+                            }
+                            let text = format!("t={};s={s};m={m}", now_us(origin));
+                            let frame = json!({"type": "chat", "content": text}).to_string();
+                            if sink.send(Message::Text(frame.into())).await.is_err() {
+                                return;
+                            }
+                        }
+                        Timer::after(Duration::from_secs(3600)).await;
+                    };
+                    send.or(drain).await;
+                })
+            })
+            .collect();
+        let total = expected * args.receivers;
+        let all_in = async {
+            for r in reading {
+                r.await;
+            }
+        };
+        // Done when every delivery arrived, or nothing arrived for 3 s (losses).
+        let stalled = async {
+            loop {
+                Timer::after(Duration::from_millis(200)).await;
+                if last_receipt.get().elapsed() > Duration::from_secs(3) && received.get() > 0 {
+                    break;
+                }
+            }
+        };
+        all_in.or(stalled).await;
+        let elapsed = last_receipt.get().duration_since(started).as_secs_f64();
+        let cpu = server.cpu_secs() - cpu_before;
+        drop(sending);
+        let mut lat = latencies.borrow().clone();
+        lat.sort_unstable();
+        let delivered = received.get();
+        json!({
+            "server": args.server, "scenario": scenario,
+            "receivers": args.receivers, "senders": args.senders, "messages": args.messages,
+            "offered_rate": args.rate,
+            "deliveries": delivered, "lost": total - delivered.min(total),
+            "disconnected": closed.get(),
+            "deliveries_per_sec": delivered as f64 / elapsed,
+            "server_cpu_us_per_delivery": cpu * 1e6 / delivered.max(1) as f64,
+            "latency_ms": {"p50": percentile(&lat, 0.5), "p99": percentile(&lat, 0.99),
+                           "max": percentile(&lat, 1.0)},
+            "rss_kib": server.rss_kib(),
+        })
+    }))
+}
+
+fn churn(args: &Args) -> serde_json::Value {
+    let server = Server::start(args);
+    let ex = LocalExecutor::new();
+    smol::block_on(ex.run(async {
+        let until = Instant::now() + Duration::from_secs(args.secs);
+        let handshakes = Rc::new(Cell::new(0u64));
+        let errors = Rc::new(Cell::new(0u64));
+        let cpu_before = server.cpu_secs();
+        let started = Instant::now();
+        let users: Vec<_> = (0..args.users)
+            .map(|u| {
+                let (handshakes, errors) = (handshakes.clone(), errors.clone());
+                let addr = server.addr;
+                ex.spawn(async move {
+                    let user = format!("churn{u}");
+                    let mut previous: Option<Ws> = None;
+                    while Instant::now() < until {
+                        match connect(addr, &user).await {
+                            Some(ws) => {
+                                handshakes.set(handshakes.get() + 1);
+                                previous = Some(ws); // the old one is replaced, then dropped
+                            }
+                            None => errors.set(errors.get() + 1),
+                        }
+                    }
+                    drop(previous);
+                })
+            })
+            .collect();
+        for u in users {
+            u.await;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu = server.cpu_secs() - cpu_before;
+        // Still serving: a fresh client gets its own message back.
+        let mut check = connect(server.addr, "after-churn").await.expect("still serving");
+        let frame = json!({"type": "chat", "content": "t=0;alive"}).to_string();
+        check.send(Message::Text(frame.into())).await.unwrap();
+        let alive = async {
+            while let Some(Ok(m)) = check.next().await {
+                if m.to_text().is_ok_and(|t| t.contains("alive")) {
+                    return true;
+                }
+            }
+            false
+        }
+        .or(async {
+            Timer::after(Duration::from_secs(5)).await;
+            false
+        })
+        .await;
+        json!({
+            "server": args.server, "scenario": "churn", "users": args.users,
+            "handshakes_per_sec": handshakes.get() as f64 / elapsed,
+            "errors": errors.get(), "still_serving": alive,
+            "server_cpu_us_per_handshake": cpu * 1e6 / handshakes.get().max(1) as f64,
+        })
+    }))
+}
+
+fn main() {
+    let args = parse_args();
+    let result = match args.scenario.as_str() {
+        "idle" => idle(&args),
+        "fanout" => fanout(&args, "fanout"),
+        "burst" => fanout(&args, "burst"),
+        "churn" => churn(&args),
+        other => panic!("unknown scenario {other}"),
+    };
+    println!("{result}");
+}

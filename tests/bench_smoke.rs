@@ -1,0 +1,51 @@
+//! A few-second smoke run of every benchmark scenario against the debug build: it checks
+//! correctness (nothing lost, nobody cut off, no error), not speed. Speed is `benches/run.sh`.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn loadgen(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_shequ-loadgen"))
+        .args(["--server", "shequ", "--server-bin", env!("CARGO_BIN_EXE_shequ-chat")])
+        .args(["--config", "configs/bench.json"])
+        .args(args)
+        .output()
+        .expect("run shequ-loadgen");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON line")
+}
+
+#[test]
+fn idle_connections_all_open() {
+    let r = loadgen(&["--scenario", "idle", "--connections", "200"]);
+    assert_eq!(r["connections"], 200, "{r}");
+    assert!(r["kib_per_connection"].as_f64().unwrap() > 0.0, "{r}");
+}
+
+#[test]
+fn fanout_loses_nothing() {
+    for extra in [&["--rate", "0"][..], &["--rate", "2000"][..]] {
+        let mut args = vec!["--scenario", "fanout", "--receivers", "200", "--senders", "2"];
+        args.extend_from_slice(&["--messages", "50"]);
+        args.extend_from_slice(extra);
+        let r = loadgen(&args);
+        assert_eq!((r["lost"].as_u64(), r["disconnected"].as_u64()), (Some(0), Some(0)), "{r}");
+        assert_eq!(r["deliveries"], 200 * 2 * 50, "{r}");
+    }
+}
+
+#[test]
+fn burst_cuts_no_one() {
+    let args = ["--scenario", "burst", "--receivers", "100", "--senders", "10", "--messages", "50"];
+    let r = loadgen(&args);
+    assert_eq!((r["lost"].as_u64(), r["disconnected"].as_u64()), (Some(0), Some(0)), "{r}");
+}
+
+#[test]
+fn churn_keeps_serving() {
+    let r = loadgen(&["--scenario", "churn", "--users", "10", "--secs", "2"]);
+    assert_eq!(r["errors"], 0, "{r}");
+    assert_eq!(r["still_serving"], true, "{r}");
+    assert!(r["handshakes_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+}
