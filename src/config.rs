@@ -66,6 +66,8 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// Timestamps on log lines; journald adds its own, so systemd setups can turn them off.
     pub log_timestamps: bool,
+    /// Development only: print chat URLs with fresh tokens at start.
+    pub dev_login: bool,
     pub auth: AuthConfig,
     pub limits: Limits,
     pub heartbeat: Heartbeat,
@@ -84,6 +86,7 @@ impl Default for Config {
             metrics_listen: None,
             shutdown_grace_secs: 5,
             log_timestamps: true,
+            dev_login: false,
             auth: AuthConfig::default(),
             limits: Limits::default(),
             heartbeat: Heartbeat::default(),
@@ -344,6 +347,9 @@ impl Config {
                 "auth: {:?} needs auth.public_key_file (a PEM public key)",
                 a.algorithm
             )));
+        }
+        if self.dev_login && !a.algorithm.is_hmac() {
+            return Err(invalid("dev_login: needs an HS algorithm to mint tokens with"));
         }
         if a.user_id_claim.is_empty() {
             return Err(invalid("auth.user_id_claim: must not be empty"));

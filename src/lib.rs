@@ -14,5 +14,6 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod outbox;
+pub mod page;
 pub mod protocol;
 pub mod server;

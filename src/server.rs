@@ -1,10 +1,10 @@
 //! The IO shell around the hub: the accept loop, the upgrade, one task per connection, and the
 //! timer that drives the hub's clocks. Everything runs on one thread in a `LocalExecutor`.
 //!
-//! Every input reaches the hub through [`Shell::apply`], which reads the clock, calls the hub,
-//! lets the borrow end, and only then performs the effects (closing queues) and re-arms the
-//! timer. No borrow of the hub is held across an `.await`; nothing outside `apply` and the
-//! read-only accessors touches it.
+//! Every input reaches the hub through [`Shell::apply`] (or [`Shell::connect`], which also hands
+//! back the new queue): it reads the clock, calls the hub, lets the borrow end, and only then
+//! performs the effects (closing queues, appending to the history file) and re-arms the timer.
+//! No borrow of the hub is held across an `.await`.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -32,6 +32,7 @@ use crate::http::{self, HeadError, Refusal, Request};
 use crate::hub::{ConnId, Effect, Hub, HubConfig, Identity, Incoming, Join, Now, Refused};
 use crate::metrics::{self, AuthFailure, ShellCounters, Snapshot};
 use crate::outbox::{Frame, Next, OutboxRx};
+use crate::page::Page;
 use crate::protocol::{ClientMessage, CloseReason, ProtocolError, parse_client};
 
 /// Frames a connection's task reads before it yields to the executor. smol has no cooperative
@@ -46,6 +47,8 @@ pub const READ_BUDGET_FRAMES: usize = 16;
 pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How often `fsync: interval` syncs the history file.
 pub const HISTORY_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Lifetime of the tokens `dev_login` prints.
+pub const DEV_TOKEN_TTL_SECS: u64 = 24 * 3600;
 /// Pause after a failed `accept` (out of file descriptors, usually) before trying again.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -70,6 +73,7 @@ struct Shell {
     start_unix_secs: f64,
     /// The history file, when `history.file` is set.
     history: RefCell<Option<HistoryFile>>,
+    page: Page,
 }
 
 impl Shell {
@@ -87,12 +91,8 @@ impl Shell {
                 // Persist effects come before the message can reach any socket: the connection
                 // tasks only write once this input is done and the executor runs them.
                 Effect::Persist { line } => {
-                    if let Some(file) = self.history.borrow_mut().as_mut() {
-                        if let Err(e) = file.append(&line) {
-                            warn!("history: cannot write {}: {e}", file.path().display());
-                        }
-                        persisted = true;
-                    }
+                    self.with_history(|file| file.append(&line));
+                    persisted = true;
                 }
                 Effect::Close { conn, outbox, reason } => {
                     debug!("conn={conn} closing reason={}", reason.label());
@@ -127,6 +127,14 @@ impl Shell {
             shell: &self.counters,
             start_time_unix_secs: self.start_unix_secs,
         })
+    }
+
+    /// Registers a new connection: like [`apply`](Self::apply), the hub's borrow ends before
+    /// the replaced connections are closed.
+    fn connect(&self, join: Join) -> Result<(ConnId, OutboxRx), Refused> {
+        let connected = self.hub.borrow_mut().connect(now(), join)?;
+        self.perform(connected.effects);
+        Ok((connected.conn, connected.outbox))
     }
 
     fn disconnect(&self, conn: ConnId, reason: CloseReason) {
@@ -235,6 +243,7 @@ pub fn run(
         counters: ShellCounters::default(),
         start_unix_secs: start.unix_ms as f64 / 1000.0,
         history: RefCell::new(history),
+        page: Page::new(),
     });
     // Logged once everything is loaded: from this line on, the server answers.
     let addr = |l: &Async<TcpListener>| l.get_ref().local_addr().map(|a| a.to_string());
@@ -245,6 +254,9 @@ pub fn run(
     );
     if let Some(metrics) = &metrics_listener {
         info!("metrics on {}", addr(metrics).unwrap_or_default());
+    }
+    if shell.config.dev_login {
+        print_dev_urls(&shell.config, &addr(&main).unwrap_or_default());
     }
     let executor = LocalExecutor::new();
     smol::block_on(executor.run(async {
@@ -287,6 +299,17 @@ pub fn run(
         info!("stopped");
     }));
     Ok(())
+}
+
+/// `dev_login`: prints ready-to-open chat URLs with fresh tokens for two users, so that the
+/// README's run command leads straight to a chat. To stdout, not the log: tokens stay out of logs.
+fn print_dev_urls(config: &Config, addr: &str) {
+    for (sub, name) in [("1", "alice"), ("2", "bob")] {
+        match crate::auth::mint(&config.auth, sub, Some(name), DEV_TOKEN_TTL_SECS) {
+            Ok(token) => println!("dev: chat as {name}: http://{addr}/#token={token}"),
+            Err(e) => warn!("dev_login: cannot mint a token: {e}"),
+        }
+    }
 }
 
 /// Accepts connections until dropped, one task each.
@@ -425,10 +448,11 @@ async fn upgrade(
     };
     let answer = match request.path.as_str() {
         "/ws" if port == Port::Main => None,
-        "/healthz" | "/metrics" if request.method != "GET" => {
+        "/" | "/healthz" | "/metrics" if request.method != "GET" => {
             Some(Refusal::new(405, "use GET").to_response())
         }
         "/healthz" => Some(http::response(200, "text/plain; charset=utf-8", "", "ok")),
+        "/" if port == Port::Main => Some(shell.page.response()),
         "/metrics" if metrics_here => {
             Some(http::response(200, metrics::CONTENT_TYPE, "", &shell.metrics()))
         }
@@ -449,8 +473,7 @@ async fn upgrade(
     let since = request.query_param("since").and_then(|s| s.parse::<u64>().ok());
     let ip = client_ip(&request, peer.ip(), &shell.config.trusted_proxies);
     let join = Join { identity, since, ip };
-    let connected = shell.hub.borrow_mut().connect(now(), join);
-    let connected = match connected {
+    let (conn, outbox) = match shell.connect(join) {
         Ok(connected) => connected,
         Err(refused) => {
             let (failure, refusal) = match refused {
@@ -468,14 +491,13 @@ async fn upgrade(
             return None;
         }
     };
-    shell.perform(connected.effects);
-    let registered = Registered { shell: shell.clone(), conn: connected.conn };
-    debug!("conn={} user_id={user_id} peer={peer} upgraded", connected.conn);
+    let registered = Registered { shell: shell.clone(), conn };
+    debug!("conn={conn} user_id={user_id} peer={peer} upgraded");
     let accepted = http::switching_protocols(key);
     if stream.write_all(accepted.as_bytes()).await.is_err() {
         return None;
     }
-    Some((registered, connected.outbox, leftover))
+    Some((registered, outbox, leftover))
 }
 
 /// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest address in

@@ -1,0 +1,74 @@
+//! The chat page in a real browser: Debian's Chromium, driven by playwright-core
+//! (`tests/browser/chat.mjs`). `.ci/setup` installs both.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn two_users_chat_in_chromium() {
+    let server = Server::start(json!({"log_level": "info"}));
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = here.join("tests/browser/chat.mjs");
+    assert!(
+        here.join("tests/browser/node_modules/playwright-core").is_dir(),
+        "playwright-core is missing: run .ci/setup (or npm ci --prefix tests/browser)"
+    );
+    let screenshot = here.join("target/chat-screenshot.png");
+    let base = format!("http://{}", server.addr);
+    let out = Command::new("node")
+        .arg(&script)
+        .args([&base, &token("1", 3600), &token("2", 3600)])
+        .arg(&screenshot)
+        .output()
+        .expect("node (run .ci/setup)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("screenshot: "), "{stdout}");
+    assert!(screenshot.is_file());
+}
+
+#[test]
+fn page_is_served_with_a_strict_policy() {
+    let server = Server::start(json!({}));
+    let response = {
+        let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+        std::io::Write::write_all(&mut stream, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut text).unwrap();
+        text
+    };
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let csp = response
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Security-Policy: "))
+        .expect("a Content-Security-Policy header");
+    assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"), "{csp}");
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert!(response.contains("<title>shequ-chat</title>"));
+}
+
+#[test]
+fn dev_config_prints_a_ready_url_and_production_prints_none() {
+    let dev: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("configs/dev.json").unwrap()).unwrap();
+    let mut dev_patch = dev.clone();
+    dev_patch["listen"] = json!("127.0.0.1:0");
+    dev_patch["log_level"] = json!("info");
+    let server = Server::start(dev_patch);
+    let line = server.wait_for_log("dev: chat as alice: http://");
+    let token = line.rsplit("#token=").next().unwrap().trim().to_string();
+    assert!(line.contains(&format!("http://{}/#token=", server.addr)), "{line}");
+    smol::block_on(async {
+        let mut client =
+            Client::connect(server.addr, &format!("token={token}"), &[]).await.unwrap();
+        assert_eq!(client.recv_type("welcome").await["username"], "alice");
+    });
+    let production = Server::start(json!({}));
+    production.wait_for_log("listening on");
+    assert!(!production.log_lines().iter().any(|l| l.contains("#token=")));
+}
