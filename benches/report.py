@@ -4,7 +4,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-SERVERS = ["shequ", "go-hub", "rust-floor"]
+SERVERS = ["shequ", "go-hub", "rust-floor", "node-ws"]
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 runs = defaultdict(list)
 for r in rows:
@@ -27,17 +27,17 @@ def ratio(a, b):
 
 
 print("### Memory per idle connection\n")
-print("| connections | shequ KiB/conn | go-hub KiB/conn | rust-floor KiB/conn | shequ / go-hub |"
-      " shequ RSS | go-hub RSS | rust-floor RSS |")
-print("|---|---|---|---|---|---|---|---|")
+print("| connections | shequ KiB/conn | go-hub KiB/conn | rust-floor KiB/conn | node-ws KiB/conn |"
+      " shequ / go-hub | shequ RSS | go-hub RSS | rust-floor RSS | node-ws RSS |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for n in [100, 1000, 5000, 10000]:
     k = {s: ("idle", n, None, None, None, s) for s in SERVERS}
     per = {s: median(k[s], "kib_per_connection") for s in SERVERS}
     rss = {s: median(k[s], "rss_kib") for s in SERVERS}
+    mib = {s: fmt(rss[s] and rss[s] / 1024) for s in SERVERS}
     print(f"| {n} | {fmt(per['shequ'])} | {fmt(per['go-hub'])} | {fmt(per['rust-floor'])} | "
-          f"{ratio(per['shequ'], per['go-hub'])} | {fmt(rss['shequ'] and rss['shequ'] / 1024)} MiB | "
-          f"{fmt(rss['go-hub'] and rss['go-hub'] / 1024)} MiB | "
-          f"{fmt(rss['rust-floor'] and rss['rust-floor'] / 1024)} MiB |")
+          f"{fmt(per['node-ws'])} | {ratio(per['shequ'], per['go-hub'])} | {mib['shequ']} MiB | "
+          f"{mib['go-hub']} MiB | {mib['rust-floor']} MiB | {mib['node-ws']} MiB |")
 start = {s: median(("idle", 100, None, None, None, s), "rss_start_kib") for s in SERVERS}
 print("\nRSS right after start: " + ", ".join(
     f"{s} {fmt(start[s] and start[s] / 1024, 2)} MiB" for s in SERVERS) + ".\n")
@@ -72,3 +72,21 @@ for s in SERVERS:
         print(f"| {s} | {fmt(median(k, 'handshakes_per_sec'), 0)} | "
               f"{fmt(median(k, 'server_cpu_us_per_handshake'), 1)} | {fmt(median(k, 'errors'), 0)} | "
               f"{'yes' if serving else 'NO'} |")
+
+print("\n### Scaling: shequ-chat as the number of connections grows (one sender)\n")
+print("| receivers | idle RSS | KiB per connection | deliveries/s | server CPU µs/delivery |"
+      " p99 ms | lost |")
+print("|---|---|---|---|---|---|---|")
+for n in [100, 1000, 5000, 10000]:
+    idle_key = ("idle", n, None, None, None, "shequ")
+    fan = [k for k in runs if k[0] == "fanout" and k[2] == n and k[3] == 1 and k[5] == "shequ"]
+    rss = median(idle_key, "rss_kib")
+    row = f"| {n} | {fmt(rss and rss / 1024)} MiB | {fmt(median(idle_key, 'kib_per_connection'))} | "
+    if fan:
+        k = fan[0]
+        row += (f"{fmt(median(k, 'deliveries_per_sec'), 0)} | "
+                f"{fmt(median(k, 'server_cpu_us_per_delivery'), 2)} | "
+                f"{fmt(median(k, 'latency_ms', 'p99'), 1)} | {fmt(median(k, 'lost'), 0)} |")
+    else:
+        row += "– | – | – | – |"
+    print(row)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole benchmark table, side by side: shequ-chat, the Go hub it replaces, and the bare
-# smol + async-tungstenite floor. Each server runs pinned to core 0, the load generator to core 1.
+# The whole benchmark table, side by side: shequ-chat, the Go hub it replaces, the bare
+# smol + async-tungstenite floor, and a minimal Node `ws` server. Each server runs pinned to core 0, the load generator to core 1.
 # Prints one JSON line per run (also saved to benches/results.jsonl) and a Markdown table.
 #
 # Usage: benches/run.sh [REPEATS]        (default 3; the table shows medians)
@@ -21,12 +21,13 @@ cp -r "$shared/go-hub" "$shared/rust-floor" "$work/"
 cargo build --quiet --release --manifest-path "$work/rust-floor/Cargo.toml" \
   --target-dir /tmp/rust-floor-target
 cargo build --quiet --release --bins
+[ -d benches/node-ws/node_modules/ws ] || npm ci --prefix benches/node-ws --no-audit --no-fund --silent
 
 out=benches/results.jsonl
 : > "$out"
 run() { taskset -c 1 target/release/shequ-loadgen "$@" | tee -a "$out"; }
 for ((r = 1; r <= repeats; r++)); do
-  for server in shequ go-hub rust-floor; do
+  for server in shequ go-hub rust-floor node-ws; do
     for n in 100 1000 5000 10000; do
       run --server "$server" --scenario idle --connections "$n"
     done
@@ -35,6 +36,10 @@ for ((r = 1; r <= repeats; r++)); do
     run --server "$server" --scenario fanout --receivers 100 --senders 10 --messages 500 --rate 1000
     run --server "$server" --scenario burst --receivers 100 --senders 10 --messages 200
     run --server "$server" --scenario churn --users 50 --secs 5
+  done
+  # How shequ-chat's throughput grows with the number of receivers (one sender).
+  for n in 100 1000 5000 10000; do
+    run --server shequ --scenario fanout --receivers "$n" --senders 1 --messages $((500000 / n))
   done
 done
 python3 benches/report.py "$out"

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Servers: `shequ` (this project, `configs/bench.json`), `go-hub` and `rust-floor` (the
-//! references in `../shared/reference`, built by `benches/run.sh`). All three take the same
+//! references in `../shared/reference`, built by `benches/run.sh`), and `node-ws` (a minimal Node
+//! `ws` peer in `benches/node-ws`). All three take the same
 //! HS256 token in `?token=`. Our server wraps a message in a JSON chat frame; the references echo
 //! raw text. Either way the load generator finds the send time by the `t=` marker in the frame
 //! text, so the client does the same work for every server.
@@ -116,6 +117,9 @@ impl Server {
             }
             "go-hub" => {
                 command.arg("/tmp/go-hub").arg(port.to_string()).env("COALESCE", "0");
+            }
+            "node-ws" => {
+                command.args(["node", "benches/node-ws/server.mjs", &port.to_string()]);
             }
             "rust-floor" => {
                 command
