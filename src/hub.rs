@@ -451,15 +451,8 @@ impl Hub {
             && now.at >= at
         {
             self.next_idle_check = Some(now.at + self.config.idle_check_interval);
-            let idle: Vec<ConnId> = self
-                .conns
-                .iter()
-                .filter(|(_, c)| now.at.saturating_duration_since(c.last_chat) >= timeout)
-                .map(|(id, _)| *id)
-                .collect();
-            for conn in idle {
-                effects.extend(self.remove(conn, CloseReason::Idle));
-            }
+            let idle = |c: &Conn| now.at.saturating_duration_since(c.last_chat) >= timeout;
+            self.remove_where(idle, CloseReason::Idle, &mut effects);
         }
         if self.presence.flush_at.is_some_and(|at| now.at >= at) {
             self.flush_presence(now, &mut effects);
@@ -594,21 +587,27 @@ impl Hub {
     /// Queues one frame for every connection. The bytes are shared, not copied. A receiver whose
     /// queue is full is closed with 4004 rather than skipped, so no one loses messages silently.
     /// Returns how many receivers it was queued for.
-    fn broadcast(&mut self, text: Utf8Bytes, effects: &mut Vec<Effect>) -> u64 {
-        let mut slow = Vec::new();
-        let mut delivered = 0;
-        for (&id, c) in &self.conns {
-            if c.outbox.len() >= self.config.send_queue {
-                slow.push(id);
-            } else {
-                c.outbox.push(Frame::Text(text.clone()));
-                delivered += 1;
-            }
+    fn broadcast(&mut self, frame: Frame, effects: &mut Vec<Effect>) -> u64 {
+        let send_queue = self.config.send_queue;
+        self.remove_where(|c| c.outbox.len() >= send_queue, CloseReason::TooSlow, effects);
+        for c in self.conns.values() {
+            c.outbox.push(frame.clone());
         }
-        for id in slow {
-            effects.extend(self.remove(id, CloseReason::TooSlow));
+        self.conns.len() as u64
+    }
+
+    /// Removes every connection for which `pred` holds.
+    fn remove_where(
+        &mut self,
+        pred: impl Fn(&Conn) -> bool,
+        reason: CloseReason,
+        effects: &mut Vec<Effect>,
+    ) {
+        let matching: Vec<ConnId> =
+            self.conns.iter().filter(|(_, c)| pred(c)).map(|(id, _)| *id).collect();
+        for conn in matching {
+            effects.extend(self.remove(conn, reason));
         }
-        delivered
     }
 
     fn broadcast_chat(&mut self, now: Now, from: ConnId, content: &str, effects: &mut Vec<Effect>) {
@@ -627,7 +626,7 @@ impl Hub {
             effects.push(Effect::Persist { line: text.clone() });
         }
         self.remember(self.last_message_id, text.clone());
-        self.stats.deliveries += self.broadcast(text, effects);
+        self.stats.deliveries += self.broadcast(Frame::Text(text), effects);
         self.stats.messages_broadcast += 1;
     }
 
@@ -677,26 +676,9 @@ impl Hub {
     /// forgets users who have left and whose limiter state has run out.
     fn heartbeat(&mut self, now: Now, effects: &mut Vec<Effect>) {
         let timeout = self.config.pong_timeout;
-        let dead: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| now.at.saturating_duration_since(c.last_seen) >= timeout)
-            .map(|(id, _)| *id)
-            .collect();
-        for conn in dead {
-            effects.extend(self.remove(conn, CloseReason::Heartbeat));
-        }
-        let mut slow = Vec::new();
-        for (&id, c) in &self.conns {
-            if c.outbox.len() >= self.config.send_queue {
-                slow.push(id);
-            } else {
-                c.outbox.push(Frame::Ping);
-            }
-        }
-        for id in slow {
-            effects.extend(self.remove(id, CloseReason::TooSlow));
-        }
+        let silent = |c: &Conn| now.at.saturating_duration_since(c.last_seen) >= timeout;
+        self.remove_where(silent, CloseReason::Heartbeat, effects);
+        self.broadcast(Frame::Ping, effects);
         let refill =
             Duration::from_secs_f64(f64::from(self.config.rate_burst) / self.config.rate_per_sec);
         self.users.retain(|_, u| {
@@ -734,7 +716,7 @@ impl Hub {
             self.presence.last_sent = self.online;
             self.presence.last_sent_at = Some(now.at);
             let json = ServerMessage::Online { count: self.online }.to_json();
-            self.broadcast(json.into(), effects);
+            self.broadcast(Frame::Text(json.into()), effects);
         }
     }
 

@@ -42,13 +42,8 @@ fn five_hundred_clients_connect_at_once() {
                     let chat = client.recv_type("chat").await;
                     assert_eq!(chat["content"], "to everyone");
                     // Exactly once: the next frame is the pong, not a second copy.
-                    client.send_json(json!({"type": "ping"})).await;
-                    loop {
-                        let frame = client.recv().await;
+                    for frame in client.frames_until_pong().await {
                         assert_ne!(frame["type"], "chat", "delivered twice: {frame}");
-                        if frame["type"] == "pong" {
-                            break;
-                        }
                         assert_eq!(frame["type"], "online");
                         assert_eq!(frame["count"], CLIENTS as u64, "online count drifted");
                     }

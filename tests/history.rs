@@ -181,15 +181,7 @@ fn sigkill_mid_burst_loses_nothing_anyone_saw() {
         let mut b = Client::connect(server.addr, &format!("token={t}&since=0"), &[]).await.unwrap();
         let welcome = b.recv_type("welcome").await;
         assert_eq!(welcome["recovered"], true, "{welcome}");
-        b.send_json(json!({"type": "ping"})).await;
-        let mut recovered = Vec::new();
-        loop {
-            let frame = b.recv().await;
-            if frame["type"] == "pong" {
-                break;
-            }
-            recovered.extend(chat_id(&frame));
-        }
+        let recovered: Vec<u64> = b.frames_until_pong().await.iter().filter_map(chat_id).collect();
         for id in &acknowledged {
             assert!(recovered.contains(id), "message {id} was acknowledged, then lost");
         }

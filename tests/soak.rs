@@ -44,6 +44,16 @@ enum Event {
     Tick,
 }
 
+/// The next frame, or `Tick` at `at` if none came first.
+async fn next_event(c: &mut Client, at: Instant) -> Event {
+    async { Event::Frame(c.next_message().await) }
+        .or(async {
+            Timer::at(at).await;
+            Event::Tick
+        })
+        .await
+}
+
 /// A user who connects, chats, refreshes, goes quiet, leaves and returns at random.
 async fn wander(server: &Server, user: usize, seed: u64, until: Instant) {
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -62,12 +72,7 @@ async fn wander(server: &Server, user: usize, seed: u64, until: Instant) {
             }
             continue;
         };
-        let event = async { Event::Frame(c.next_message().await) }
-            .or(async {
-                Timer::at(next_tick).await;
-                Event::Tick
-            })
-            .await;
+        let event = next_event(c, next_tick).await;
         if matches!(event, Event::Tick) {
             next_tick = Instant::now() + Duration::from_millis(rng.u64(20..400));
         }
@@ -150,12 +155,7 @@ fn soak() {
                     let mut ids = Vec::new();
                     let mut next_tick = Instant::now();
                     while Instant::now() < until {
-                        let event = async { Event::Frame(c.next_message().await) }
-                            .or(async {
-                                Timer::at(next_tick).await;
-                                Event::Tick
-                            })
-                            .await;
+                        let event = next_event(&mut c, next_tick).await;
                         if matches!(event, Event::Tick) {
                             next_tick = Instant::now() + Duration::from_millis(rng.u64(500..3000));
                         }

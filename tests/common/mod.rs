@@ -374,6 +374,20 @@ impl Client {
         }
     }
 
+    /// Sends an app-level ping and returns every frame that arrived before the pong: what the
+    /// server had queued for this client up to now.
+    pub async fn frames_until_pong(&mut self) -> Vec<Value> {
+        self.send_json(json!({"type": "ping"})).await;
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.recv().await;
+            if frame["type"] == "pong" {
+                return frames;
+            }
+            frames.push(frame);
+        }
+    }
+
     pub async fn send_json(&mut self, value: Value) {
         self.send(Message::Text(value.to_string().into())).await;
     }
