@@ -137,7 +137,7 @@ impl OutboxRx {
         self.shared.borrow().closed
     }
 
-    /// Takes every frame queued now, without waiting. For tests of the hub.
+    /// Takes every frame queued now, without waiting (the first write of a connection; tests).
     pub fn drain(&self) -> Vec<Frame> {
         let mut shared = self.shared.borrow_mut();
         std::mem::take(&mut shared.frames).into()

@@ -16,8 +16,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::Bytes;
 use async_tungstenite::tungstenite::error::ProtocolError as ProtocolViolation;
-use async_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use async_tungstenite::tungstenite::protocol::frame::coding::{Data as OpData, OpCode};
+use async_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame as WsFrame};
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use futures_lite::{AsyncWriteExt, FutureExt, Stream};
@@ -493,8 +495,17 @@ async fn upgrade(
     };
     let registered = Registered { shell: shell.clone(), conn };
     debug!("conn={conn} user_id={user_id} peer={peer} upgraded");
-    let accepted = http::switching_protocols(key);
-    if stream.write_all(accepted.as_bytes()).await.is_err() {
+    // The 101 and the frames already queued (welcome, history) go out in one write: one
+    // system call instead of two for every connect, which is most of the cost of a reconnect.
+    let mut first = http::switching_protocols(key).into_bytes();
+    for frame in outbox.drain() {
+        let Frame::Text(text) = frame else { continue };
+        let frame = WsFrame::message(Bytes::from(text), OpCode::Data(OpData::Text), true);
+        if frame.format(&mut first).is_err() {
+            return None;
+        }
+    }
+    if stream.write_all(&first).await.is_err() {
         return None;
     }
     Some((registered, outbox, leftover))
