@@ -2,8 +2,11 @@
 //! format, version 0.0.4.
 //!
 //! The counters are plain integers in the hub and the event loop, bumped without locks or atomics
-//! (there is one thread); this module only formats them when scraped. A metrics library would keep
-//! its own copies behind atomics and a registry, which buys nothing on one thread.
+//! (there is one thread); this module only formats them when scraped. `prometheus-client` would
+//! cost little (measured: +35 KB, 2.4%, on the stripped release binary) but its metrics are
+//! `Arc`ed atomics in a registry: the pure hub would either hold them or have every counter
+//! copied into them at each scrape. The format is simple enough to write, and a test reads it
+//! with a real Prometheus parser (`tests/operations.rs`).
 
 use std::cell::Cell;
 use std::fmt::{Display, Write as _};
