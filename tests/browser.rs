@@ -23,6 +23,7 @@ fn two_users_chat_in_chromium() {
         .arg(&script)
         .args([&base, &token("1", 3600), &token("2", 3600)])
         .arg(&screenshot)
+        .arg(token("3", 15)) // expires during the run: the page must ask for a new token
         .output()
         .expect("node (run .ci/setup)");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -1,10 +1,10 @@
 // Two users chat in the page in real Chromium; one reloads and misses nothing; a third tab
 // replaces the first; user content is shown as text. Exit code 0 when every check passed.
-// Usage: node chat.mjs BASE_URL TOKEN_ALICE TOKEN_BOB SCREENSHOT_PATH
+// Usage: node chat.mjs BASE_URL TOKEN_ALICE TOKEN_BOB SCREENSHOT_PATH TOKEN_SHORT_LIVED
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 
-const [base, alice, bob, screenshot] = process.argv.slice(2);
+const [base, alice, bob, screenshot, shortLived] = process.argv.slice(2);
 const TIMEOUT = 20000;
 
 const browser = await chromium.launch({
@@ -34,6 +34,7 @@ try {
   await a.locator("#online", { hasText: "2 online" }).waitFor();
   await b.locator("#online", { hasText: "2 online" }).waitFor();
   console.log("two users connected; both see 2 online");
+  const carol = await open(shortLived);
 
   await send(a, "hello from alice");
   await waitFor(b, "hello from alice");
@@ -65,6 +66,11 @@ try {
   assert.ok((await messages(a2)).includes(evil), "the markup shows as text");
   assert.equal(await a2.evaluate(() => window.__pwned), undefined, "no script ran");
   console.log("HTML injection shown as text");
+
+  // Carol's token runs out while the rest goes on: her page must ask for a new one.
+  await carol.locator("#status", { hasText: "session expired" }).waitFor();
+  assert.equal(await carol.locator("#input").isDisabled(), true);
+  console.log("an expired session asks for a new token");
 
   await a2.screenshot({ path: screenshot });
   console.log(`screenshot: ${screenshot}`);
