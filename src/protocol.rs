@@ -112,7 +112,7 @@ pub fn validate_content(content: &str, max_chars: usize) -> Result<(), ProtocolE
     Ok(())
 }
 
-/// Frames the server sends, serialized with [`to_json`].
+/// Frames the server sends, serialized with [`ServerMessage::to_json`].
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage<'a> {

@@ -1,7 +1,7 @@
 //! The IO shell around the hub: the accept loop, the upgrade, one task per connection, and the
 //! timer that drives the hub's clocks. Everything runs on one thread in a `LocalExecutor`.
 //!
-//! Every input reaches the hub through [`Shell::apply`] (or [`Shell::connect`], which also hands
+//! Every input reaches the hub through `Shell::apply` (or `Shell::connect`, which also hands
 //! back the new queue): it reads the clock, calls the hub, lets the borrow end, and only then
 //! performs the effects (closing queues, appending to the history file) and re-arms the timer.
 //! No borrow of the hub is held across an `.await`.
