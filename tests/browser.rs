@@ -31,6 +31,9 @@ fn two_users_chat_in_chromium() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("screenshot: "), "{stdout}");
     assert!(screenshot.is_file());
+    // Straight to stderr, past the test harness's capture, so the CI log names the artifact.
+    let line = format!("browser test screenshot (CI artifact): {}\n", screenshot.display());
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
 }
 
 #[test]
