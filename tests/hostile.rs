@@ -61,10 +61,6 @@ fn check_with(server: &Server, bystander_token: &str, attack: impl FnOnce()) {
 /// Something a raw client does to the server.
 type Attack = Box<dyn Fn(&mut RawWs)>;
 
-fn upgrade_with(query: &str, extra: &str) -> Vec<u8> {
-    upgrade_request(query, extra)
-}
-
 #[test]
 fn http_level_garbage_gets_a_status_line() {
     let server = Server::start(json!({}));
@@ -91,7 +87,7 @@ fn http_level_garbage_gets_a_status_line() {
         ("HTTP/1.0", b"GET /ws HTTP/1.0\r\n\r\n".to_vec(), 400),
         (
             "bad Sec-WebSocket-Version",
-            String::from_utf8(upgrade_with(&ok_query, ""))
+            String::from_utf8(upgrade_request(&ok_query, ""))
                 .unwrap()
                 .replace("Version: 13", "Version: 99")
                 .into_bytes(),
@@ -99,7 +95,7 @@ fn http_level_garbage_gets_a_status_line() {
         ),
         (
             "bad Sec-WebSocket-Key",
-            String::from_utf8(upgrade_with(&ok_query, ""))
+            String::from_utf8(upgrade_request(&ok_query, ""))
                 .unwrap()
                 .replace("dGhlIHNhbXBsZSBub25jZQ==", "!!")
                 .into_bytes(),
@@ -185,8 +181,7 @@ fn hs256_signed_with_the_es256_public_key_is_refused() {
         bystander.recv_type("welcome").await;
         let refused = Client::connect(server.addr, &format!("token={confused}"), &[]).await;
         assert_eq!(refused.err().map(|e| e.0), Some(401));
-        bystander.chat("fine").await;
-        assert_eq!(bystander.recv_type("chat").await["content"], "fine");
+        bystander.chat_and_see("fine").await;
     });
 }
 
@@ -415,8 +410,7 @@ fn reconnect_storm_of_one_user() {
         }
         let elapsed = started.elapsed();
         let mut last = previous.unwrap();
-        last.chat("survivor").await;
-        assert_eq!(last.recv_type("chat").await["content"], "survivor");
+        last.chat_and_see("survivor").await;
         bystander.still_chats().await;
         // The bystander saw the user arrive once: no presence churn from the storm.
         let (_, metrics) = server.get("/metrics");

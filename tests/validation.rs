@@ -36,8 +36,7 @@ fn each_bad_frame_gets_its_error_code_and_reaches_no_one() {
             assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()));
         }
         // Still connected and able to chat; the other user saw only the good message.
-        bad.chat("a fine message with\ttab and\nnewline").await;
-        assert_eq!(bad.recv_type("chat").await["content"], "a fine message with\ttab and\nnewline");
+        bad.chat_and_see("a fine message with\ttab and\nnewline").await;
         let seen = loop {
             let frame = other.recv().await;
             assert!(matches!(frame["type"].as_str(), Some("online" | "chat")), "other saw {frame}");
@@ -65,8 +64,7 @@ fn repeated_violations_close_with_1008() {
         assert_eq!(ended, Ended::Closed(1008));
         assert_eq!(frames.iter().filter(|f| f["code"] == "invalid_json").count(), 5);
         bystander.await_online(1).await;
-        bystander.chat("unbothered").await;
-        assert_eq!(bystander.recv_type("chat").await["content"], "unbothered");
+        bystander.chat_and_see("unbothered").await;
     });
 }
 

@@ -392,6 +392,12 @@ impl Client {
         self.send(Message::Text(value.to_string().into())).await;
     }
 
+    /// Sends a chat message and checks that the next chat message back is its own copy.
+    pub async fn chat_and_see(&mut self, content: &str) {
+        self.chat(content).await;
+        assert_eq!(self.recv_type("chat").await["content"], content);
+    }
+
     pub async fn chat(&mut self, content: &str) {
         self.send_json(json!({"type": "chat", "content": content})).await;
     }
@@ -541,27 +547,6 @@ impl RawWs {
             self.stream.read_exact(&mut payload).ok()?;
             if opcode == 8 {
                 return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
-            }
-        }
-    }
-
-    /// The next text frame as JSON (skips pings).
-    pub fn recv_text(&mut self) -> Value {
-        loop {
-            let mut head = [0u8; 2];
-            self.stream.read_exact(&mut head).expect("a frame");
-            let len = match head[1] & 0x7f {
-                126 => {
-                    let mut b = [0u8; 2];
-                    self.stream.read_exact(&mut b).unwrap();
-                    usize::from(u16::from_be_bytes(b))
-                }
-                n => usize::from(n),
-            };
-            let mut payload = vec![0u8; len];
-            self.stream.read_exact(&mut payload).unwrap();
-            if head[0] & 0x0f == 1 {
-                return serde_json::from_slice(&payload).unwrap();
             }
         }
     }
