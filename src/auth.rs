@@ -17,7 +17,7 @@ use crate::hub::Identity;
 /// Longest token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 4096;
 
-/// Why a token was refused. [`AuthError::label`] is the metric label.
+/// Why a token was refused (counted as `metrics::AuthFailure`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthError {
     Missing,
@@ -26,14 +26,6 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    pub fn label(self) -> &'static str {
-        match self {
-            AuthError::Missing => "missing",
-            AuthError::Invalid(_) => "invalid",
-            AuthError::Expired => "expired",
-        }
-    }
-
     /// One line for the HTTP response or the `error` frame.
     pub fn message(self) -> &'static str {
         match self {

@@ -11,6 +11,7 @@
 use std::cell::Cell;
 use std::fmt::{Display, Write as _};
 
+use crate::auth::AuthError;
 use crate::hub::Stats;
 use crate::protocol::CloseReason;
 
@@ -47,6 +48,16 @@ impl AuthFailure {
             AuthFailure::Origin => "origin",
             AuthFailure::Capacity => "capacity",
             AuthFailure::IpLimit => "ip_limit",
+        }
+    }
+}
+
+impl From<AuthError> for AuthFailure {
+    fn from(e: AuthError) -> AuthFailure {
+        match e {
+            AuthError::Missing => AuthFailure::Missing,
+            AuthError::Invalid(_) => AuthFailure::Invalid,
+            AuthError::Expired => AuthFailure::Expired,
         }
     }
 }

@@ -167,12 +167,9 @@ impl Shell {
         match self.verifier.verify(token, now().unix_ms / 1000) {
             Ok(identity) => Ok((key, identity)),
             Err(e) => {
-                debug!("refused: {} token", e.label());
-                self.counters.count(match e {
-                    AuthError::Missing => AuthFailure::Missing,
-                    AuthError::Invalid(_) => AuthFailure::Invalid,
-                    AuthError::Expired => AuthFailure::Expired,
-                });
+                let failure = AuthFailure::from(e);
+                debug!("refused: {} token", failure.label());
+                self.counters.count(failure);
                 Err(Refusal::new(401, e.message()))
             }
         }
