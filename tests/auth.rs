@@ -62,10 +62,7 @@ fn issuer_and_audience_are_enforced() {
         (401, "wrong audience\n".into())
     );
     let good = sign_hs256(json!({"sub": "1", "exp": exp, "iss": "my-site", "aud": "chat"}));
-    smol::block_on(async {
-        let mut client = server.connect_token(&good).await;
-        assert_eq!(client.recv_type("welcome").await["user_id"], "1");
-    });
+    assert_eq!(server.welcome_for(&good)["user_id"], "1");
 }
 
 #[test]
@@ -124,10 +121,7 @@ fn es256_happy_path_and_algorithm_confusion() {
     let server = public_key_server("ES256", &pem);
     let claims = Claims::create(Duration::from_secs(60)).with_subject("es-user");
     let good = pair.sign(claims).unwrap();
-    smol::block_on(async {
-        let mut client = server.connect_token(&good).await;
-        assert_eq!(client.recv_type("welcome").await["user_id"], "es-user");
-    });
+    assert_eq!(server.welcome_for(&good)["user_id"], "es-user");
     // An HS256 token keyed with the public key itself must not pass as ES256.
     let confused = sign_with_key(
         &HS256Key::from_bytes(pem.as_bytes()),
@@ -146,10 +140,7 @@ fn eddsa_happy_path() {
     let server = public_key_server("EdDSA", &pair.public_key().to_pem());
     let claims = Claims::create(Duration::from_secs(60)).with_subject("ed-user");
     let good = pair.sign(claims).unwrap();
-    smol::block_on(async {
-        let mut client = server.connect_token(&good).await;
-        assert_eq!(client.recv_type("welcome").await["user_id"], "ed-user");
-    });
+    assert_eq!(server.welcome_for(&good)["user_id"], "ed-user");
 }
 
 #[test]

@@ -74,10 +74,7 @@ fn since_older_than_the_history_is_not_recovered() {
     smol::block_on(async {
         let mut sender = server.connect("sender").await;
         for i in 0..10 {
-            sender.chat(&format!("m{i}")).await;
-        }
-        for _ in 0..10 {
-            sender.recv_type("chat").await;
+            sender.chat_and_see(&format!("m{i}")).await;
         }
         let t = token("late", 3600);
         let mut late =
@@ -112,10 +109,7 @@ fn history_and_ids_survive_a_restart() {
     smol::block_on(async {
         let mut a = server.connect("a").await;
         for i in 0..5 {
-            a.chat(&format!("before {i}")).await;
-        }
-        for _ in 0..5 {
-            a.recv_type("chat").await;
+            a.chat_and_see(&format!("before {i}")).await;
         }
     });
     server.signal("TERM");

@@ -175,6 +175,11 @@ impl Server {
         }
     }
 
+    /// Connects with `token` and returns the `welcome` frame.
+    pub fn welcome_for(&self, token: &str) -> Value {
+        smol::block_on(async { self.connect_token(token).await.recv_type("welcome").await })
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
