@@ -73,6 +73,9 @@ pub struct Config {
     pub heartbeat: Heartbeat,
     pub idle: Idle,
     pub history: History,
+    /// Several instances as one chat, over Redis; absent runs alone. Needs a build with
+    /// `--features redis`.
+    pub cluster: Option<Cluster>,
 }
 
 impl Default for Config {
@@ -92,6 +95,7 @@ impl Default for Config {
             heartbeat: Heartbeat::default(),
             idle: Idle::default(),
             history: History::default(),
+            cluster: None,
         }
     }
 }
@@ -262,6 +266,38 @@ impl Default for History {
     }
 }
 
+/// Joining other instances through Redis (see `cluster.rs`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// `redis://host:port/db`, without a password (that goes in `password`). The host is
+    /// resolved once, at start.
+    pub redis_url: String,
+    pub password: Option<Secret>,
+    /// Prefix of every Redis key and channel: instances with the same prefix are one chat.
+    pub prefix: String,
+    /// This instance's name in Redis; empty picks a random one at each start.
+    pub instance: String,
+    /// Chat messages waiting for Redis, at most (while it is slow or unreachable); more are
+    /// refused with an `unavailable` error and counted.
+    pub outbox: usize,
+    /// An instance that stops refreshing its presence (it crashed) stops counting after this.
+    pub presence_ttl_secs: u64,
+}
+
+impl Default for Cluster {
+    fn default() -> Cluster {
+        Cluster {
+            redis_url: "redis://127.0.0.1:6379/0".into(),
+            password: None,
+            prefix: "shequ-chat".into(),
+            instance: String::new(),
+            outbox: 1024,
+            presence_ttl_secs: 15,
+        }
+    }
+}
+
 /// A configuration that cannot be used, with a message that says which field and why.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -416,6 +452,37 @@ impl Config {
         }
         if self.presence_interval_ms == 0 {
             return Err(invalid("presence_interval_ms: must be at least 1"));
+        }
+        if let Some(cluster) = &self.cluster {
+            self.validate_cluster(cluster)?;
+        }
+        Ok(())
+    }
+
+    fn validate_cluster(&self, cluster: &Cluster) -> Result<(), ConfigError> {
+        if !cfg!(feature = "redis") {
+            return Err(invalid(
+                "cluster: this build has no Redis support; build with `--features redis`",
+            ));
+        }
+        if self.history.file.is_some() {
+            return Err(invalid("history.file: a cluster keeps its history in Redis; remove it"));
+        }
+        if cluster.outbox == 0 {
+            return Err(invalid("cluster.outbox: must be at least 1"));
+        }
+        if cluster.presence_ttl_secs < 3 {
+            return Err(invalid("cluster.presence_ttl_secs: must be at least 3"));
+        }
+        if cluster.prefix.is_empty() {
+            return Err(invalid("cluster.prefix: must not be empty"));
+        }
+        let url = cluster.redis_url.as_str();
+        let Some(rest) = url.strip_prefix("redis://") else {
+            return Err(invalid(format!("cluster.redis_url: {url:?} must start with redis://")));
+        };
+        if rest.split('/').next().is_some_and(|authority| authority.contains('@')) {
+            return Err(invalid("cluster.redis_url: put the password in cluster.password"));
         }
         Ok(())
     }

@@ -17,6 +17,14 @@
 //!
 //! A `disconnect` for a connection the hub no longer knows (it was replaced, and its task ended
 //! afterwards) is harmless and does nothing.
+//!
+//! **In a cluster** ([`HubConfig::cluster`]) ids come from Redis, so an accepted message is not
+//! broadcast at once: it leaves as [`Effect::Publish`] and comes back through [`Hub::deliver`],
+//! like every other instance's messages, in id order. The hub also reports its users coming and
+//! going ([`Effect::Presence`]) and, with one connection per user, each new connection
+//! ([`Effect::Announce`]), so that another instance can close the user's older connection
+//! ([`Hub::joined_elsewhere`]). The broker that talks to Redis lives in `cluster.rs`; the hub only
+//! sees events.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -28,7 +36,7 @@ use log::debug;
 
 use crate::config::Config;
 use crate::outbox::{Frame, OutboxRx, OutboxTx, outbox};
-use crate::protocol::{CloseReason, ProtocolError, ServerMessage};
+use crate::protocol::{ChatHead, CloseReason, ProtocolError, ServerMessage};
 
 /// Identifies one connection for its whole life; never reused.
 pub type ConnId = u64;
@@ -86,6 +94,8 @@ pub struct HubConfig {
     pub history_on_join: usize,
     /// Emit [`Effect::Persist`] for every chat message.
     pub persist_history: bool,
+    /// Part of a cluster: see the module documentation.
+    pub cluster: bool,
 }
 
 impl From<&Config> for HubConfig {
@@ -108,6 +118,7 @@ impl From<&Config> for HubConfig {
             history_size: c.history.size,
             history_on_join: c.history.on_join,
             persist_history: c.history.file.is_some(),
+            cluster: c.cluster.is_some(),
         }
     }
 }
@@ -121,6 +132,14 @@ pub enum Effect {
     /// A chat message to append to the history file, before anyone can read it. Only when
     /// [`HubConfig::persist_history`] is set.
     Persist { line: Utf8Bytes },
+    /// Cluster: an accepted chat message for the broker to number and publish. It reaches this
+    /// instance's clients through [`Hub::deliver`], like everyone else's.
+    Publish { from: ConnId, head: ChatHead },
+    /// Cluster: the user's first connection on this instance opened (`online`), or their last
+    /// one closed.
+    Presence { user: Rc<str>, online: bool },
+    /// Cluster, one connection per user: the user connected here; other instances close theirs.
+    Announce { user: Rc<str>, conn: ConnId },
 }
 
 /// Why a connection was refused before its upgrade.
@@ -186,6 +205,8 @@ pub struct Stats {
     pub recoveries_recovered: u64,
     /// Connects with `since` older than the history (or unknown).
     pub recoveries_too_old: u64,
+    /// Cluster: connections closed because their user connected to another instance.
+    pub replaced_elsewhere: u64,
 }
 
 #[derive(Debug)]
@@ -200,6 +221,9 @@ struct Conn {
     /// When its token runs out, leeway included.
     expires: Instant,
     ip: IpAddr,
+    /// Cluster: this connection's [`Effect::Announce`] came back from Redis, so any later
+    /// announcement for the same user is newer than this connection.
+    announced: bool,
 }
 
 /// What the hub keeps per user id, beyond the user's connections: the rate limiter and the
@@ -234,6 +258,9 @@ pub struct Hub {
     users: HashMap<Rc<str>, User>,
     /// Users with at least one connection.
     online: usize,
+    /// Cluster: distinct users on all instances, as Redis last counted them; `None` while the
+    /// broker is down.
+    cluster_online: Option<usize>,
     next_conn: ConnId,
     last_message_id: u64,
     /// The last `history_size` chat messages, oldest first, as broadcast.
@@ -258,6 +285,7 @@ impl Hub {
             conns: HashMap::new(),
             users: HashMap::new(),
             online: 0,
+            cluster_online: None,
             next_conn: 1,
             last_message_id: 0,
             history: VecDeque::new(),
@@ -278,9 +306,20 @@ impl Hub {
         self.conns.len()
     }
 
-    /// Distinct users with at least one open connection.
+    /// Distinct users with at least one open connection here.
     pub fn online(&self) -> usize {
         self.online
+    }
+
+    /// The count clients see: this instance's users, or in a cluster, everyone's (never fewer
+    /// than are here, even before Redis has counted the newest).
+    pub fn shown_online(&self) -> usize {
+        self.cluster_online.unwrap_or(0).max(self.online)
+    }
+
+    /// Cluster: the users connected here, for the broker to write to Redis after a reconnect.
+    pub fn local_users(&self) -> impl Iterator<Item = &str> {
+        self.users.iter().filter(|(_, u)| !u.conns.is_empty()).map(|(id, _)| &**id)
     }
 
     pub fn stats(&self) -> &Stats {
@@ -323,7 +362,7 @@ impl Hub {
         let mut effects = Vec::new();
         while self.users[&user_key].conns.len() >= self.config.max_connections_per_user {
             let oldest = self.users[&user_key].conns[0];
-            effects.extend(self.remove(oldest, CloseReason::Replaced));
+            self.remove_replaced(oldest, &mut effects);
             self.stats.replacements += 1;
         }
         let conn = self.next_conn;
@@ -331,9 +370,10 @@ impl Hub {
         let (tx, rx) = outbox();
         let expires = token_deadline(now, identity.expires_unix_secs, self.config.token_leeway);
         let username: Rc<str> = identity.username.into();
+        let replaced = !effects.is_empty();
         let user = self.users.get_mut(&user_key).expect("inserted above");
         user.conns.push(conn);
-        let newly_online = user.conns.len() == 1 && effects.is_empty();
+        let newly_online = user.conns.len() == 1 && !replaced;
         self.conns.insert(
             conn,
             Conn {
@@ -344,6 +384,7 @@ impl Hub {
                 last_chat: now.at,
                 expires,
                 ip,
+                announced: false,
             },
         );
         self.expiries.insert((expires, conn));
@@ -351,11 +392,17 @@ impl Hub {
         self.stats.connections_accepted += 1;
         if newly_online {
             self.online += 1;
+            if self.config.cluster {
+                effects.push(Effect::Presence { user: user_key.clone(), online: true });
+            }
+        }
+        if self.config.cluster && self.config.max_connections_per_user == 1 {
+            effects.push(Effect::Announce { user: user_key.clone(), conn });
         }
         debug!(
             "user_id={} action={} old_exists={} total_clients={}",
             user_key,
-            if effects.is_empty() { "register" } else { "replace" },
+            if replaced { "replace" } else { "register" },
             existing > 0,
             self.conns.len()
         );
@@ -364,14 +411,14 @@ impl Hub {
         let welcome = ServerMessage::Welcome {
             user_id: &c.user,
             username: &c.username,
-            online: self.online,
+            online: self.shown_online(),
             recovered,
         };
         c.outbox.push(Frame::Text(welcome.to_json().into()));
         for (_, text) in self.history.range(replay..) {
             c.outbox.push(Frame::Text(text.clone()));
         }
-        if self.online != self.presence.last_sent {
+        if self.shown_online() != self.presence.last_sent {
             self.presence.welcome_differs = true;
         }
         self.presence_if_changed(now, &mut effects);
@@ -381,10 +428,70 @@ impl Hub {
     /// The connection's task has ended (the client closed, the socket failed, or the hub closed
     /// it earlier). Unknown connections are ignored.
     pub fn disconnect(&mut self, now: Now, conn: ConnId, reason: CloseReason) -> Vec<Effect> {
-        let mut effects: Vec<Effect> = self.remove(conn, reason).into_iter().collect();
+        let mut effects = Vec::new();
+        self.remove(conn, reason, &mut effects);
         if !effects.is_empty() {
             self.presence_if_changed(now, &mut effects);
         }
+        effects
+    }
+
+    /// Cluster: a chat message from Redis, with the id Redis gave it, from any instance (this one
+    /// included). Broadcast here unless its id is not above the last one seen: after a
+    /// reconnect the same message can come both from the stream and from the channel, and it is
+    /// delivered once.
+    pub fn deliver(&mut self, now: Now, id: u64, text: Utf8Bytes) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if id > self.last_message_id {
+            self.last_message_id = id;
+            self.remember(id, text.clone());
+            self.stats.deliveries += self.broadcast(Frame::Text(text), &mut effects);
+            self.stats.messages_broadcast += 1;
+            self.presence_if_changed(now, &mut effects);
+        }
+        effects
+    }
+
+    /// Cluster: the number of distinct users on all instances, or `None` when it is unknown
+    /// (Redis is unreachable) and clients should see this instance's count.
+    pub fn set_cluster_online(&mut self, now: Now, count: Option<usize>) -> Vec<Effect> {
+        self.cluster_online = count;
+        let mut effects = Vec::new();
+        self.presence_if_changed(now, &mut effects);
+        effects
+    }
+
+    /// Cluster: this connection's [`Effect::Announce`] came back through Redis.
+    pub fn announced(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.announced = true;
+        }
+    }
+
+    /// Cluster: `user` connected to another instance. Their connections here that Redis
+    /// announced before that connection are older, and close with 4001; one whose announcement
+    /// is still on its way is newer, and stays (the other instance closes its own when the
+    /// announcement reaches it). Every instance sees announcements in the same order, so exactly
+    /// one connection survives.
+    pub fn joined_elsewhere(&mut self, now: Now, user: &str) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let older: Vec<ConnId> = self.users.get(user).map_or(Vec::new(), |u| {
+            u.conns.iter().copied().filter(|c| self.conns[c].announced).collect()
+        });
+        for conn in older {
+            self.remove(conn, CloseReason::Replaced, &mut effects);
+            self.stats.replaced_elsewhere += 1;
+        }
+        self.presence_if_changed(now, &mut effects);
+        effects
+    }
+
+    /// Cluster: Redis could not take a chat message (its outbox was full); tell the sender.
+    pub fn not_sent(&mut self, conn: ConnId) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let error = ProtocolError::Unavailable;
+        let json = ServerMessage::Error { code: error.code(), message: &error.message() }.to_json();
+        self.send_to(conn, json, &mut effects);
         effects
     }
 
@@ -441,7 +548,7 @@ impl Hub {
             if deadline > now.at {
                 break;
             }
-            effects.extend(self.remove(conn, CloseReason::TokenExpired));
+            self.remove(conn, CloseReason::TokenExpired, &mut effects);
         }
         if now.at >= self.next_heartbeat {
             self.next_heartbeat = now.at + self.config.ping_interval;
@@ -508,8 +615,8 @@ impl Hub {
         self.history.len()
     }
 
-    /// Fills the history from a previous run (oldest first) and continues ids after the last.
-    /// For start-up, before any connection.
+    /// Fills the history from a previous run, or in a cluster from Redis, (oldest first) and
+    /// continues ids after the last. Nothing is broadcast: for start-up.
     pub fn restore(&mut self, messages: impl IntoIterator<Item = (u64, Utf8Bytes)>) {
         for (id, text) in messages {
             self.last_message_id = self.last_message_id.max(id);
@@ -530,7 +637,11 @@ impl Hub {
     /// Removes every connection, to be closed with 1001.
     pub fn shutdown(&mut self) -> Vec<Effect> {
         let all: Vec<ConnId> = self.conns.keys().copied().collect();
-        all.into_iter().filter_map(|c| self.remove(c, CloseReason::Shutdown)).collect()
+        let mut effects = Vec::new();
+        for conn in all {
+            self.remove(conn, CloseReason::Shutdown, &mut effects);
+        }
+        effects
     }
 
     fn new_user(&self, now: Now) -> User {
@@ -543,10 +654,28 @@ impl Hub {
         }
     }
 
-    /// Takes the connection out of every map and hands back its queue to be closed. This is the
-    /// only place a connection leaves the hub.
-    fn remove(&mut self, conn: ConnId, reason: CloseReason) -> Option<Effect> {
-        let c = self.conns.remove(&conn)?;
+    /// Takes the connection out of every map and hands back its queue to be closed.
+    fn remove(&mut self, conn: ConnId, reason: CloseReason, effects: &mut Vec<Effect>) {
+        self.remove_inner(conn, reason, false, effects);
+    }
+
+    /// Removes a connection that a newer one of the same user, on this instance, replaces: the
+    /// user stays online.
+    fn remove_replaced(&mut self, conn: ConnId, effects: &mut Vec<Effect>) {
+        self.remove_inner(conn, CloseReason::Replaced, true, effects);
+    }
+
+    /// The only place a connection leaves the hub.
+    fn remove_inner(
+        &mut self,
+        conn: ConnId,
+        reason: CloseReason,
+        successor: bool,
+        effects: &mut Vec<Effect>,
+    ) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
         self.expiries.remove(&(c.expires, conn));
         if let Some(n) = self.ips.get_mut(&c.ip) {
             *n -= 1;
@@ -556,8 +685,11 @@ impl Hub {
         }
         if let Some(user) = self.users.get_mut(&c.user) {
             user.conns.retain(|&id| id != conn);
-            if user.conns.is_empty() && reason != CloseReason::Replaced {
+            if user.conns.is_empty() && !successor {
                 self.online -= 1;
+                if self.config.cluster {
+                    effects.push(Effect::Presence { user: c.user.clone(), online: false });
+                }
             }
         }
         self.stats.disconnects[reason.index()] += 1;
@@ -570,14 +702,14 @@ impl Hub {
             reason.label(),
             self.conns.len()
         );
-        Some(Effect::Close { conn, outbox: c.outbox, reason })
+        effects.push(Effect::Close { conn, outbox: c.outbox, reason });
     }
 
     /// Queues a frame for one connection, or closes it with 4004 when its queue is full.
     fn send_to(&mut self, conn: ConnId, json: String, effects: &mut Vec<Effect>) {
         if let Some(c) = self.conns.get(&conn) {
             if c.outbox.len() >= self.config.send_queue {
-                effects.extend(self.remove(conn, CloseReason::TooSlow));
+                self.remove(conn, CloseReason::TooSlow, effects);
             } else {
                 c.outbox.push(Frame::Text(json.into()));
             }
@@ -606,22 +738,20 @@ impl Hub {
         let matching: Vec<ConnId> =
             self.conns.iter().filter(|(_, c)| pred(c)).map(|(id, _)| *id).collect();
         for conn in matching {
-            effects.extend(self.remove(conn, reason));
+            self.remove(conn, reason, effects);
         }
     }
 
+    /// An accepted chat message: broadcast with the next id, or in a cluster, published.
     fn broadcast_chat(&mut self, now: Now, from: ConnId, content: &str, effects: &mut Vec<Effect>) {
         let c = &self.conns[&from];
-        self.last_message_id += 1;
-        let json = ServerMessage::Chat {
-            id: self.last_message_id,
-            user_id: &c.user,
-            username: &c.username,
-            content,
-            ts: now.unix_ms,
+        let head = ChatHead::new(&c.user, &c.username, content, now.unix_ms);
+        if self.config.cluster {
+            effects.push(Effect::Publish { from, head });
+            return;
         }
-        .to_json();
-        let text = Utf8Bytes::from(json);
+        self.last_message_id += 1;
+        let text = Utf8Bytes::from(head.with_id(self.last_message_id));
         if self.config.persist_history {
             effects.push(Effect::Persist { line: text.clone() });
         }
@@ -668,7 +798,7 @@ impl Hub {
         }
         user.violations += 1;
         if user.violations >= self.config.violations_before_close {
-            effects.extend(self.remove(conn, CloseReason::Policy));
+            self.remove(conn, CloseReason::Policy, effects);
         }
     }
 
@@ -704,18 +834,19 @@ impl Hub {
     }
 
     fn presence_if_changed(&mut self, now: Now, effects: &mut Vec<Effect>) {
-        if self.online != self.presence.last_sent || self.presence.welcome_differs {
+        if self.shown_online() != self.presence.last_sent || self.presence.welcome_differs {
             self.presence_changed(now, effects);
         }
     }
 
     fn flush_presence(&mut self, now: Now, effects: &mut Vec<Effect>) {
         self.presence.flush_at = None;
-        if self.online != self.presence.last_sent || self.presence.welcome_differs {
+        let online = self.shown_online();
+        if online != self.presence.last_sent || self.presence.welcome_differs {
             self.presence.welcome_differs = false;
-            self.presence.last_sent = self.online;
+            self.presence.last_sent = online;
             self.presence.last_sent_at = Some(now.at);
-            let json = ServerMessage::Online { count: self.online }.to_json();
+            let json = ServerMessage::Online { count: online }.to_json();
             self.broadcast(Frame::Text(json.into()), effects);
         }
     }

@@ -8,6 +8,8 @@
 #![deny(clippy::await_holding_refcell_ref)]
 
 pub mod auth;
+#[cfg(feature = "redis")]
+pub mod cluster;
 pub mod config;
 pub mod history;
 pub mod http;

@@ -79,11 +79,30 @@ impl ShellCounters {
     }
 }
 
+/// The cluster broker's state and counters (`cluster.rs`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BrokerStats {
+    /// Connected to Redis and caught up.
+    pub up: bool,
+    /// Successful connections to Redis, the first included.
+    pub connects: u64,
+    /// Chat messages this instance published.
+    pub published: u64,
+    /// Chat messages from every instance that reached this hub through Redis.
+    pub received: u64,
+    /// Chat messages that never reached Redis (the outbox was full, or Redis refused them).
+    pub dropped: u64,
+}
+
 /// Everything one scrape reports.
 pub struct Snapshot<'a> {
     pub stats: &'a Stats,
     pub connections: usize,
+    /// Distinct users here; in a cluster, `cluster_online` has everyone.
     pub online: usize,
+    /// The online count clients see: in a cluster, all instances'.
+    pub shown_online: usize,
+    pub broker: Option<BrokerStats>,
     pub history: usize,
     pub shell: &'a ShellCounters,
     pub start_time_unix_secs: f64,
@@ -141,6 +160,9 @@ pub fn render(s: &Snapshot<'_>) -> String {
         out.single(name, "counter", help, value);
     }
     out.single("shequ_chat_history_messages", "gauge", "Chat messages held for replay.", s.history);
+    if let Some(b) = &s.broker {
+        render_broker(&mut out, b, st, s.shown_online);
+    }
     let name = "shequ_chat_recoveries_total";
     out.family(name, "counter", "Connects with `since`, by whether every missed message was held.");
     out.sample(name, &[("result", "recovered")], st.recoveries_recovered);
@@ -171,6 +193,37 @@ pub fn render(s: &Snapshot<'_>) -> String {
     out.family(name, "gauge", "Always 1; the version is in the label.");
     out.sample(name, &[("version", env!("CARGO_PKG_VERSION"))], 1);
     out.0
+}
+
+fn render_broker(out: &mut Exposition, b: &BrokerStats, st: &Stats, cluster_online: usize) {
+    out.single("shequ_chat_broker_up", "gauge", "1 while Redis is reachable.", u8::from(b.up));
+    for (name, help, value) in [
+        ("shequ_chat_broker_connects_total", "Connections made to Redis.", b.connects),
+        ("shequ_chat_broker_published_total", "Chat messages published to Redis.", b.published),
+        (
+            "shequ_chat_broker_received_total",
+            "Chat messages received from Redis, from every instance.",
+            b.received,
+        ),
+        (
+            "shequ_chat_broker_dropped_total",
+            "Chat messages that could not be published (outbox full or refused).",
+            b.dropped,
+        ),
+        (
+            "shequ_chat_replaced_elsewhere_total",
+            "Connections closed because their user connected to another instance.",
+            st.replaced_elsewhere,
+        ),
+    ] {
+        out.single(name, "counter", help, value);
+    }
+    out.single(
+        "shequ_chat_cluster_online_users",
+        "gauge",
+        "Distinct users on all instances, as shown to clients.",
+        cluster_online,
+    );
 }
 
 struct Exposition(String);
@@ -227,6 +280,8 @@ mod tests {
             stats: &stats,
             connections: 2,
             online: 1,
+            shown_online: 3,
+            broker: Some(BrokerStats { up: true, dropped: 4, ..BrokerStats::default() }),
             history: 0,
             shell: &shell,
             start_time_unix_secs: 1.5,
@@ -234,6 +289,9 @@ mod tests {
         assert!(text.contains("shequ_chat_deliveries_total 7\n"));
         assert!(text.contains("shequ_chat_auth_failures_total{reason=\"origin\"} 1\n"));
         assert!(text.contains("shequ_chat_disconnects_total{reason=\"too_slow\"} 0\n"));
+        assert!(text.contains("shequ_chat_broker_up 1\n"));
+        assert!(text.contains("shequ_chat_broker_dropped_total 4\n"));
+        assert!(text.contains("shequ_chat_cluster_online_users 3\n"));
         let mut typed = std::collections::HashSet::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {

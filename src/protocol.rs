@@ -34,6 +34,8 @@ pub enum ProtocolError {
     BinaryUnsupported,
     /// A refresh token that did not verify or names another user.
     AuthFailed(&'static str),
+    /// Cluster: Redis is unreachable and the queue of messages waiting for it is full.
+    Unavailable,
 }
 
 impl ProtocolError {
@@ -47,6 +49,7 @@ impl ProtocolError {
             ProtocolError::UnsupportedType => "unsupported_type",
             ProtocolError::BinaryUnsupported => "binary_unsupported",
             ProtocolError::AuthFailed(_) => "auth_failed",
+            ProtocolError::Unavailable => "unavailable",
         }
     }
 
@@ -62,6 +65,9 @@ impl ProtocolError {
             ProtocolError::UnsupportedType => "unknown message type".into(),
             ProtocolError::BinaryUnsupported => "binary frames are not supported".into(),
             ProtocolError::AuthFailed(why) => (*why).into(),
+            ProtocolError::Unavailable => {
+                "the chat is unavailable; this message was not sent".into()
+            }
         }
     }
 }
@@ -124,13 +130,6 @@ pub enum ServerMessage<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
     },
-    Chat {
-        id: u64,
-        user_id: &'a str,
-        username: &'a str,
-        content: &'a str,
-        ts: u64,
-    },
     Online {
         count: usize,
     },
@@ -145,6 +144,41 @@ impl ServerMessage<'_> {
     pub fn to_json(&self) -> String {
         // Serializing these types cannot fail: no maps with non-string keys, no floats.
         serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A `chat` frame without its id: everything known when a message is accepted. The id goes last,
+/// appended by [`ChatHead::with_id`]; in a cluster, Redis appends it to the same bytes (see
+/// `cluster.rs`), so both paths send the same frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatHead(String);
+
+impl ChatHead {
+    pub fn new(user_id: &str, username: &str, content: &str, ts: u64) -> ChatHead {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            r#type: &'static str,
+            user_id: &'a str,
+            username: &'a str,
+            content: &'a str,
+            ts: u64,
+        }
+        let body = Body { r#type: "chat", user_id, username, content, ts };
+        // As for `ServerMessage`, this cannot fail; the closing brace comes back in `with_id`.
+        let mut head = serde_json::to_string(&body).unwrap_or_else(|_| "{".into());
+        head.pop();
+        head.push_str(r#","id":"#);
+        ChatHead(head)
+    }
+
+    /// The whole frame.
+    pub fn with_id(&self, id: u64) -> String {
+        format!("{}{id}}}", self.0)
+    }
+
+    /// The frame up to the id, as sent to Redis.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -287,16 +321,10 @@ mod tests {
 
     #[test]
     fn server_frames_have_the_documented_shape() {
-        let chat = ServerMessage::Chat {
-            id: 17,
-            user_id: "42",
-            username: "alice",
-            content: "hi \"there\"",
-            ts: 1764200000000,
-        };
+        let chat = ChatHead::new("42", "alice", "hi \"there\"", 1764200000000);
         assert_eq!(
-            chat.to_json(),
-            r#"{"type":"chat","id":17,"user_id":"42","username":"alice","content":"hi \"there\"","ts":1764200000000}"#
+            chat.with_id(17),
+            r#"{"type":"chat","user_id":"42","username":"alice","content":"hi \"there\"","ts":1764200000000,"id":17}"#
         );
         assert_eq!(ServerMessage::Pong.to_json(), r#"{"type":"pong"}"#);
         assert_eq!(ServerMessage::Online { count: 3 }.to_json(), r#"{"type":"online","count":3}"#);

@@ -56,14 +56,14 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Reads both clocks. The only place the server asks the operating system for the time.
 #[allow(clippy::disallowed_methods)]
-fn now() -> Now {
+pub(crate) fn now() -> Now {
     let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     Now { at: Instant::now(), unix_ms }
 }
 
 /// State shared by every task on the event loop.
-struct Shell {
-    hub: RefCell<Hub>,
+pub(crate) struct Shell {
+    pub(crate) hub: RefCell<Hub>,
     verifier: Verifier,
     config: Config,
     ws_config: WebSocketConfig,
@@ -76,18 +76,22 @@ struct Shell {
     /// The history file, when `history.file` is set.
     history: RefCell<Option<HistoryFile>>,
     page: Page,
+    /// The link to the other instances, when `cluster` is set.
+    #[cfg(feature = "redis")]
+    pub(crate) broker: Option<crate::cluster::Broker>,
 }
 
 impl Shell {
     /// Feeds one input to the hub and performs its effects. The hub's borrow ends before any
     /// effect runs: a removed connection is gone from the hub before its queue is closed.
-    fn apply(&self, step: impl FnOnce(&mut Hub, Now) -> Vec<Effect>) {
+    pub(crate) fn apply(&self, step: impl FnOnce(&mut Hub, Now) -> Vec<Effect>) {
         let effects = step(&mut self.hub.borrow_mut(), now());
         self.perform(effects);
     }
 
     fn perform(&self, effects: Vec<Effect>) {
         let mut persisted = false;
+        let mut not_sent = Vec::new();
         for effect in effects {
             match effect {
                 // Persist effects come before the message can reach any socket: the connection
@@ -100,14 +104,33 @@ impl Shell {
                     debug!("conn={conn} closing reason={}", reason.label());
                     outbox.close(reason);
                 }
+                effect @ (Effect::Publish { .. }
+                | Effect::Presence { .. }
+                | Effect::Announce { .. }) => not_sent.extend(self.to_broker(effect)),
             }
         }
         if persisted {
             self.with_history(|file| file.flush());
         }
+        for conn in not_sent {
+            self.apply(|hub, _| hub.not_sent(conn));
+        }
         if self.hub.borrow().poll_timeout() < self.armed.get() {
             let _ = self.rearm.try_send(());
         }
+    }
+
+    /// Hands a cluster effect to the broker; returns the sender of a chat message that did not
+    /// fit in its outbox.
+    #[cfg(feature = "redis")]
+    fn to_broker(&self, effect: Effect) -> Option<ConnId> {
+        self.broker.as_ref()?.push(effect)
+    }
+
+    /// The hub asks for these only in a cluster, which needs the `redis` feature.
+    #[cfg(not(feature = "redis"))]
+    fn to_broker(&self, _effect: Effect) -> Option<ConnId> {
+        None
     }
 
     /// Runs an operation on the history file, if there is one, and logs a failure.
@@ -121,10 +144,16 @@ impl Shell {
 
     fn metrics(&self) -> String {
         let hub = self.hub.borrow();
+        #[cfg(feature = "redis")]
+        let broker = self.broker.as_ref().map(crate::cluster::Broker::stats);
+        #[cfg(not(feature = "redis"))]
+        let broker = None;
         metrics::render(&Snapshot {
             stats: hub.stats(),
             connections: hub.connection_count(),
             online: hub.online(),
+            shown_online: hub.shown_online(),
+            broker,
             history: hub.history_len(),
             shell: &self.counters,
             start_time_unix_secs: self.start_unix_secs,
@@ -232,6 +261,11 @@ pub fn run(
         None => None,
     };
     let sync_history = history.is_some() && config.history.fsync == Fsync::Interval;
+    #[cfg(feature = "redis")]
+    let broker = match &config.cluster {
+        Some(cluster) => Some(crate::cluster::Broker::new(cluster, config.history.size)?),
+        None => None,
+    };
     let shell = Rc::new(Shell {
         hub: RefCell::new(hub),
         verifier,
@@ -243,6 +277,8 @@ pub fn run(
         start_unix_secs: start.unix_ms as f64 / 1000.0,
         history: RefCell::new(history),
         page: Page::new(),
+        #[cfg(feature = "redis")]
+        broker,
     });
     // Logged once everything is loaded: from this line on, the server answers.
     let addr = |l: &Async<TcpListener>| l.get_ref().local_addr().map(|a| a.to_string());
@@ -263,6 +299,8 @@ pub fn run(
         if sync_history {
             executor.spawn(sync_history_every_second(shell.clone())).detach();
         }
+        #[cfg(feature = "redis")]
+        executor.spawn(crate::cluster::run(shell.clone())).detach();
         if let Some(interval) = sd_notify::watchdog_enabled() {
             executor.spawn(keep_watchdog_fed(interval)).detach();
         }

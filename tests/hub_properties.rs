@@ -70,6 +70,7 @@ fn config() -> HubConfig {
         history_size: 16,
         history_on_join: 4,
         persist_history: false,
+        cluster: false,
     }
 }
 

@@ -41,6 +41,7 @@ fn config() -> HubConfig {
         history_size: 8,
         history_on_join: 3,
         persist_history: true,
+        cluster: false,
     }
 }
 

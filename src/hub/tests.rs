@@ -34,6 +34,7 @@ fn config() -> HubConfig {
         history_size: 20,
         history_on_join: 5,
         persist_history: false,
+        cluster: false,
     }
 }
 
@@ -43,6 +44,10 @@ struct Harness {
     open: HashMap<ConnId, OutboxRx>,
     closed: HashMap<ConnId, (CloseReason, OutboxRx)>,
     persisted: Vec<String>,
+    /// Cluster effects, as the broker would get them.
+    published: Vec<(ConnId, ChatHead)>,
+    presence: Vec<(String, bool)>,
+    announced: Vec<(String, ConnId)>,
 }
 
 impl Harness {
@@ -56,6 +61,9 @@ impl Harness {
             open: HashMap::new(),
             closed: HashMap::new(),
             persisted: Vec::new(),
+            published: Vec::new(),
+            presence: Vec::new(),
+            announced: Vec::new(),
         }
     }
 
@@ -134,6 +142,18 @@ impl Harness {
                 Effect::Close { conn, outbox, reason } => (conn, outbox, reason),
                 Effect::Persist { line } => {
                     self.persisted.push(line.to_string());
+                    continue;
+                }
+                Effect::Publish { from, head } => {
+                    self.published.push((from, head));
+                    continue;
+                }
+                Effect::Presence { user, online } => {
+                    self.presence.push((user.to_string(), online));
+                    continue;
+                }
+                Effect::Announce { user, conn } => {
+                    self.announced.push((user.to_string(), conn));
                     continue;
                 }
             };
@@ -614,4 +634,150 @@ fn per_address_limit_counts_open_connections_and_allows_replacing_one_s_own() {
     assert_eq!(h.close_reason(a), Some(CloseReason::Replaced));
     h.disconnect(a2);
     h.try_connect_from("d", None, home).unwrap();
+}
+
+// ---- Cluster mode: the hub's side of `cluster.rs`, with Redis played by the test. ----
+
+fn cluster() -> Harness {
+    Harness::new(HubConfig { cluster: true, rate_burst: 1000, ..config() })
+}
+
+impl Harness {
+    /// What Redis does with the published messages: numbers them from `first_id` and hands them
+    /// back through `deliver`.
+    fn redis_numbers(&mut self, first_id: u64) {
+        for (i, (_, head)) in std::mem::take(&mut self.published).into_iter().enumerate() {
+            let id = first_id + i as u64;
+            let effects = self.hub.deliver(self.now, id, Utf8Bytes::from(head.with_id(id)));
+            self.perform(effects);
+        }
+    }
+
+    fn deliver_other(&mut self, id: u64, content: &str) {
+        let frame = ChatHead::new("remote", "someone", content, self.now.unix_ms).with_id(id);
+        let effects = self.hub.deliver(self.now, id, Utf8Bytes::from(frame));
+        self.perform(effects);
+    }
+}
+
+#[test]
+fn cluster_chat_is_published_and_broadcast_only_when_it_comes_back() {
+    let mut h = cluster();
+    let a = h.connect("a");
+    let b = h.connect("b");
+    h.frames(a);
+    h.frames(b);
+    h.chat(a, "hello");
+    assert!(h.of_type(b, "chat").is_empty(), "nothing goes out before Redis numbers it");
+    assert_eq!(h.published.len(), 1);
+    assert_eq!(h.published[0].0, a);
+    h.redis_numbers(40);
+    let got = h.of_type(b, "chat");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["id"], 40);
+    assert_eq!(got[0]["content"], "hello");
+    assert_eq!(got[0]["user_id"], "a");
+    assert_eq!(h.of_type(a, "chat").len(), 1, "the sender's copy is its acknowledgement");
+    assert_eq!(h.hub.last_message_id(), 40);
+}
+
+#[test]
+fn cluster_delivery_is_in_id_order_and_exactly_once() {
+    let mut h = cluster();
+    let a = h.connect("a");
+    h.frames(a);
+    h.deliver_other(5, "five");
+    h.deliver_other(6, "six");
+    // A reconnect's catch-up from the stream repeats what the channel already brought.
+    h.deliver_other(5, "five");
+    h.deliver_other(6, "six");
+    h.deliver_other(9, "nine");
+    assert_eq!(chat_ids(&h.frames(a)), vec![5, 6, 9]);
+    assert_eq!(h.hub.stats().messages_broadcast, 3);
+    // The history holds them too, for `since` on this instance.
+    let back = h.connect_since("back", 5);
+    let frames = h.frames(back);
+    assert_eq!(frames[0]["recovered"], true);
+    assert_eq!(chat_ids(&frames), vec![6, 9]);
+}
+
+#[test]
+fn cluster_presence_reports_first_and_last_connection_of_a_user() {
+    let mut h = Harness::new(HubConfig { cluster: true, max_connections_per_user: 2, ..config() });
+    let a1 = h.connect("a");
+    let a2 = h.connect("a");
+    assert_eq!(h.presence, vec![("a".to_string(), true)], "a second device is not news");
+    // A third connection replaces the oldest here: the user stays online.
+    let a3 = h.connect("a");
+    assert_eq!(h.close_reason(a1), Some(CloseReason::Replaced));
+    assert_eq!(h.presence.len(), 1);
+    h.disconnect(a2);
+    assert_eq!(h.presence.len(), 1);
+    h.disconnect(a3);
+    assert_eq!(h.presence[1], ("a".to_string(), false));
+    assert!(h.announced.is_empty(), "announcements are for one connection per user");
+}
+
+#[test]
+fn cluster_online_count_is_everyone_s_but_never_below_the_local_one() {
+    let mut h = cluster();
+    let a = h.connect("a");
+    assert_eq!(h.frames(a)[0]["online"], 1);
+    let effects = h.hub.set_cluster_online(h.now, Some(7));
+    h.perform(effects);
+    h.advance(Duration::from_secs(2));
+    let counts: Vec<Value> = h.of_type(a, "online").iter().map(|f| f["count"].clone()).collect();
+    assert_eq!(counts.last(), Some(&Value::from(7)));
+    let b = h.connect("b");
+    assert_eq!(h.frames(b)[0]["online"], 7);
+    // Redis lost: clients see the users here.
+    let effects = h.hub.set_cluster_online(h.now, None);
+    h.perform(effects);
+    h.advance(Duration::from_secs(2));
+    let counts: Vec<Value> = h.of_type(b, "online").iter().map(|f| f["count"].clone()).collect();
+    assert_eq!(counts.last(), Some(&Value::from(2)));
+    // Redis has not counted a newcomer yet: the local count wins.
+    let effects = h.hub.set_cluster_online(h.now, Some(1));
+    h.perform(effects);
+    assert_eq!(h.hub.shown_online(), 2);
+}
+
+#[test]
+fn cluster_replacement_closes_only_connections_announced_before() {
+    let mut h = cluster();
+    let old = h.connect("u");
+    assert_eq!(h.announced, vec![("u".to_string(), old)]);
+    h.hub.announced(old);
+    // `u` connected elsewhere after `old` was announced: `old` is older, and goes.
+    let effects = h.hub.joined_elsewhere(h.now, "u");
+    h.perform(effects);
+    assert_eq!(h.close_reason(old), Some(CloseReason::Replaced));
+    assert_eq!(h.hub.online(), 0);
+    assert_eq!(h.presence.last(), Some(&("u".to_string(), false)));
+    assert_eq!(h.hub.stats().replaced_elsewhere, 1);
+    // A connection whose own announcement has not come back yet is newer than the one
+    // announced elsewhere: it stays, and the other instance closes its own.
+    let new = h.connect("u");
+    let effects = h.hub.joined_elsewhere(h.now, "u");
+    h.perform(effects);
+    assert!(h.close_reason(new).is_none());
+    assert_eq!(h.hub.online(), 1);
+    // Unknown users and connections are ignored.
+    let effects = h.hub.joined_elsewhere(h.now, "nobody");
+    h.perform(effects);
+    h.hub.announced(old);
+}
+
+#[test]
+fn cluster_message_refused_by_a_full_outbox_tells_the_sender_without_a_violation() {
+    let mut h = Harness::new(HubConfig { cluster: true, violations_before_close: 1, ..config() });
+    let a = h.connect("a");
+    h.frames(a);
+    h.chat(a, "lost");
+    let effects = h.hub.not_sent(a);
+    h.perform(effects);
+    let errors = h.of_type(a, "error");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["code"], "unavailable");
+    assert!(h.close_reason(a).is_none(), "not the sender's fault: no violation");
 }

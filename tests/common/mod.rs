@@ -138,10 +138,15 @@ impl Server {
 
     /// Waits until a log line contains `needle`, and returns it.
     pub fn wait_for_log(&self, needle: &str) -> String {
+        self.wait_for_nth_log(needle, 1)
+    }
+
+    /// Waits until `n` log lines contain `needle`, and returns the `n`th.
+    pub fn wait_for_nth_log(&self, needle: &str, n: usize) -> String {
         let deadline = std::time::Instant::now() + TIMEOUT;
         let mut lines = self.log.lines.lock().unwrap();
         loop {
-            if let Some(line) = lines.iter().find(|l| l.contains(needle)) {
+            if let Some(line) = lines.iter().filter(|l| l.contains(needle)).nth(n - 1) {
                 return line.clone();
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -570,4 +575,66 @@ fn frame_header(fin: bool, opcode: u8, len: u64, masked: bool) -> Vec<u8> {
         header.extend_from_slice(&len.to_be_bytes());
     }
     header
+}
+
+/// A real `redis-server` on a loopback port of its own, without persistence (a restart comes
+/// back empty, the hardest case for the cluster). Killed when dropped.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        // A free port from the kernel; redis-server cannot report one it picked itself.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut redis = Redis { child: None, port };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts it (again) on the same port, and waits until it answers PING.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis-server is running");
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed (`.ci/setup` installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while self.ping().is_none() {
+            assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills it at once (SIGKILL): no goodbye to its clients.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn ping(&self) -> Option<()> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        stream.write_all(b"PING\r\n").ok()?;
+        let mut reply = [0u8; 7];
+        stream.read_exact(&mut reply).ok()?;
+        (&reply == b"+PONG\r\n").then_some(())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

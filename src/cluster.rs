@@ -1,0 +1,665 @@
+//! The cluster broker (feature `redis`): several instances behind one load balancer behave as
+//! one chat, through one Redis server.
+//!
+//! One task on the event loop owns two Redis connections, one for commands and one subscribed to
+//! the events channel. Their drivers are polled by that task, on this thread; nothing is spawned
+//! elsewhere. The hub stays a pure state machine: it hands the broker effects and the broker
+//! feeds it events, through `Shell::apply` like every other input.
+//!
+//! - **Chat.** An accepted message leaves the hub as [`Effect::Publish`] with the frame minus its
+//!   id. [`PUBLISH_SCRIPT`] `INCR`s the id key, appends the id, `XADD`s the frame to the capped
+//!   history stream and `PUBLISH`es it. A script runs atomically, so the channel carries messages
+//!   in id order; every instance, this one included, hands what it hears to `Hub::deliver`.
+//! - **History.** On every (re)connect the broker reads the stream after the hub's last id (on a
+//!   fresh start, its tail) and delivers it before anything from the channel; `deliver` drops
+//!   ids it has seen. So a refresh recovers from the same history on any instance, and an
+//!   instance that lost Redis for a while catches up, in order.
+//! - **Presence.** Each instance keeps its users in the set `{prefix}:presence:{instance}` and
+//!   its deadline in the sorted set `{prefix}:instances`, both refreshed every third of
+//!   `presence_ttl_secs`. The online count is the size of the union of the live instances' sets
+//!   ([`COUNT_SCRIPT`]), recounted when any instance says its set changed and at every refresh,
+//!   so a crashed instance's users drop out within the TTL and a refresh interval.
+//! - **Replacement.** With one connection per user, each new connection is announced on the
+//!   channel; `Hub::joined_elsewhere` explains why the channel's order leaves exactly one.
+//! - **Faults.** Without Redis the instance keeps serving its own users (connections, history,
+//!   replacement, the local online count); their chat messages wait in the outbox, at most
+//!   `cluster.outbox`, beyond which the sender gets an `unavailable` error and the message is
+//!   counted as dropped. The broker logs one warning, reports `shequ_chat_broker_up 0` and
+//!   reconnects with backoff. On reconnect it raises the id counter to at least the last id
+//!   seen (Redis may have come back empty), rewrites its presence set, catches up from the
+//!   stream, and sends the outbox.
+//!
+//! The channel carries three kinds of text message: `c{id}\n{frame}` (chat), `j{instance}\n{conn}\n
+//! {user}` (a connection joined) and `p{instance}` (a presence set changed).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_tungstenite::tungstenite::Utf8Bytes;
+use futures_lite::FutureExt;
+use log::{debug, info, warn};
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
+    RedisConnectionInfo, Script, Value,
+};
+use smol::{Async, Timer};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+
+use crate::config::{Cluster, ConfigError};
+use crate::hub::{ConnId, Effect};
+use crate::metrics::BrokerStats;
+use crate::protocol::ChatHead;
+use crate::server::{Shell, now};
+
+/// First pause before reconnecting to Redis; it doubles up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a TCP connect plus the Redis handshake may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long Redis may take to answer a command before the connection counts as lost.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Channel messages read from Redis and not yet handed to the hub. Past this the broker stops
+/// queueing and catches up from the history stream instead, so memory stays bounded.
+pub const CHANNEL_BACKLOG: usize = 4096;
+/// Queued commands sent to Redis in one pipeline.
+pub const BATCH_MAX: usize = 256;
+
+/// Numbers a chat message, keeps it in the history stream and publishes it, atomically, so that
+/// the channel carries ids in order.
+/// KEYS: id counter, history stream. ARGV: frame up to the id, channel, history size.
+pub const PUBLISH_SCRIPT: &str = r"
+local id = redis.call('INCR', KEYS[1])
+local frame = ARGV[1] .. id .. '}'
+if tonumber(ARGV[3]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id .. '-0', 'm', frame)
+end
+redis.call('PUBLISH', ARGV[2], 'c' .. id .. '\n' .. frame)
+return id
+";
+
+/// Raises the id counter to at least the last id this instance or the stream has seen, so ids
+/// keep increasing when Redis restarted empty.
+/// KEYS: id counter, history stream. ARGV: the hub's last id.
+pub const FLOOR_SCRIPT: &str = r"
+local floor = tonumber(ARGV[1])
+local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #newest > 0 then
+  local id = tonumber(string.match(newest[1][1], '^%d+'))
+  if id > floor then floor = id end
+end
+if tonumber(redis.call('GET', KEYS[1]) or '0') < floor then
+  redis.call('SET', KEYS[1], floor)
+end
+return floor
+";
+
+/// Keeps this instance alive in the registry and its presence set from expiring, by Redis's
+/// clock. KEYS: instances, this instance's set. ARGV: instance name, TTL in milliseconds.
+pub const REFRESH_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return now
+";
+
+/// Forgets instances past their deadline and counts the distinct users of the others.
+/// KEYS: instances. ARGV: the prefix of presence set names.
+pub const COUNT_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local live = redis.call('ZRANGE', KEYS[1], 0, -1)
+if #live == 0 then return 0 end
+local sets = {}
+for i, name in ipairs(live) do sets[i] = ARGV[1] .. name end
+return #redis.call('SUNION', unpack(sets))
+";
+
+/// The scripts, loaded on every connect (Redis forgets them when it restarts) and called by hash.
+#[derive(Debug, Clone, Copy)]
+enum Lua {
+    Publish,
+    Floor,
+    Refresh,
+    Count,
+}
+
+impl Lua {
+    const ALL: [Lua; 4] = [Lua::Publish, Lua::Floor, Lua::Refresh, Lua::Count];
+
+    fn code(self) -> &'static str {
+        match self {
+            Lua::Publish => PUBLISH_SCRIPT,
+            Lua::Floor => FLOOR_SCRIPT,
+            Lua::Refresh => REFRESH_SCRIPT,
+            Lua::Count => COUNT_SCRIPT,
+        }
+    }
+}
+
+/// Where a connection's channel messages go.
+type PushSink = Box<dyn Fn(PushInfo) -> Result<(), ()> + Send + Sync>;
+
+/// Reads and writes a connection's socket; ends when the connection is lost.
+type Driver = std::pin::Pin<Box<dyn Future<Output = ()>>>;
+
+/// What the hub asked of Redis, waiting in the outbox.
+#[derive(Debug)]
+enum Command {
+    Publish { from: ConnId, head: ChatHead },
+    Presence { user: Rc<str>, online: bool },
+    Announce { user: Rc<str>, conn: ConnId },
+}
+
+/// Redis key and channel names, all under `cluster.prefix`.
+struct Keys {
+    id: String,
+    stream: String,
+    channel: String,
+    instances: String,
+    /// Prefix of every instance's presence set.
+    presence: String,
+    /// This instance's presence set.
+    mine: String,
+}
+
+/// Why a session with Redis ended.
+#[derive(Debug)]
+pub struct Lost(String);
+
+impl fmt::Display for Lost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<redis::RedisError> for Lost {
+    fn from(e: redis::RedisError) -> Lost {
+        Lost(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for Lost {
+    fn from(e: std::io::Error) -> Lost {
+        Lost(e.to_string())
+    }
+}
+
+/// The broker's state on the event loop. The shell owns it; [`run`] drives it.
+pub struct Broker {
+    addr: SocketAddr,
+    info: RedisConnectionInfo,
+    keys: Keys,
+    instance: String,
+    history_size: usize,
+    outbox_max: usize,
+    presence_ttl: Duration,
+    /// SHA-1 of each [`Lua`] script.
+    hashes: [String; 4],
+    outbox: RefCell<VecDeque<Command>>,
+    /// Wakes [`run`] when the outbox gains a command.
+    wake: async_channel::Sender<()>,
+    woken: async_channel::Receiver<()>,
+    /// A presence change was not sent; rewrite the whole set at the next refresh.
+    presence_stale: Cell<bool>,
+    stats: RefCell<BrokerStats>,
+}
+
+impl Broker {
+    /// Checks the cluster settings and resolves Redis's address (once: a name that moves needs a
+    /// restart).
+    pub fn new(config: &Cluster, history_size: usize) -> Result<Broker, ConfigError> {
+        let invalid = |e: &dyn fmt::Display| ConfigError(format!("cluster.redis_url: {e}"));
+        let info = config.redis_url.as_str().into_connection_info().map_err(|e| invalid(&e))?;
+        let ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return Err(invalid(&"only redis:// (plain TCP) is supported"));
+        };
+        let addr = (host.as_str(), *port)
+            .to_socket_addrs()
+            .map_err(|e| invalid(&e))?
+            .next()
+            .ok_or_else(|| invalid(&format!("{host} has no address")))?;
+        let mut settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+        if let Some(password) = &config.password {
+            settings = settings.set_password(password.expose());
+        }
+        let instance = if config.instance.is_empty() {
+            format!("{:016x}", RandomState::new().hash_one(std::process::id()))
+        } else {
+            config.instance.clone()
+        };
+        let p = &config.prefix;
+        let keys = Keys {
+            id: format!("{p}:id"),
+            stream: format!("{p}:history"),
+            channel: format!("{p}:events"),
+            instances: format!("{p}:instances"),
+            presence: format!("{p}:presence:"),
+            mine: format!("{p}:presence:{instance}"),
+        };
+        let (wake, woken) = async_channel::bounded(1);
+        Ok(Broker {
+            addr,
+            info: settings,
+            keys,
+            instance,
+            history_size,
+            outbox_max: config.outbox,
+            presence_ttl: Duration::from_secs(config.presence_ttl_secs),
+            hashes: Lua::ALL.map(|lua| Script::new(lua.code()).get_hash().to_owned()),
+            outbox: RefCell::new(VecDeque::new()),
+            wake,
+            woken,
+            presence_stale: Cell::new(false),
+            stats: RefCell::new(BrokerStats::default()),
+        })
+    }
+
+    pub fn stats(&self) -> BrokerStats {
+        self.stats.borrow().clone()
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Queues an effect of the hub for Redis. Returns the sender of a chat message that did not
+    /// fit, to be told.
+    ///
+    /// While Redis is down, presence changes and announcements are not queued: the presence set
+    /// is rewritten whole on reconnect, and an announcement would be stale by then.
+    pub fn push(&self, effect: Effect) -> Option<ConnId> {
+        let up = self.stats.borrow().up;
+        let command = match effect {
+            Effect::Publish { from, head } => Command::Publish { from, head },
+            Effect::Presence { user, online } if up => Command::Presence { user, online },
+            Effect::Announce { user, conn } if up => Command::Announce { user, conn },
+            Effect::Presence { .. } => {
+                self.presence_stale.set(true);
+                return None;
+            }
+            _ => return None,
+        };
+        let mut outbox = self.outbox.borrow_mut();
+        if outbox.len() >= self.outbox_max {
+            return match command {
+                Command::Publish { from, .. } => {
+                    self.stats.borrow_mut().dropped += 1;
+                    Some(from)
+                }
+                Command::Presence { .. } => {
+                    self.presence_stale.set(true);
+                    None
+                }
+                Command::Announce { .. } => None,
+            };
+        }
+        outbox.push_back(command);
+        let _ = self.wake.try_send(());
+        None
+    }
+
+    fn script(&self, lua: Lua) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.hashes[lua as usize]);
+        cmd
+    }
+
+    /// Opens a connection; with `pushes`, its channel messages go there. The returned future
+    /// drives the connection and ends when it is lost.
+    async fn open(
+        &self,
+        pushes: Option<PushSink>,
+    ) -> Result<(MultiplexedConnection, Driver), Lost> {
+        let connecting = async {
+            let stream = Async::<TcpStream>::connect(self.addr).await?;
+            let _ = stream.get_ref().set_nodelay(true);
+            let mut config =
+                AsyncConnectionConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
+            if let Some(pushes) = pushes {
+                config = config.set_push_sender(pushes);
+            }
+            let stream = stream.compat();
+            let (connection, driver) =
+                MultiplexedConnection::new_with_config(&self.info, stream, config).await?;
+            Ok::<_, Lost>((connection, Box::pin(driver) as Driver))
+        };
+        connecting
+            .or(async {
+                Timer::after(CONNECT_TIMEOUT).await;
+                Err(Lost(format!("no answer from {} within {CONNECT_TIMEOUT:?}", self.addr)))
+            })
+            .await
+    }
+}
+
+/// Keeps the instance joined to the cluster for as long as the server runs: connects, serves
+/// until the connection is lost, reports it once, and reconnects with backoff.
+pub(crate) async fn run(shell: Rc<Shell>) {
+    let Some(broker) = shell.broker.as_ref() else {
+        return;
+    };
+    let mut backoff = BACKOFF_MIN;
+    let mut warned = false;
+    loop {
+        let Err(lost) = session(&shell, broker, &mut backoff).await;
+        let was_up = std::mem::replace(&mut broker.stats.borrow_mut().up, false);
+        shell.apply(|hub, now| hub.set_cluster_online(now, None));
+        if was_up || !warned {
+            warn!(
+                "cluster: Redis at {} is unreachable ({lost}); serving local users, retrying",
+                broker.addr
+            );
+            warned = true;
+        } else {
+            debug!("cluster: reconnect failed: {lost}");
+        }
+        Timer::after(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One connection to Redis, from connect to loss.
+async fn session(
+    shell: &Shell,
+    broker: &Broker,
+    backoff: &mut Duration,
+) -> Result<Infallible, Lost> {
+    let (backlog, channel) = async_channel::bounded::<PushInfo>(CHANNEL_BACKLOG);
+    let overflowed = Arc::new(AtomicBool::new(false));
+    let overflow = overflowed.clone();
+    let sender = move |push: PushInfo| {
+        if backlog.try_send(push).is_err() {
+            overflow.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    };
+    let (mut commands, commands_driver) = broker.open(None).await?;
+    let (mut subscriber, subscriber_driver) = broker.open(Some(Box::new(sender))).await?;
+    let serving = async {
+        subscriber.subscribe(&broker.keys.channel).await?;
+        let mut load = redis::pipe();
+        for lua in Lua::ALL {
+            load.cmd("SCRIPT").arg("LOAD").arg(lua.code()).ignore();
+        }
+        load.exec_async(&mut commands).await?;
+        let last = shell.hub.borrow().last_message_id();
+        let mut floor = broker.script(Lua::Floor);
+        floor.arg(2).arg(&broker.keys.id).arg(&broker.keys.stream).arg(last);
+        floor.exec_async(&mut commands).await?;
+        catch_up(shell, broker, &mut commands).await?;
+        rewrite_presence(shell, broker, &mut commands).await?;
+        {
+            let mut stats = broker.stats.borrow_mut();
+            stats.up = true;
+            stats.connects += 1;
+        }
+        info!("cluster: connected to Redis at {} as {}", broker.addr, broker.instance);
+        *backoff = BACKOFF_MIN;
+        serve(shell, broker, &mut commands, &mut subscriber, &channel, &overflowed).await
+    };
+    serving
+        .or(async {
+            commands_driver.or(subscriber_driver).await;
+            Err(Lost("connection closed".into()))
+        })
+        .await
+}
+
+/// The connected broker's loop: channel messages to the hub, the outbox to Redis, presence
+/// refreshes on time.
+async fn serve(
+    shell: &Shell,
+    broker: &Broker,
+    commands: &mut MultiplexedConnection,
+    subscriber: &mut MultiplexedConnection,
+    channel: &async_channel::Receiver<PushInfo>,
+    overflowed: &AtomicBool,
+) -> Result<Infallible, Lost> {
+    let refresh_every = broker.presence_ttl / 3;
+    let mut next_refresh = now().at + refresh_every;
+    let mut recount = true;
+    loop {
+        while let Ok(push) = channel.try_recv() {
+            recount |= on_push(shell, broker, push)?;
+        }
+        if overflowed.swap(false, Ordering::Relaxed) {
+            warn!("cluster: fell {CHANNEL_BACKLOG} messages behind Redis; catching up");
+            catch_up(shell, broker, commands).await?;
+            recount = true;
+        }
+        if !broker.outbox.borrow().is_empty() {
+            flush(shell, broker, commands).await?;
+            continue;
+        }
+        if now().at >= next_refresh {
+            next_refresh = now().at + refresh_every;
+            if broker.presence_stale.replace(false) {
+                rewrite_presence(shell, broker, commands).await?;
+            }
+            let mut refresh = broker.script(Lua::Refresh);
+            refresh.arg(2).arg(&broker.keys.instances).arg(&broker.keys.mine);
+            refresh.arg(&broker.instance).arg(broker.presence_ttl.as_millis() as u64);
+            refresh.exec_async(commands).await?;
+            // A subscribed connection hears nothing when nobody talks: ask it something.
+            redis::cmd("PING").exec_async(subscriber).await?;
+            recount = true;
+        }
+        if recount {
+            recount = false;
+            let mut count = broker.script(Lua::Count);
+            count.arg(1).arg(&broker.keys.instances).arg(&broker.keys.presence);
+            let n: usize = count.query_async(commands).await?;
+            shell.apply(|hub, now| hub.set_cluster_online(now, Some(n)));
+            continue;
+        }
+        let push =
+            async { channel.recv().await.map(Some).map_err(|_| Lost("channel closed".into())) }
+                .or(async {
+                    let _ = broker.woken.recv().await;
+                    Ok(None)
+                })
+                .or(async {
+                    Timer::at(next_refresh).await;
+                    Ok(None)
+                })
+                .await?;
+        if let Some(push) = push {
+            recount |= on_push(shell, broker, push)?;
+        }
+    }
+}
+
+/// Hands one channel message to the hub. Returns whether the online count needs a recount.
+fn on_push(shell: &Shell, broker: &Broker, push: PushInfo) -> Result<bool, Lost> {
+    match push.kind {
+        PushKind::Disconnection => return Err(Lost("disconnected".into())),
+        PushKind::Message => {}
+        _ => return Ok(false),
+    }
+    let Some(Value::BulkString(payload)) = push.data.into_iter().nth(1) else {
+        return Ok(false);
+    };
+    let Ok(text) = String::from_utf8(payload) else {
+        warn!("cluster: a channel message is not UTF-8; ignored");
+        return Ok(false);
+    };
+    let (kind, body) = text.split_at_checked(1).unwrap_or(("", ""));
+    match kind {
+        "c" => {
+            match body.split_once('\n').and_then(|(id, frame)| Some((id.parse().ok()?, frame))) {
+                Some((id, frame)) => deliver(shell, broker, id, frame.to_owned()),
+                None => warn!("cluster: a malformed chat message on the channel; ignored"),
+            }
+        }
+        "j" => {
+            let mut parts = body.splitn(3, '\n');
+            if let (Some(instance), Some(conn), Some(user)) =
+                (parts.next(), parts.next(), parts.next())
+            {
+                if instance == broker.instance {
+                    if let Ok(conn) = conn.parse() {
+                        shell.hub.borrow_mut().announced(conn);
+                    }
+                } else {
+                    let user = user.to_owned();
+                    shell.apply(|hub, now| hub.joined_elsewhere(now, &user));
+                }
+            }
+        }
+        "p" => return Ok(true),
+        _ => debug!("cluster: unknown channel message {kind:?}; ignored"),
+    }
+    Ok(false)
+}
+
+fn deliver(shell: &Shell, broker: &Broker, id: u64, frame: String) {
+    broker.stats.borrow_mut().received += 1;
+    shell.apply(|hub, now| hub.deliver(now, id, Utf8Bytes::from(frame)));
+}
+
+/// Hands the hub what the history stream holds after its last id; on a fresh start (no id
+/// yet), the stream's tail as history, without broadcasting it.
+async fn catch_up(
+    shell: &Shell,
+    broker: &Broker,
+    commands: &mut MultiplexedConnection,
+) -> Result<(), Lost> {
+    if broker.history_size == 0 {
+        return Ok(());
+    }
+    let last = shell.hub.borrow().last_message_id();
+    let stream = &broker.keys.stream;
+    if last == 0 {
+        let mut tail: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+            .arg(stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(broker.history_size)
+            .query_async(commands)
+            .await?;
+        tail.reverse();
+        let messages: Vec<(u64, Utf8Bytes)> = tail.into_iter().filter_map(entry).collect();
+        debug!("cluster: {} messages of history from Redis", messages.len());
+        shell.hub.borrow_mut().restore(messages);
+    } else {
+        let after: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(format!("({last}-0"))
+            .arg("+")
+            .query_async(commands)
+            .await?;
+        for (id, text) in after.into_iter().filter_map(entry) {
+            deliver(shell, broker, id, text.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// One history stream entry: `{id}-0` with the field `m`.
+fn entry((id, fields): (String, Vec<String>)) -> Option<(u64, Utf8Bytes)> {
+    let id = id.split('-').next()?.parse().ok()?;
+    let mut fields = fields.into_iter();
+    (fields.next()? == "m").then_some(())?;
+    Some((id, Utf8Bytes::from(fields.next()?)))
+}
+
+/// Replaces this instance's presence set with the users connected now, and tells the others.
+async fn rewrite_presence(
+    shell: &Shell,
+    broker: &Broker,
+    commands: &mut MultiplexedConnection,
+) -> Result<(), Lost> {
+    let keys = &broker.keys;
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    pipe.cmd("DEL").arg(&keys.mine).ignore();
+    {
+        let hub = shell.hub.borrow();
+        let users: Vec<&str> = hub.local_users().collect();
+        for chunk in users.chunks(1000) {
+            pipe.cmd("SADD").arg(&keys.mine).arg(chunk).ignore();
+        }
+    }
+    let mut refresh = broker.script(Lua::Refresh);
+    refresh.arg(2).arg(&keys.instances).arg(&keys.mine);
+    refresh.arg(&broker.instance).arg(broker.presence_ttl.as_millis() as u64);
+    pipe.add_command(refresh).ignore();
+    pipe.cmd("PUBLISH").arg(&keys.channel).arg(format!("p{}", broker.instance)).ignore();
+    pipe.exec_async(commands).await?;
+    Ok(())
+}
+
+/// Sends up to [`BATCH_MAX`] queued commands in one pipeline. If the connection fails, they go
+/// back to the front of the outbox, to be sent after the reconnect.
+async fn flush(
+    shell: &Shell,
+    broker: &Broker,
+    commands: &mut MultiplexedConnection,
+) -> Result<(), Lost> {
+    let batch: Vec<Command> = {
+        let mut outbox = broker.outbox.borrow_mut();
+        let n = outbox.len().min(BATCH_MAX);
+        outbox.drain(..n).collect()
+    };
+    let keys = &broker.keys;
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    let mut presence_changed = false;
+    for command in &batch {
+        match command {
+            Command::Publish { head, .. } => {
+                let mut publish = broker.script(Lua::Publish);
+                publish.arg(2).arg(&keys.id).arg(&keys.stream);
+                publish.arg(head.as_str()).arg(&keys.channel).arg(broker.history_size);
+                pipe.add_command(publish);
+            }
+            Command::Presence { user, online } => {
+                pipe.cmd(if *online { "SADD" } else { "SREM" }).arg(&keys.mine).arg(&**user);
+                presence_changed = true;
+            }
+            Command::Announce { user, conn } => {
+                let message = format!("j{}\n{conn}\n{user}", broker.instance);
+                pipe.cmd("PUBLISH").arg(&keys.channel).arg(message);
+            }
+        }
+    }
+    if presence_changed {
+        pipe.cmd("PUBLISH").arg(&keys.channel).arg(format!("p{}", broker.instance));
+    }
+    let replies: Vec<Value> = match pipe.query_async(commands).await {
+        Ok(replies) => replies,
+        Err(e) => {
+            let mut outbox = broker.outbox.borrow_mut();
+            for command in batch.into_iter().rev() {
+                outbox.push_front(command);
+            }
+            return Err(e.into());
+        }
+    };
+    for (command, reply) in batch.iter().zip(&replies) {
+        if let Command::Publish { from, .. } = command {
+            if let Value::ServerError(e) = reply {
+                warn!("cluster: Redis refused a chat message: {e:?}");
+                broker.stats.borrow_mut().dropped += 1;
+                let from = *from;
+                shell.apply(|hub, _| hub.not_sent(from));
+            } else {
+                broker.stats.borrow_mut().published += 1;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! Several instances as one chat, over a real `redis-server` (feature `redis`): messages cross
+//! instances exactly once and in order, the online count converges, a user's new connection on
+//! one instance replaces the old one on another, `since` recovers on any instance, and Redis can
+//! die and come back under live users.
+
+#![cfg(feature = "redis")]
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// Starts an instance joined to `redis` under `prefix`, and waits until it has joined.
+fn instance(redis: &Redis, prefix: &str, extra: Value) -> Server {
+    let mut patch = json!({
+        "cluster": { "redis_url": redis.url(), "prefix": prefix, "presence_ttl_secs": 3 }
+    });
+    merge(&mut patch, extra);
+    let server = Server::start(patch);
+    server.wait_for_log("cluster: connected to Redis");
+    server
+}
+
+/// A sample of the server's `/metrics`.
+fn metric(server: &Server, name: &str) -> f64 {
+    let (status, text) = server.get("/metrics");
+    assert_eq!(status, 200);
+    let line = text
+        .lines()
+        .find(|l| l.split(' ').next() == Some(name))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+fn chat_ids(frames: &[Value]) -> Vec<u64> {
+    frames.iter().filter(|f| f["type"] == "chat").map(|f| f["id"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn a_message_from_one_instance_reaches_users_on_the_other_exactly_once_in_order() {
+    let redis = Redis::start();
+    let a = instance(&redis, "exactly-once", json!({}));
+    let b = instance(&redis, "exactly-once", json!({}));
+    smol::block_on(async {
+        let mut alice = a.connect("alice").await;
+        alice.recv_type("welcome").await;
+        let mut bob = b.connect("bob").await;
+        bob.recv_type("welcome").await;
+        let mut carol = b.connect("carol").await;
+        carol.recv_type("welcome").await;
+
+        for i in 0..20 {
+            alice.chat(&format!("a{i}")).await;
+        }
+        bob.chat("from b").await;
+        for reader in [&mut alice, &mut bob, &mut carol] {
+            let mut got = Vec::new();
+            while got.len() < 21 {
+                got.push(reader.recv_type("chat").await);
+            }
+            let ids = chat_ids(&got);
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids not increasing: {ids:?}");
+            let from_a: Vec<&str> = got
+                .iter()
+                .filter(|f| f["user_id"] == "alice")
+                .map(|f| f["content"].as_str().unwrap())
+                .collect();
+            let expected: Vec<String> = (0..20).map(|i| format!("a{i}")).collect();
+            assert_eq!(from_a, expected, "alice's messages, each once and in order");
+            assert_eq!(got.iter().filter(|f| f["content"] == "from b").count(), 1);
+            // Nothing more is on its way: no copy comes after.
+            let rest = reader.frames_until_pong().await;
+            assert!(chat_ids(&rest).is_empty(), "delivered twice: {rest:?}");
+        }
+        // The ids are Redis's: the same on both sides.
+        assert_eq!(metric(&a, "shequ_chat_broker_published_total"), 20.0);
+        assert_eq!(metric(&b, "shequ_chat_broker_published_total"), 1.0);
+        assert_eq!(metric(&a, "shequ_chat_broker_received_total"), 21.0);
+        assert_eq!(metric(&b, "shequ_chat_broker_up"), 1.0);
+    });
+}
+
+#[test]
+fn the_online_count_converges_and_a_crashed_instance_s_users_drop_out() {
+    let redis = Redis::start();
+    let a = instance(&redis, "presence", json!({}));
+    let b = instance(&redis, "presence", json!({}));
+    let c = instance(&redis, "presence", json!({}));
+    smol::block_on(async {
+        let mut alice = a.connect("alice").await;
+        alice.recv_type("welcome").await;
+        let mut bob = b.connect("bob").await;
+        bob.await_online(2).await;
+        alice.await_online(2).await;
+
+        let mut dave = c.connect("dave").await;
+        dave.await_online(3).await;
+        alice.await_online(3).await;
+
+        bob.close().await;
+        alice.await_online(2).await;
+        dave.await_online(2).await;
+
+        // Instance C dies without a word, dave still connected to it: its presence runs out
+        // after `presence_ttl_secs`.
+        drop(c);
+        alice.await_online(1).await;
+        assert_eq!(metric(&a, "shequ_chat_cluster_online_users"), 1.0);
+        drop(dave);
+    });
+}
+
+#[test]
+fn a_new_connection_on_one_instance_replaces_the_old_one_on_another() {
+    let redis = Redis::start();
+    let a = instance(&redis, "replace", json!({}));
+    let b = instance(&redis, "replace", json!({}));
+    smol::block_on(async {
+        let mut watcher = a.connect("watcher").await;
+        watcher.recv_type("welcome").await;
+        let mut old = a.connect("42").await;
+        old.recv_type("welcome").await;
+        // Its chat comes back through Redis after its announcement did.
+        old.chat_and_see("before").await;
+
+        let mut new = b.connect("42").await;
+        new.recv_type("welcome").await;
+        let history = new.frames_until_pong().await;
+        assert_eq!(history.last().unwrap()["content"], "before", "B has A's message");
+        let (ended, _) = old.until_closed().await;
+        assert_eq!(ended, Ended::Closed(4001));
+        new.chat_and_see("after").await;
+        let seen = watcher.recv_type("chat").await;
+        assert_eq!(seen["content"], "before");
+        let seen = watcher.recv_type("chat").await;
+        assert_eq!(seen["content"], "after");
+        watcher.await_online(2).await;
+        assert_eq!(metric(&a, "shequ_chat_replaced_elsewhere_total"), 1.0);
+        assert_eq!(metric(&b, "shequ_chat_connections"), 1.0);
+    });
+}
+
+#[test]
+fn a_refresh_that_lands_on_another_instance_recovers_exactly() {
+    let redis = Redis::start();
+    let a = instance(&redis, "since", json!({}));
+    let b = instance(&redis, "since", json!({}));
+    smol::block_on(async {
+        let mut alice = a.connect("alice").await;
+        alice.recv_type("welcome").await;
+        let mut reader = a.connect("reader").await;
+        reader.recv_type("welcome").await;
+        for i in 0..5 {
+            alice.chat_and_see(&format!("seen {i}")).await;
+        }
+        let mut last = 0;
+        for _ in 0..5 {
+            last = reader.recv_type("chat").await["id"].as_u64().unwrap();
+        }
+        reader.close().await;
+        let mut missed = Vec::new();
+        for i in 0..4 {
+            alice.chat(&format!("missed {i}")).await;
+            missed.push(alice.recv_type("chat").await["id"].as_u64().unwrap());
+        }
+        // The reader's page reloads, and the load balancer sends it to B.
+        let query = format!("token={}&since={last}", token("reader", 3600));
+        let mut back = Client::connect(b.addr, &query, &[]).await.unwrap();
+        let welcome = back.recv_type("welcome").await;
+        assert_eq!(welcome["recovered"], true);
+        let frames = back.frames_until_pong().await;
+        assert_eq!(chat_ids(&frames), missed, "exactly the missed messages, in order");
+    });
+    // An instance started afterwards loads the history from Redis.
+    let c = instance(&redis, "since", json!({}));
+    smol::block_on(async {
+        let query = format!("token={}&since=1", token("late", 3600));
+        let mut late = Client::connect(c.addr, &query, &[]).await.unwrap();
+        assert_eq!(late.recv_type("welcome").await["recovered"], true);
+        let frames = late.frames_until_pong().await;
+        assert_eq!(chat_ids(&frames), (2..=9).collect::<Vec<u64>>());
+    });
+}
+
+#[test]
+fn redis_dies_and_comes_back_under_live_users() {
+    let mut redis = Redis::start();
+    let outbox = json!({"cluster": {"outbox": 3}});
+    let mut a = instance(&redis, "faults", outbox.clone());
+    let mut b = instance(&redis, "faults", outbox);
+    for server in [&mut a, &mut b] {
+        server.expect_warning("cluster: Redis at");
+    }
+    smol::block_on(async {
+        let mut alice = a.connect("alice").await;
+        alice.recv_type("welcome").await;
+        let mut bob = b.connect("bob").await;
+        bob.recv_type("welcome").await;
+        alice.chat_and_see("before").await;
+        let before = bob.recv_type("chat").await["id"].as_u64().unwrap();
+
+        redis.kill();
+        a.wait_for_log("cluster: Redis at");
+        b.wait_for_log("cluster: Redis at");
+        assert_eq!(metric(&a, "shequ_chat_broker_up"), 0.0);
+        // Local users are still served.
+        assert!(alice.frames_until_pong().await.is_empty());
+        let mut local = a.connect("local").await;
+        assert_eq!(local.recv_type("welcome").await["online"], 2, "alice and local, on A");
+        let history = local.frames_until_pong().await;
+        assert_eq!(chat_ids(&history), [before], "the history, from A's memory");
+        // Three messages wait in the outbox; the next two do not fit and are refused.
+        for i in 0..5 {
+            alice.chat(&format!("during {i}")).await;
+        }
+        for _ in 0..2 {
+            assert_eq!(alice.recv_type("error").await["code"], "unavailable");
+        }
+        assert_eq!(metric(&a, "shequ_chat_broker_dropped_total"), 2.0);
+
+        // Redis comes back empty; both instances reconnect, and the outbox goes out.
+        redis.restart();
+        a.wait_for_nth_log("cluster: connected to Redis", 2);
+        b.wait_for_nth_log("cluster: connected to Redis", 2);
+        for reader in [&mut alice, &mut bob, &mut local] {
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.push(reader.recv_type("chat").await);
+            }
+            let contents: Vec<&str> = got.iter().map(|f| f["content"].as_str().unwrap()).collect();
+            assert_eq!(contents, ["during 0", "during 1", "during 2"]);
+            let ids = chat_ids(&got);
+            assert!(ids[0] > before, "ids went backwards after Redis restarted empty: {ids:?}");
+        }
+        bob.chat_and_see("after").await;
+        assert_eq!(alice.recv_type("chat").await["content"], "after");
+        assert_eq!(metric(&a, "shequ_chat_broker_up"), 1.0);
+        assert_eq!(metric(&b, "shequ_chat_broker_connects_total"), 2.0);
+        // Presence was rewritten on reconnect: alice and local on A, bob and a newcomer on B.
+        let mut newcomer = b.connect("newcomer").await;
+        newcomer.await_online(4).await;
+    });
+}
