@@ -1,15 +1,22 @@
-"""Turns benches/results.jsonl into the Markdown tables of BENCHMARKS.md (medians of repeats)."""
+"""Turns benches/results.jsonl into the Markdown tables of BENCHMARKS.md (medians of repeats).
+
+`report.py --cluster benches/cluster-results.jsonl` prints the table of one instance alone
+against one and two instances over Redis instead (benches/cluster.sh).
+"""
 import json
 import statistics
 import sys
 from collections import defaultdict
 
 SERVERS = ["shequ", "go-hub", "rust-floor", "node-ws"]
-rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+cluster_only = sys.argv[1] == "--cluster"
+rows = [json.loads(line) for line in open(sys.argv[-1]) if line.strip()]
 runs = defaultdict(list)
 for r in rows:
     key = (r["scenario"], r.get("connections"), r.get("receivers"), r.get("senders"),
            r.get("offered_rate"), r["server"])
+    if r.get("instances"):
+        key += (r["instances"],)
     runs[key].append(r)
 
 
@@ -25,6 +32,36 @@ def fmt(v, digits=1):
 def ratio(a, b):
     return "–" if a is None or b in (None, 0) else f"{a / b:.2f}"
 
+
+FANOUT_SCENARIOS = [
+    ("fanout", 1000, 1, 0, "1000 rx × 1 tx, full speed"),
+    ("fanout", 100, 10, 5000, "100 rx × 10 tx, 5000 msg/s offered"),
+    ("fanout", 100, 10, 1000, "100 rx × 10 tx, 1000 msg/s (100 000 deliveries/s)"),
+    ("burst", 100, 10, 0, "burst: 10 tx × 200 back to back, 100 rx"),
+]
+
+
+def fanout_row(label, name, k):
+    print(f"| {label} | {name} | {fmt(median(k, 'deliveries_per_sec'), 0)} | "
+          f"{fmt(median(k, 'server_cpu_us_per_delivery'), 2)} | "
+          f"{fmt(median(k, 'latency_ms', 'p50'), 2)} | {fmt(median(k, 'latency_ms', 'p99'), 2)} | "
+          f"{fmt(median(k, 'latency_ms', 'max'), 2)} | {fmt(median(k, 'lost'), 0)} | "
+          f"{fmt(median(k, 'disconnected'), 0)} | {fmt(median(k, 'rss_kib') / 1024)} MiB |")
+
+
+FANOUT_HEADER = ("| scenario | server | deliveries/s | server CPU µs/delivery | p50 ms | p99 ms |"
+                 " max ms | lost | cut off | RSS after |\n|---|---|---|---|---|---|---|---|---|---|")
+
+if cluster_only:
+    print("### One instance alone, and one or two instances over Redis\n")
+    print(FANOUT_HEADER)
+    for scenario, rx, tx, rate, label in FANOUT_SCENARIOS:
+        for instances, name in [(None, "alone"), (1, "1 instance + Redis"),
+                                (2, "2 instances + Redis")]:
+            k = (scenario, None, rx, tx, rate, "shequ") + ((instances,) if instances else ())
+            if k in runs:
+                fanout_row(label, name, k)
+    sys.exit(0)
 
 print("### Memory per idle connection\n")
 print("| connections | shequ KiB/conn | go-hub KiB/conn | rust-floor KiB/conn | node-ws KiB/conn |"
@@ -43,24 +80,12 @@ print("\nRSS right after start: " + ", ".join(
     f"{s} {fmt(start[s] and start[s] / 1024, 2)} MiB" for s in SERVERS) + ".\n")
 
 print("### Fan-out, latency, burst\n")
-print("| scenario | server | deliveries/s | server CPU µs/delivery | p50 ms | p99 ms | max ms |"
-      " lost | cut off |")
-print("|---|---|---|---|---|---|---|---|---|")
-for scenario, rx, tx, rate, label in [
-    ("fanout", 1000, 1, 0, "1000 rx × 1 tx, full speed"),
-    ("fanout", 100, 10, 5000, "100 rx × 10 tx, 5000 msg/s offered"),
-    ("fanout", 100, 10, 1000, "100 rx × 10 tx, 1000 msg/s (100 000 deliveries/s)"),
-    ("burst", 100, 10, 0, "burst: 10 tx × 200 back to back, 100 rx"),
-]:
+print(FANOUT_HEADER)
+for scenario, rx, tx, rate, label in FANOUT_SCENARIOS:
     for s in SERVERS:
         k = (scenario, None, rx, tx, rate, s)
-        if k not in runs:
-            continue
-        print(f"| {label} | {s} | {fmt(median(k, 'deliveries_per_sec'), 0)} | "
-              f"{fmt(median(k, 'server_cpu_us_per_delivery'), 2)} | "
-              f"{fmt(median(k, 'latency_ms', 'p50'), 2)} | {fmt(median(k, 'latency_ms', 'p99'), 2)} | "
-              f"{fmt(median(k, 'latency_ms', 'max'), 2)} | {fmt(median(k, 'lost'), 0)} | "
-              f"{fmt(median(k, 'disconnected'), 0)} |")
+        if k in runs:
+            fanout_row(label, s, k)
 
 print("\n### Reconnect churn (50 users reconnecting as fast as they can)\n")
 print("| server | handshakes/s | server CPU µs/handshake | errors | still serving |")

@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_tungstenite::tungstenite::Utf8Bytes;
-use futures_lite::FutureExt;
+use futures_lite::{FutureExt, future};
 use log::{debug, info, warn};
 use redis::aio::MultiplexedConnection;
 use redis::{
@@ -59,7 +59,7 @@ use crate::config::{Cluster, ConfigError};
 use crate::hub::{ConnId, Effect};
 use crate::metrics::BrokerStats;
 use crate::protocol::ChatHead;
-use crate::server::{Shell, now};
+use crate::server::{READ_BUDGET_FRAMES, Shell, now};
 
 /// First pause before reconnecting to Redis; it doubles up to [`BACKOFF_MAX`].
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -71,6 +71,8 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Channel messages read from Redis and not yet handed to the hub. Past this the broker stops
 /// queueing and catches up from the history stream instead, so memory stays bounded.
 pub const CHANNEL_BACKLOG: usize = 4096;
+/// The shortest time between two counts of the online users (each is a set union in Redis).
+pub const RECOUNT_INTERVAL: Duration = Duration::from_millis(100);
 /// Queued commands sent to Redis in one pipeline.
 pub const BATCH_MAX: usize = 256;
 
@@ -310,6 +312,14 @@ impl Broker {
         None
     }
 
+    /// Runs [`REFRESH_SCRIPT`] for this instance.
+    fn refresh_command(&self) -> redis::Cmd {
+        let mut refresh = self.script(Lua::Refresh);
+        refresh.arg(2).arg(&self.keys.instances).arg(&self.keys.mine);
+        refresh.arg(&self.instance).arg(self.presence_ttl.as_millis() as u64);
+        refresh
+    }
+
     fn script(&self, lua: Lua) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(&self.hashes[lua as usize]);
@@ -429,41 +439,47 @@ async fn serve(
 ) -> Result<Infallible, Lost> {
     let refresh_every = broker.presence_ttl / 3;
     let mut next_refresh = now().at + refresh_every;
+    // The online count needs counting again; it is counted at most once per RECOUNT_INTERVAL.
     let mut recount = true;
+    let mut next_recount = now().at;
     loop {
+        let mut budget = READ_BUDGET_FRAMES;
         while let Ok(push) = channel.try_recv() {
             recount |= on_push(shell, broker, push)?;
+            budget -= 1;
+            if budget == 0 {
+                // As a connection's reads do: let the writers drain the queues this filled.
+                budget = READ_BUDGET_FRAMES;
+                future::yield_now().await;
+            }
         }
         if overflowed.swap(false, Ordering::Relaxed) {
             warn!("cluster: fell {CHANNEL_BACKLOG} messages behind Redis; catching up");
             catch_up(shell, broker, commands).await?;
             recount = true;
         }
-        if !broker.outbox.borrow().is_empty() {
-            flush(shell, broker, commands).await?;
-            continue;
-        }
+        // Timers first: a busy outbox must not starve the refresh, or this instance's users
+        // would expire from the count.
         if now().at >= next_refresh {
             next_refresh = now().at + refresh_every;
-            if broker.presence_stale.replace(false) {
-                rewrite_presence(shell, broker, commands).await?;
-            }
-            let mut refresh = broker.script(Lua::Refresh);
-            refresh.arg(2).arg(&broker.keys.instances).arg(&broker.keys.mine);
-            refresh.arg(&broker.instance).arg(broker.presence_ttl.as_millis() as u64);
-            refresh.exec_async(commands).await?;
+            refresh_presence(shell, broker, commands).await?;
             // A subscribed connection hears nothing when nobody talks: ask it something.
             redis::cmd("PING").exec_async(subscriber).await?;
             recount = true;
         }
-        if recount {
+        if recount && now().at >= next_recount {
             recount = false;
+            next_recount = now().at + RECOUNT_INTERVAL;
             let mut count = broker.script(Lua::Count);
             count.arg(1).arg(&broker.keys.instances).arg(&broker.keys.presence);
             let n: usize = count.query_async(commands).await?;
             shell.apply(|hub, now| hub.set_cluster_online(now, Some(n)));
+        }
+        if !broker.outbox.borrow().is_empty() {
+            flush(shell, broker, commands).await?;
             continue;
         }
+        let wake_at = if recount { next_refresh.min(next_recount) } else { next_refresh };
         let push =
             async { channel.recv().await.map(Some).map_err(|_| Lost("channel closed".into())) }
                 .or(async {
@@ -471,7 +487,7 @@ async fn serve(
                     Ok(None)
                 })
                 .or(async {
-                    Timer::at(next_refresh).await;
+                    Timer::at(wake_at).await;
                     Ok(None)
                 })
                 .await?;
@@ -479,6 +495,20 @@ async fn serve(
             recount |= on_push(shell, broker, push)?;
         }
     }
+}
+
+/// Keeps this instance and its presence set alive in Redis; rewrites the set first if a change
+/// could not be queued.
+async fn refresh_presence(
+    shell: &Shell,
+    broker: &Broker,
+    commands: &mut MultiplexedConnection,
+) -> Result<(), Lost> {
+    if broker.presence_stale.replace(false) {
+        return rewrite_presence(shell, broker, commands).await;
+    }
+    broker.refresh_command().exec_async(commands).await?;
+    Ok(())
 }
 
 /// Hands one channel message to the hub. Returns whether the online count needs a recount.
@@ -561,8 +591,11 @@ async fn catch_up(
             .arg("+")
             .query_async(commands)
             .await?;
-        for (id, text) in after.into_iter().filter_map(entry) {
+        for (i, (id, text)) in after.into_iter().filter_map(entry).enumerate() {
             deliver(shell, broker, id, text.to_string());
+            if (i + 1) % READ_BUDGET_FRAMES == 0 {
+                future::yield_now().await;
+            }
         }
     }
     Ok(())
@@ -593,10 +626,7 @@ async fn rewrite_presence(
             pipe.cmd("SADD").arg(&keys.mine).arg(chunk).ignore();
         }
     }
-    let mut refresh = broker.script(Lua::Refresh);
-    refresh.arg(2).arg(&keys.instances).arg(&keys.mine);
-    refresh.arg(&broker.instance).arg(broker.presence_ttl.as_millis() as u64);
-    pipe.add_command(refresh).ignore();
+    pipe.add_command(broker.refresh_command()).ignore();
     pipe.cmd("PUBLISH").arg(&keys.channel).arg(format!("p{}", broker.instance)).ignore();
     pipe.exec_async(commands).await?;
     Ok(())
@@ -637,6 +667,9 @@ async fn flush(
         }
     }
     if presence_changed {
+        // A set created by SADD has no TTL yet.
+        let ttl_ms = broker.presence_ttl.as_millis() as u64;
+        pipe.cmd("PEXPIRE").arg(&keys.mine).arg(ttl_ms);
         pipe.cmd("PUBLISH").arg(&keys.channel).arg(format!("p{}", broker.instance));
     }
     let replies: Vec<Value> = match pipe.query_async(commands).await {

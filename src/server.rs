@@ -42,7 +42,8 @@ use crate::protocol::{ClientMessage, CloseReason, ProtocolError, parse_client};
 /// writer ran, and fill every receiver's queue. Measured with `tests/burst.rs` (10 senders × 200
 /// messages to 100 receivers, `send_queue` 256), three runs each in debug and release builds:
 /// with 64, 256 or no limit the burst cut off most clients as too slow (108 of 110 at 256); with
-/// 16 and with 4 it cut off none.
+/// 16 and with 4 it cut off none. The cluster broker hands messages from Redis to the hub in
+/// steps of the same size, for the same reason (`tests/burst.rs` runs over two instances too).
 pub const READ_BUDGET_FRAMES: usize = 16;
 /// After the server sends a close frame, how long the client has to answer it (or, for a client
 /// that is not reading, to make room for it) before the socket is dropped.

@@ -1,6 +1,7 @@
 //! A burst: 10 senders × 200 messages back to back, to 100 reading clients. Everyone who reads
 //! gets every message, in order, and nobody is cut off as too slow. This is the test that sets
-//! `server::READ_BUDGET_FRAMES`.
+//! `server::READ_BUDGET_FRAMES`; with `--features redis` it runs over two instances too, where
+//! the messages come back from Redis in large batches.
 
 mod common;
 
@@ -18,13 +19,32 @@ const MESSAGES: usize = 200;
 #[test]
 fn burst_reaches_every_reader_and_cuts_no_one() {
     let server = Server::start(json!({"log_level": "info"}));
+    burst(&[&server]);
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn burst_over_two_instances_reaches_every_reader_and_cuts_no_one() {
+    let redis = Redis::start();
+    let cluster =
+        json!({"log_level": "info", "cluster": {"redis_url": redis.url(), "prefix": "burst"}});
+    let a = Server::start(cluster.clone());
+    let b = Server::start(cluster);
+    for server in [&a, &b] {
+        server.wait_for_log("cluster: connected to Redis");
+    }
+    burst(&[&a, &b]);
+}
+
+/// Runs the burst with clients spread over `servers`.
+fn burst(servers: &[&Server]) {
     let ex = Rc::new(LocalExecutor::new());
     let total = SENDERS * MESSAGES;
     let cut_off = Rc::new(Cell::new(0usize));
     smol::block_on(ex.run(async {
         let clients: Vec<_> = (0..RECEIVERS + SENDERS)
             .map(|i| {
-                let server = &server;
+                let server = servers[i % servers.len()];
                 ex.spawn(async move {
                     let name = if i < SENDERS { format!("sender{i}") } else { format!("r{i}") };
                     let mut client = server.connect(&name).await;

@@ -7,6 +7,11 @@
 //! cargo run --release --bin shequ-loadgen -- --server shequ --scenario fanout --receivers 1000
 //! ```
 //!
+//! With `--instances N`, `shequ` runs as N instances joined through a `redis-server` the load
+//! generator starts, every process pinned to core 0 (the binary must be built with
+//! `--features redis`); clients are spread over the instances, and CPU and RSS are the sums over
+//! all the processes, Redis included.
+//!
 //! Servers: `shequ` (this project, `configs/bench.json`), `go-hub` and `rust-floor` (the
 //! references in `../shared/reference`, built by `benches/run.sh`), and `node-ws` (a minimal Node
 //! `ws` peer in `benches/node-ws`). All three take the same
@@ -52,6 +57,8 @@ struct Args {
     /// The shequ-chat binary and its configuration.
     server_bin: String,
     config: String,
+    /// 0: one instance alone; N: N instances over Redis.
+    instances: usize,
 }
 
 fn parse_args() -> Args {
@@ -67,6 +74,7 @@ fn parse_args() -> Args {
         secs: 5,
         server_bin: "target/release/shequ-chat".into(),
         config: "configs/bench.json".into(),
+        instances: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -83,6 +91,7 @@ fn parse_args() -> Args {
             "--secs" => args.secs = value().parse().unwrap(),
             "--server-bin" => args.server_bin = value(),
             "--config" => args.config = value(),
+            "--instances" => args.instances = value().parse().unwrap(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -94,16 +103,52 @@ fn token(sub: &str) -> String {
     HS256Key::from_bytes(SECRET.as_bytes()).authenticate(claims).unwrap()
 }
 
-/// A server under test, pinned to core 0.
+/// The server under test: one process, or several instances and their Redis, all pinned to
+/// core 0.
 struct Server {
-    child: Child,
-    addr: SocketAddr,
-    pid: u32,
+    children: Vec<Child>,
+    /// Where clients connect, spread round-robin.
+    addrs: Vec<SocketAddr>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_until_listening(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 impl Server {
     fn start(args: &Args) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut server = Server { children: Vec::new(), addrs: Vec::new() };
+        let mut cluster = None;
+        if args.instances > 0 {
+            let port = free_port();
+            let redis = Command::new("taskset")
+                .args(["-c", "0", "redis-server", "--bind", "127.0.0.1", "--port"])
+                .arg(port.to_string())
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server");
+            server.children.push(redis);
+            wait_until_listening(format!("127.0.0.1:{port}").parse().unwrap(), "redis-server");
+            cluster = Some(json!({"redis_url": format!("redis://127.0.0.1:{port}/0"),
+                                  "prefix": format!("bench-{port}")}));
+        }
+        for _ in 0..args.instances.max(1) {
+            server.start_one(args, cluster.as_ref());
+        }
+        server
+    }
+
+    fn start_one(&mut self, args: &Args, cluster: Option<&serde_json::Value>) {
+        let port = free_port();
         let mut command = Command::new("taskset");
         command.args(["-c", "0"]).env("SECRET", SECRET);
         match args.server.as_str() {
@@ -111,6 +156,9 @@ impl Server {
                 let mut config: serde_json::Value =
                     serde_json::from_str(&std::fs::read_to_string(&args.config).unwrap()).unwrap();
                 config["listen"] = json!(format!("127.0.0.1:{port}"));
+                if let Some(cluster) = cluster {
+                    config["cluster"] = cluster.clone();
+                }
                 let path = std::env::temp_dir().join(format!("shequ-bench-{port}.json"));
                 std::fs::write(&path, config.to_string()).unwrap();
                 command.arg(&args.server_bin).arg("--config").arg(path);
@@ -131,34 +179,45 @@ impl Server {
         }
         let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "{} did not start", args.server);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let pid = child.id();
-        Server { child, addr, pid }
+        wait_until_listening(addr, &args.server);
+        self.children.push(child);
+        self.addrs.push(addr);
     }
 
+    /// The address for the `i`th client.
+    fn addr(&self, i: usize) -> SocketAddr {
+        self.addrs[i % self.addrs.len()]
+    }
+
+    /// Resident memory of every process, summed.
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        let rss = |pid: u32| -> u64 {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        };
+        self.children.iter().map(|c| rss(c.id())).sum()
     }
 
-    /// User plus system CPU time, in seconds.
+    /// User plus system CPU time of every process, summed, in seconds.
     fn cpu_secs(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap();
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        ticks as f64 / 100.0
+        let cpu = |pid: u32| -> f64 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+            let ticks: u64 =
+                fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+            ticks as f64 / 100.0
+        };
+        self.children.iter().map(|c| cpu(c.id())).sum()
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -170,13 +229,14 @@ async fn connect(addr: SocketAddr, user: &str) -> Option<Ws> {
     Some(ws)
 }
 
-/// Opens `n` connections, `CONNECT_PARALLELISM` at a time.
-async fn connect_many(ex: &LocalExecutor<'_>, addr: SocketAddr, prefix: &str, n: usize) -> Vec<Ws> {
+/// Opens `n` connections, `CONNECT_PARALLELISM` at a time, spread over the server's instances.
+async fn connect_many(ex: &LocalExecutor<'_>, server: &Server, prefix: &str, n: usize) -> Vec<Ws> {
     let mut out = Vec::with_capacity(n);
     for chunk_start in (0..n).step_by(CONNECT_PARALLELISM) {
         let tasks: Vec<_> = (chunk_start..(chunk_start + CONNECT_PARALLELISM).min(n))
             .map(|i| {
                 let user = format!("{prefix}{i}");
+                let addr = server.addr(i);
                 ex.spawn(async move { connect(addr, &user).await })
             })
             .collect();
@@ -213,7 +273,7 @@ fn idle(args: &Args) -> serde_json::Value {
         Timer::after(Duration::from_millis(300)).await;
         let rss_start = server.rss_kib();
         let started = Instant::now();
-        let conns = connect_many(&ex, server.addr, "idle", args.connections).await;
+        let conns = connect_many(&ex, &server, "idle", args.connections).await;
         let connect_secs = started.elapsed().as_secs_f64();
         // Let every welcome and presence frame be written and the queues drained.
         Timer::after(Duration::from_secs(3)).await;
@@ -234,8 +294,8 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
     let ex = LocalExecutor::new();
     let origin = Instant::now();
     smol::block_on(ex.run(async {
-        let receivers = connect_many(&ex, server.addr, "rx", args.receivers).await;
-        let senders = connect_many(&ex, server.addr, "tx", args.senders).await;
+        let receivers = connect_many(&ex, &server, "rx", args.receivers).await;
+        let senders = connect_many(&ex, &server, "tx", args.senders).await;
         Timer::after(Duration::from_millis(1500)).await; // welcomes and presence settle
         let expected = args.senders * args.messages;
         let latencies = Rc::new(RefCell::new(Vec::with_capacity(expected * args.receivers)));
@@ -323,7 +383,7 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
         lat.sort_unstable();
         let delivered = received.get();
         json!({
-            "server": args.server, "scenario": scenario,
+            "server": args.server, "scenario": scenario, "instances": args.instances,
             "receivers": args.receivers, "senders": args.senders, "messages": args.messages,
             "offered_rate": args.rate,
             "deliveries": delivered, "lost": total - delivered.min(total),
@@ -349,7 +409,7 @@ fn churn(args: &Args) -> serde_json::Value {
         let users: Vec<_> = (0..args.users)
             .map(|u| {
                 let (handshakes, errors) = (handshakes.clone(), errors.clone());
-                let addr = server.addr;
+                let addr = server.addr(u);
                 ex.spawn(async move {
                     let user = format!("churn{u}");
                     let mut previous: Option<Ws> = None;
@@ -372,7 +432,7 @@ fn churn(args: &Args) -> serde_json::Value {
         let elapsed = started.elapsed().as_secs_f64();
         let cpu = server.cpu_secs() - cpu_before;
         // Still serving: a fresh client gets its own message back.
-        let mut check = connect(server.addr, "after-churn").await.expect("still serving");
+        let mut check = connect(server.addr(0), "after-churn").await.expect("still serving");
         let frame = json!({"type": "chat", "content": "t=0;alive"}).to_string();
         check.send(Message::Text(frame.into())).await.unwrap();
         let alive = async {
