@@ -74,7 +74,7 @@ pub const CHANNEL_BACKLOG: usize = 4096;
 /// The shortest time between two counts of the online users (each is a set union in Redis).
 pub const RECOUNT_INTERVAL: Duration = Duration::from_millis(100);
 /// Queued commands sent to Redis in one pipeline.
-pub const BATCH_MAX: usize = 256;
+pub const BATCH_MAX: usize = 1024;
 
 /// Numbers a chat message, keeps it in the history stream and publishes it, atomically, so that
 /// the channel carries ids in order.

@@ -292,7 +292,7 @@ impl Default for Cluster {
             password: None,
             prefix: "shequ-chat".into(),
             instance: String::new(),
-            outbox: 1024,
+            outbox: 4096,
             presence_ttl_secs: 15,
         }
     }
