@@ -1,7 +1,10 @@
 //! Property tests of the hub: random sequences of connects, refreshes, messages, bad frames,
-//! disconnects, reads and time jumps, with the invariants checked after every event.
+//! disconnects, reads and time jumps, with the invariants checked after every event. In cluster
+//! mode, Redis is played by the model: it numbers published messages, delivers them (and other
+//! instances' messages, and duplicates, as a catch-up after a reconnect would), echoes
+//! announcements and reports counts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -9,7 +12,7 @@ use proptest::prelude::*;
 use serde_json::Value;
 use shequ_chat::hub::{ConnId, Effect, Hub, HubConfig, Identity, Incoming, Join, Now};
 use shequ_chat::outbox::{Frame, OutboxRx};
-use shequ_chat::protocol::{CloseReason, ProtocolError};
+use shequ_chat::protocol::{ChatHead, CloseReason, ProtocolError};
 
 const USERS: u8 = 5;
 const RATE_PER_SEC: f64 = 5.0;
@@ -35,6 +38,17 @@ enum Op {
         user: u8,
     },
     Advance(u16),
+    /// Cluster: Redis numbers up to this many published messages and delivers them, and then
+    /// one from another instance.
+    RedisDelivers(u8),
+    /// Cluster: a message already delivered comes again.
+    Redeliver(usize),
+    /// Cluster: the next announcement comes back from Redis.
+    AnnounceBack,
+    /// Cluster: this user connected to another instance.
+    Elsewhere(u8),
+    /// Cluster: Redis counted the users (or is unreachable).
+    Count(Option<u8>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -49,6 +63,17 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<usize>().prop_map(Op::Drain),
         1 => (any::<usize>(), 0..USERS).prop_map(|(conn, user)| Op::Refresh { conn, user }),
         3 => (0u16..40_000).prop_map(Op::Advance),
+    ]
+}
+
+fn cluster_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        10 => op(),
+        3 => (1u8..4).prop_map(Op::RedisDelivers),
+        1 => any::<usize>().prop_map(Op::Redeliver),
+        2 => Just(Op::AnnounceBack),
+        1 => (0..USERS).prop_map(Op::Elsewhere),
+        1 => proptest::option::of(0u8..10).prop_map(Op::Count),
     ]
 }
 
@@ -81,6 +106,8 @@ struct Conn {
     /// Ids of the chat messages the connection's writer has taken, in order.
     ids: Vec<u64>,
     closed: Option<CloseReason>,
+    /// Cluster: its announcement came back.
+    announced: bool,
 }
 
 impl Conn {
@@ -104,20 +131,32 @@ struct Model {
     owed: Vec<(u64, Vec<ConnId>)>,
     /// Chat messages admitted per user.
     admitted: HashMap<String, u64>,
+    /// Cluster: published and not yet numbered, Redis's counter, what it delivered, the
+    /// announcements on their way, and each user's last presence effect.
+    published: VecDeque<ChatHead>,
+    redis_id: u64,
+    delivered: Vec<(u64, String)>,
+    announcements: VecDeque<ConnId>,
+    presence: HashMap<String, bool>,
 }
 
 impl Model {
-    fn new() -> Model {
+    fn new(config: HubConfig) -> Model {
         #[allow(clippy::disallowed_methods)] // the fake clock starts anywhere
         let start = Instant::now();
         let now = Now { at: start, unix_ms: 1_764_200_000_000 };
         Model {
-            hub: Hub::new(config(), now),
+            hub: Hub::new(config, now),
             now,
             start,
             conns: Vec::new(),
             owed: Vec::new(),
             admitted: HashMap::new(),
+            published: VecDeque::new(),
+            redis_id: 0,
+            delivered: Vec::new(),
+            announcements: VecDeque::new(),
+            presence: HashMap::new(),
         }
     }
 
@@ -141,15 +180,41 @@ impl Model {
 
     fn perform(&mut self, effects: Vec<Effect>) {
         for effect in effects {
-            if let Effect::Close { conn, outbox, reason } = effect {
-                let c = self.conn(conn);
-                assert!(c.closed.is_none(), "connection {conn} closed twice");
-                outbox.close(reason);
-                c.closed = Some(reason);
-                // The writer still delivers what was queued before the close.
-                c.take();
+            match effect {
+                Effect::Close { conn, outbox, reason } => {
+                    let c = self.conn(conn);
+                    assert!(c.closed.is_none(), "connection {conn} closed twice");
+                    outbox.close(reason);
+                    c.closed = Some(reason);
+                    // The writer still delivers what was queued before the close.
+                    c.take();
+                }
+                Effect::Persist { .. } => {}
+                Effect::Publish { from, head } => {
+                    let user = self.conn(from).user.clone();
+                    assert!(self.conn(from).closed.is_none(), "published for a closed connection");
+                    *self.admitted.entry(user).or_default() += 1;
+                    self.published.push_back(head);
+                }
+                Effect::Presence { user, online } => {
+                    let before = self.presence.insert(user.to_string(), online);
+                    assert_ne!(before.unwrap_or(false), online, "{user}: presence said twice");
+                }
+                Effect::Announce { conn, .. } => self.announcements.push_back(conn),
             }
         }
+    }
+
+    /// Hands the hub one message from Redis, and records who was owed it.
+    fn deliver(&mut self, id: u64, text: String) {
+        let live_before = self.open_ids();
+        let effects = self.hub.deliver(self.now, id, text.clone().into());
+        self.perform(effects);
+        let live_after: HashSet<ConnId> = self.open_ids().into_iter().collect();
+        let owed = live_before.into_iter().filter(|c| live_after.contains(c));
+        self.owed.push((id, owed.collect()));
+        self.delivered.push((id, text));
+        self.readers_read();
     }
 
     fn open_ids(&self) -> Vec<ConnId> {
@@ -171,6 +236,7 @@ impl Model {
                         reader,
                         ids: Vec::new(),
                         closed: None,
+                        announced: false,
                     };
                     self.conns.push((connected.conn, conn));
                     self.perform(connected.effects);
@@ -210,6 +276,48 @@ impl Model {
                 if let Some(id) = self.pick(i) {
                     self.conn(id).take();
                 }
+            }
+            Op::RedisDelivers(n) => {
+                for _ in 0..n {
+                    let Some(head) = self.published.pop_front() else { break };
+                    self.redis_id += 1;
+                    self.deliver(self.redis_id, head.with_id(self.redis_id));
+                }
+                // Another instance's message; ids from Redis may skip.
+                self.redis_id += 2;
+                let head = ChatHead::new("elsewhere", "someone", "hi", self.now.unix_ms);
+                self.deliver(self.redis_id, head.with_id(self.redis_id));
+            }
+            Op::Redeliver(i) => {
+                if !self.delivered.is_empty() {
+                    let (id, text) = self.delivered[i % self.delivered.len()].clone();
+                    let effects = self.hub.deliver(self.now, id, text.into());
+                    self.perform(effects);
+                    self.readers_read();
+                }
+            }
+            Op::AnnounceBack => {
+                if let Some(conn) = self.announcements.pop_front() {
+                    self.hub.announced(conn);
+                    let c = self.conn(conn);
+                    c.announced = c.closed.is_none();
+                }
+            }
+            Op::Elsewhere(user) => {
+                let user = format!("u{user}");
+                let open_before = self.open_ids();
+                let effects = self.hub.joined_elsewhere(self.now, &user);
+                self.perform(effects);
+                for (id, c) in &self.conns {
+                    let older = c.user == user && c.announced;
+                    assert!(!(older && c.closed.is_none()), "{id} survived a newer connection");
+                    let newer = open_before.contains(id) && !older;
+                    assert!(!(newer && c.closed.is_some()), "{id} closed by an older connection");
+                }
+            }
+            Op::Count(n) => {
+                let effects = self.hub.set_cluster_online(self.now, n.map(usize::from));
+                self.perform(effects);
             }
             Op::Advance(ms) => {
                 let end = self.now.at + Duration::from_millis(u64::from(ms));
@@ -254,6 +362,9 @@ impl Model {
             .map(|(_, c)| c.user.as_str())
             .collect();
         assert_eq!(self.hub.online(), users.len(), "online = distinct users with a connection");
+        for (user, online) in &self.presence {
+            assert_eq!(*online, users.contains(user.as_str()), "{user}: last presence effect");
+        }
         for (id, c) in &self.conns {
             if c.closed.is_some() {
                 assert!(c.rx.drain().is_empty(), "connection {id} got a frame after its close");
@@ -304,7 +415,20 @@ proptest! {
 
     #[test]
     fn hub_invariants_hold_for_any_sequence(ops in proptest::collection::vec(op(), 1..200)) {
-        let mut model = Model::new();
+        let mut model = Model::new(config());
+        for op in ops {
+            model.step(op);
+            model.check();
+        }
+        model.check_deliveries();
+    }
+
+    #[test]
+    fn cluster_hub_invariants_hold_for_any_sequence(
+        ops in proptest::collection::vec(cluster_op(), 1..200)
+    ) {
+        let config = HubConfig { cluster: true, max_connections_per_user: 1, ..config() };
+        let mut model = Model::new(config);
         for op in ops {
             model.step(op);
             model.check();
