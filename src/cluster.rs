@@ -27,7 +27,9 @@
 //!   counted as dropped. The broker logs one warning, reports `shequ_chat_broker_up 0` and
 //!   reconnects with backoff. On reconnect it raises the id counter to at least the last id
 //!   seen (Redis may have come back empty), rewrites its presence set, catches up from the
-//!   stream, and sends the outbox.
+//!   stream, and sends the outbox. A batch whose reply was lost with the connection goes out
+//!   again; each message carries this instance's sequence number, and Redis skips those it has
+//!   published already, so a hung Redis that wakes up publishes nothing twice.
 //!
 //! The channel carries three kinds of text message: `c{id}\n{frame}` (chat), `j{instance}\n{conn}\n
 //! {user}` (a connection joined) and `p{instance}` (a presence set changed).
@@ -77,9 +79,15 @@ pub const RECOUNT_INTERVAL: Duration = Duration::from_millis(100);
 pub const BATCH_MAX: usize = 1024;
 
 /// Numbers a chat message, keeps it in the history stream and publishes it, atomically, so that
-/// the channel carries ids in order.
-/// KEYS: id counter, history stream. ARGV: frame up to the id, channel, history size.
+/// the channel carries ids in order. A message whose sequence number this instance has already
+/// published is skipped (returns 0): a batch whose reply was lost with the connection is sent
+/// again after the reconnect, and Redis may have run it the first time.
+/// KEYS: id counter, history stream, this instance's last sequence number.
+/// ARGV: frame up to the id, channel, history size, the message's sequence number.
 pub const PUBLISH_SCRIPT: &str = r"
+local seq = tonumber(ARGV[4])
+if seq <= tonumber(redis.call('GET', KEYS[3]) or '0') then return 0 end
+redis.call('SET', KEYS[3], seq, 'EX', 86400)
 local id = redis.call('INCR', KEYS[1])
 local frame = ARGV[1] .. id .. '}'
 if tonumber(ARGV[3]) > 0 then
@@ -159,9 +167,20 @@ type Driver = std::pin::Pin<Box<dyn Future<Output = ()>>>;
 /// What the hub asked of Redis, waiting in the outbox.
 #[derive(Debug)]
 enum Command {
-    Publish { from: ConnId, head: ChatHead },
-    Presence { user: Rc<str>, online: bool },
-    Announce { user: Rc<str>, conn: ConnId },
+    /// `seq` numbers this instance's messages, in outbox order, for [`PUBLISH_SCRIPT`].
+    Publish {
+        from: ConnId,
+        head: ChatHead,
+        seq: u64,
+    },
+    Presence {
+        user: Rc<str>,
+        online: bool,
+    },
+    Announce {
+        user: Rc<str>,
+        conn: ConnId,
+    },
 }
 
 /// Redis key and channel names, all under `cluster.prefix`.
@@ -174,6 +193,8 @@ struct Keys {
     presence: String,
     /// This instance's presence set.
     mine: String,
+    /// The last sequence number of this instance's that Redis published.
+    sequence: String,
 }
 
 /// Why a session with Redis ended.
@@ -215,6 +236,8 @@ pub struct Broker {
     woken: async_channel::Receiver<()>,
     /// A presence change was not sent; rewrite the whole set at the next refresh.
     presence_stale: Cell<bool>,
+    /// The last sequence number given to a chat message.
+    last_seq: Cell<u64>,
     stats: RefCell<BrokerStats>,
 }
 
@@ -249,6 +272,7 @@ impl Broker {
             instances: format!("{p}:instances"),
             presence: format!("{p}:presence:"),
             mine: format!("{p}:presence:{instance}"),
+            sequence: format!("{p}:sequence:{instance}"),
         };
         let (wake, woken) = async_channel::bounded(1);
         Ok(Broker {
@@ -264,6 +288,7 @@ impl Broker {
             wake,
             woken,
             presence_stale: Cell::new(false),
+            last_seq: Cell::new(0),
             stats: RefCell::new(BrokerStats::default()),
         })
     }
@@ -284,7 +309,10 @@ impl Broker {
     pub fn push(&self, effect: Effect) -> Option<ConnId> {
         let up = self.stats.borrow().up;
         let command = match effect {
-            Effect::Publish { from, head } => Command::Publish { from, head },
+            Effect::Publish { from, head } => {
+                self.last_seq.set(self.last_seq.get() + 1);
+                Command::Publish { from, head, seq: self.last_seq.get() }
+            }
             Effect::Presence { user, online } if up => Command::Presence { user, online },
             Effect::Announce { user, conn } if up => Command::Announce { user, conn },
             Effect::Presence { .. } => {
@@ -559,8 +587,8 @@ fn deliver(shell: &Shell, broker: &Broker, id: u64, frame: String) {
     shell.apply(|hub, now| hub.deliver(now, id, Utf8Bytes::from(frame)));
 }
 
-/// Hands the hub what the history stream holds after its last id; on a fresh start (no id
-/// yet), the stream's tail as history, without broadcasting it.
+/// Hands the hub what the history stream holds after its last id, as live messages; on the
+/// first connection since start, the stream's tail as history, without broadcasting it.
 async fn catch_up(
     shell: &Shell,
     broker: &Broker,
@@ -571,7 +599,7 @@ async fn catch_up(
     }
     let last = shell.hub.borrow().last_message_id();
     let stream = &broker.keys.stream;
-    if last == 0 {
+    if broker.stats.borrow().connects == 0 {
         let mut tail: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
             .arg(stream)
             .arg("+")
@@ -650,10 +678,10 @@ async fn flush(
     let mut presence_changed = false;
     for command in &batch {
         match command {
-            Command::Publish { head, .. } => {
+            Command::Publish { head, seq, .. } => {
                 let mut publish = broker.script(Lua::Publish);
-                publish.arg(2).arg(&keys.id).arg(&keys.stream);
-                publish.arg(head.as_str()).arg(&keys.channel).arg(broker.history_size);
+                publish.arg(3).arg(&keys.id).arg(&keys.stream).arg(&keys.sequence);
+                publish.arg(head.as_str()).arg(&keys.channel).arg(broker.history_size).arg(seq);
                 pipe.add_command(publish);
             }
             Command::Presence { user, online } => {
@@ -684,13 +712,19 @@ async fn flush(
     };
     for (command, reply) in batch.iter().zip(&replies) {
         if let Command::Publish { from, .. } = command {
-            if let Value::ServerError(e) = reply {
-                warn!("cluster: Redis refused a chat message: {e:?}");
-                broker.stats.borrow_mut().dropped += 1;
-                let from = *from;
-                shell.apply(|hub, _| hub.not_sent(from));
-            } else {
-                broker.stats.borrow_mut().published += 1;
+            match reply {
+                Value::ServerError(e) => {
+                    warn!("cluster: Redis refused a chat message: {e:?}");
+                    broker.stats.borrow_mut().dropped += 1;
+                    let from = *from;
+                    shell.apply(|hub, _| hub.not_sent(from));
+                }
+                reply => {
+                    if *reply == Value::Int(0) {
+                        debug!("cluster: a resent message was already published");
+                    }
+                    broker.stats.borrow_mut().published += 1;
+                }
             }
         }
     }

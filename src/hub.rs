@@ -616,11 +616,14 @@ impl Hub {
     }
 
     /// Fills the history from a previous run, or in a cluster from Redis, (oldest first) and
-    /// continues ids after the last. Nothing is broadcast: for start-up.
+    /// continues ids after the last. Nothing is broadcast: for start-up. Ids not above the last
+    /// one held are skipped, so restoring twice does not duplicate.
     pub fn restore(&mut self, messages: impl IntoIterator<Item = (u64, Utf8Bytes)>) {
         for (id, text) in messages {
-            self.last_message_id = self.last_message_id.max(id);
-            self.remember(id, text);
+            if id > self.last_message_id {
+                self.last_message_id = id;
+                self.remember(id, text);
+            }
         }
     }
 

@@ -242,3 +242,45 @@ fn redis_dies_and_comes_back_under_live_users() {
         newcomer.await_online(4).await;
     });
 }
+
+#[test]
+fn redis_that_stops_answering_counts_as_down_and_nothing_is_published_twice() {
+    let redis = Redis::start();
+    let mut a = instance(&redis, "hung", json!({}));
+    let mut b = instance(&redis, "hung", json!({}));
+    for server in [&mut a, &mut b] {
+        server.expect_warning("cluster: Redis at");
+    }
+    smol::block_on(async {
+        let mut alice = a.connect("alice").await;
+        alice.recv_type("welcome").await;
+        let mut bob = b.connect("bob").await;
+        bob.recv_type("welcome").await;
+
+        // Redis hangs with this message on its way: its reply never comes, the broker gives up
+        // on the connection and sends the message again after the reconnect, and Redis, once it
+        // runs again, has both copies of the request to run.
+        redis.pause();
+        alice.chat("while hung").await;
+        a.wait_for_log("cluster: Redis at");
+        assert_eq!(metric(&a, "shequ_chat_broker_up"), 0.0);
+        // A still serves alice; without Redis, she sees A's own count.
+        let frames = alice.frames_until_pong().await;
+        assert!(chat_ids(&frames).is_empty());
+        assert_eq!(frames.last().map(|f| f["count"].clone()), Some(json!(1)), "{frames:?}");
+        redis.resume();
+        // B may or may not have noticed (it had nothing in flight); A reconnects.
+        a.wait_for_nth_log("cluster: connected to Redis", 2);
+
+        alice.chat("after").await;
+        for reader in [&mut alice, &mut bob] {
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                got.push(reader.recv_type("chat").await);
+            }
+            let contents: Vec<&str> = got.iter().map(|f| f["content"].as_str().unwrap()).collect();
+            assert_eq!(contents, ["while hung", "after"], "each once, in order");
+        }
+        assert_eq!(metric(&a, "shequ_chat_broker_published_total"), 2.0);
+    });
+}

@@ -599,7 +599,9 @@ fn restored_history_continues_ids_and_persists_new_ones() {
     let old: Vec<(u64, Utf8Bytes)> = (40..=42)
         .map(|id| (id, Utf8Bytes::from(format!(r#"{{"type":"chat","id":{id}}}"#))))
         .collect();
+    h.hub.restore(old.clone());
     h.hub.restore(old);
+    assert_eq!(h.hub.history_len(), 3, "restoring twice holds each message once");
     let c = h.connect_since("back", 40);
     h.chat(c, "new");
     let frames = h.frames(c);

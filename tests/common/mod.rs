@@ -150,7 +150,11 @@ impl Server {
                 return line.clone();
             }
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            assert!(!left.is_zero(), "no log line with {needle:?}; log:\n{}", lines.join("\n"));
+            if left.is_zero() {
+                // Unlock first: the log is read again when the server is dropped.
+                drop(lines);
+                panic!("no {n}th log line with {needle:?} (the log follows)");
+            }
             lines = self.log.changed.wait_timeout(lines, left).unwrap().0;
         }
     }
@@ -621,6 +625,22 @@ impl Redis {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freezes it (SIGSTOP): connections stay open and nothing answers, like a hung server or
+    /// a network that drops everything. `resume` thaws it.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        let status = Command::new("kill").args([format!("-{name}"), pid.to_string()]).status();
+        assert!(status.expect("run kill").success());
     }
 
     fn ping(&self) -> Option<()> {
