@@ -45,6 +45,18 @@ fn shipped_configs_pass_the_check() {
 }
 
 #[test]
+fn cluster_configs_need_the_redis_feature() {
+    for config in ["configs/cluster-dev-a.json", "configs/cluster-dev-b.json"] {
+        let (ok, _, err) = shequ_chat(&["--check-config", "--config", config]);
+        if cfg!(feature = "redis") {
+            assert!(ok, "{config}: {err}");
+        } else {
+            assert!(!ok && err.contains("--features redis"), "{config}: {err}");
+        }
+    }
+}
+
+#[test]
 fn check_config_names_the_bad_field() {
     let path = write_config("typo.json", r#"{"limits": {"max_conections": 5}}"#);
     let (ok, _, err) = shequ_chat(&["--check-config", "--config", &path]);
