@@ -222,9 +222,14 @@ impl Drop for Server {
 }
 
 async fn connect(addr: SocketAddr, user: &str) -> Option<Ws> {
+    connect_with(addr, &token(user)).await
+}
+
+/// Connects with a token minted earlier: a client reconnecting (a page reload) keeps its token.
+async fn connect_with(addr: SocketAddr, token: &str) -> Option<Ws> {
     let stream = TcpStream::connect(addr).await.ok()?;
     let _ = stream.set_nodelay(true);
-    let url = format!("ws://{addr}/ws?token={}", token(user));
+    let url = format!("ws://{addr}/ws?token={token}");
     let (ws, _) = async_tungstenite::client_async(url, stream).await.ok()?;
     Some(ws)
 }
@@ -411,10 +416,12 @@ fn churn(args: &Args) -> serde_json::Value {
                 let (handshakes, errors) = (handshakes.clone(), errors.clone());
                 let addr = server.addr(u);
                 ex.spawn(async move {
-                    let user = format!("churn{u}");
+                    // One token per user, as a browser keeps its token across reloads; minting
+                    // one per connect made the load generator, not the server, the limit.
+                    let token = token(&format!("churn{u}"));
                     let mut previous: Option<Ws> = None;
                     while Instant::now() < until {
-                        match connect(addr, &user).await {
+                        match connect_with(addr, &token).await {
                             Some(ws) => {
                                 handshakes.set(handshakes.get() + 1);
                                 previous = Some(ws); // the old one is replaced, then dropped
