@@ -193,7 +193,7 @@ struct Keys {
     presence: String,
     /// This instance's presence set.
     mine: String,
-    /// The last sequence number of this instance's that Redis published.
+    /// The last sequence number of this run of this instance that Redis published.
     sequence: String,
 }
 
@@ -259,11 +259,10 @@ impl Broker {
         if let Some(password) = &config.password {
             settings = settings.set_password(password.expose());
         }
-        let instance = if config.instance.is_empty() {
-            format!("{:016x}", RandomState::new().hash_one(std::process::id()))
-        } else {
-            config.instance.clone()
-        };
+        // Random for each start (RandomState's keys are), unlike a configured instance name.
+        let run = format!("{:016x}", RandomState::new().hash_one(std::process::id()));
+        let instance =
+            if config.instance.is_empty() { run.clone() } else { config.instance.clone() };
         let p = &config.prefix;
         let keys = Keys {
             id: format!("{p}:id"),
@@ -272,7 +271,8 @@ impl Broker {
             instances: format!("{p}:instances"),
             presence: format!("{p}:presence:"),
             mine: format!("{p}:presence:{instance}"),
-            sequence: format!("{p}:sequence:{instance}"),
+            // Per start: sequence numbers begin again at 1 when the process does.
+            sequence: format!("{p}:sequence:{instance}:{run}"),
         };
         let (wake, woken) = async_channel::bounded(1);
         Ok(Broker {
@@ -295,10 +295,6 @@ impl Broker {
 
     pub fn stats(&self) -> BrokerStats {
         self.stats.borrow().clone()
-    }
-
-    pub fn instance(&self) -> &str {
-        &self.instance
     }
 
     /// Queues an effect of the hub for Redis. Returns the sender of a chat message that did not
@@ -437,6 +433,10 @@ async fn session(
         floor.arg(2).arg(&broker.keys.id).arg(&broker.keys.stream).arg(last);
         floor.exec_async(&mut commands).await?;
         catch_up(shell, broker, &mut commands).await?;
+        // Presence is rewritten whole and announcements from before are stale: only chat
+        // messages stay queued.
+        broker.outbox.borrow_mut().retain(|c| matches!(c, Command::Publish { .. }));
+        broker.presence_stale.set(false);
         rewrite_presence(shell, broker, &mut commands).await?;
         {
             let mut stats = broker.stats.borrow_mut();

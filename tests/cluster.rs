@@ -111,6 +111,27 @@ fn the_online_count_converges_and_a_crashed_instance_s_users_drop_out() {
 }
 
 #[test]
+fn an_instance_restarted_under_its_configured_name_carries_on() {
+    let redis = Redis::start();
+    let named = json!({"cluster": {"instance": "board-1"}});
+    let b = instance(&redis, "restart", json!({}));
+    smol::block_on(async {
+        let mut bob = b.connect("bob").await;
+        bob.recv_type("welcome").await;
+        for round in 0..2 {
+            let a = instance(&redis, "restart", named.clone());
+            let mut alice = a.connect("alice").await;
+            alice.recv_type("welcome").await;
+            let content = format!("from board-1, start {round}");
+            alice.chat(&content).await;
+            assert_eq!(bob.recv_type("chat").await["content"], content.as_str());
+            drop(alice);
+            drop(a);
+        }
+    });
+}
+
+#[test]
 fn a_new_connection_on_one_instance_replaces_the_old_one_on_another() {
     let redis = Redis::start();
     let a = instance(&redis, "replace", json!({}));
