@@ -305,3 +305,28 @@ fn redis_that_stops_answering_counts_as_down_and_nothing_is_published_twice() {
         assert_eq!(metric(&a, "shequ_chat_broker_published_total"), 2.0);
     });
 }
+
+#[test]
+fn an_instance_started_before_redis_serves_and_joins_when_redis_comes() {
+    let mut redis = Redis::not_started();
+    let mut a = Server::start(json!({"cluster": {"redis_url": redis.url(), "prefix": "late"}}));
+    a.expect_warning("cluster: Redis at");
+    a.wait_for_log("cluster: Redis at");
+    smol::block_on(async {
+        let mut alice = a.connect("alice").await;
+        assert_eq!(alice.recv_type("welcome").await["online"], 1);
+        alice.chat("waiting for Redis").await;
+
+        redis.restart();
+        a.wait_for_log("cluster: connected to Redis");
+        let b = instance(&redis, "late", json!({}));
+        let mut bob = b.connect("bob").await;
+        bob.recv_type("welcome").await;
+        assert_eq!(alice.recv_type("chat").await["content"], "waiting for Redis");
+        alice.chat_and_see("now joined").await;
+        // B started after the first message reached Redis: it comes in B's history.
+        for content in ["waiting for Redis", "now joined"] {
+            assert_eq!(bob.recv_type("chat").await["content"], content);
+        }
+    });
+}

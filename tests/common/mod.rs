@@ -590,11 +590,16 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Redis {
-        // A free port from the kernel; redis-server cannot report one it picked itself.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut redis = Redis { child: None, port };
+        let mut redis = Redis::not_started();
         redis.restart();
         redis
+    }
+
+    /// A port for a Redis that `restart` starts later.
+    pub fn not_started() -> Redis {
+        // A free port from the kernel; redis-server cannot report one it picked itself.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Redis { child: None, port }
     }
 
     pub fn url(&self) -> String {
