@@ -66,7 +66,7 @@ impl ProtocolError {
             ProtocolError::BinaryUnsupported => "binary frames are not supported".into(),
             ProtocolError::AuthFailed(why) => (*why).into(),
             ProtocolError::Unavailable => {
-                "the chat is unavailable; this message was not sent".into()
+                "the chat cannot reach its other servers right now; try again shortly".into()
             }
         }
     }
