@@ -49,3 +49,14 @@ fn churn_keeps_serving() {
     assert_eq!(r["still_serving"], true, "{r}");
     assert!(r["handshakes_per_sec"].as_f64().unwrap() > 0.0, "{r}");
 }
+
+/// `benches/cluster.sh`'s set-up: two instances over a Redis the load generator starts.
+#[cfg(feature = "redis")]
+#[test]
+fn fanout_over_two_instances_loses_nothing() {
+    let args = ["--scenario", "fanout", "--receivers", "200", "--senders", "2", "--messages", "50"];
+    let r = loadgen(&[&args[..], &["--instances", "2"]].concat());
+    assert_eq!((r["lost"].as_u64(), r["disconnected"].as_u64()), (Some(0), Some(0)), "{r}");
+    assert_eq!(r["deliveries"], 200 * 2 * 50, "{r}");
+    assert_eq!(r["instances"], 2, "{r}");
+}
