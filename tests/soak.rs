@@ -2,7 +2,8 @@
 //! back at random for `SHEQU_SOAK_SECS` (30 by default; 600 for the long run), with a seed
 //! (`SHEQU_SOAK_SEED`) that reproduces the run. At the end: the clients that stayed connected got
 //! every message exactly once and in order, the online count is the truth, the log has no panic,
-//! and the server's memory is back where it was once warm (no leak).
+//! and the server's memory is back where it was once warm (no leak). With `--features redis` it
+//! runs over two instances too, each connect (a refresh included) landing on either.
 //!
 //! `SHEQU_SOAK_SECS=600 cargo test --release --test soak -- --nocapture`
 
@@ -63,8 +64,9 @@ async fn next_event(c: &mut Client, at: Instant) -> Event {
         .await
 }
 
-/// A user who connects, chats, refreshes, goes quiet, leaves and returns at random.
-async fn wander(server: &Server, user: usize, seed: u64, until: Instant) {
+/// A user who connects, chats, refreshes, goes quiet, leaves and returns at random, each time on
+/// one of `servers` at random.
+async fn wander(servers: &[&Server], user: usize, seed: u64, until: Instant) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let name = format!("wanderer{user}");
     let mut last_id = 0u64;
@@ -75,6 +77,7 @@ async fn wander(server: &Server, user: usize, seed: u64, until: Instant) {
         let Some(c) = client.as_mut() else {
             Timer::after(Duration::from_millis(rng.u64(50..1500))).await;
             let query = format!("token={}&since={last_id}", token(&name, 3600));
+            let server = servers[rng.usize(..servers.len())];
             if let Ok(mut c) = Client::connect(server.addr, &query, &[]).await {
                 c.recv_type("welcome").await;
                 client = Some(c);
@@ -94,6 +97,7 @@ async fn wander(server: &Server, user: usize, seed: u64, until: Instant) {
                 550..650 => {
                     // A page refresh: the new connection replaces the old one.
                     let query = format!("token={}&since={last_id}", token(&name, 3600));
+                    let server = servers[rng.usize(..servers.len())];
                     if let Ok(mut fresh) = Client::connect(server.addr, &query, &[]).await {
                         fresh.recv_type("welcome").await;
                         client = Some(fresh);
@@ -118,40 +122,79 @@ async fn wander(server: &Server, user: usize, seed: u64, until: Instant) {
     }
 }
 
-#[test]
-fn soak() {
-    let secs = env_u64("SHEQU_SOAK_SECS", 30);
-    let seed = env_u64("SHEQU_SOAK_SEED", 7);
-    eprintln!("soak: {secs}s, seed {seed}, {STAYERS} stayers, {WANDERERS} wanderers");
-    let server = Server::start(json!({
+fn soak_config() -> Value {
+    json!({
         "log_level": "info",
         "limits": {"rate_per_sec": 20.0, "rate_burst": 40},
         "history": {"size": 200, "on_join": 0}
-    }));
+    })
+}
+
+#[test]
+fn soak() {
+    let server = Server::start(soak_config());
+    soak_on(&[&server]);
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn soak_over_two_instances() {
+    let redis = Redis::start();
+    let mut config = soak_config();
+    merge(&mut config, json!({"cluster": {"redis_url": redis.url(), "prefix": "soak"}}));
+    let a = Server::start(config.clone());
+    let b = Server::start(config);
+    for server in [&a, &b] {
+        server.wait_for_log("cluster: connected to Redis");
+    }
+    soak_on(&[&a, &b]);
+}
+
+/// The sum of a metric over `servers`.
+fn metric_sum(servers: &[&Server], name: &str) -> f64 {
+    let mut sum = 0.0;
+    for server in servers {
+        let (_, text) = server.get("/metrics");
+        let line = text.lines().find(|l| l.split(' ').next() == Some(name));
+        let line = line.unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        sum += line.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
+    }
+    sum
+}
+
+/// Stayers are spread over `servers`; wanderers land on any of them at each connect.
+fn soak_on(servers: &[&Server]) {
+    let secs = env_u64("SHEQU_SOAK_SECS", 30);
+    let seed = env_u64("SHEQU_SOAK_SEED", 7);
+    eprintln!(
+        "soak: {secs}s, seed {seed}, {STAYERS} stayers, {WANDERERS} wanderers, {} servers",
+        servers.len()
+    );
     let ex = Rc::new(LocalExecutor::new());
     let started = Instant::now();
     let until = started + Duration::from_secs(secs);
     let warm_at = started + Duration::from_secs((secs / 3).min(60));
-    let rss_warm = Rc::new(Cell::new(0u64));
+    let rss_warm = Rc::new(vec![Cell::new(0u64); servers.len()]);
     smol::block_on(ex.run(async {
         let mut stayers = Vec::new();
         for i in 0..STAYERS {
-            let mut c = server.connect(&format!("stayer{i}")).await;
+            let mut c = servers[i % servers.len()].connect(&format!("stayer{i}")).await;
             c.recv_type("welcome").await;
             stayers.push(c);
         }
         let wanderers: Vec<_> = (0..WANDERERS)
             .map(|i| {
-                let server = &server;
-                ex.spawn(async move { wander(server, i, seed * 1000 + i as u64, until).await })
+                ex.spawn(async move { wander(servers, i, seed * 1000 + i as u64, until).await })
             })
             .collect();
         let memory = {
             let rss_warm = rss_warm.clone();
-            let pid = server.pid();
+            let pids: Vec<u32> = servers.iter().map(|s| s.pid()).collect();
             ex.spawn(async move {
                 Timer::at(warm_at).await;
-                rss_warm.set(rss_kib(pid));
+                for (cell, pid) in rss_warm.iter().zip(pids) {
+                    cell.set(rss_kib(pid));
+                }
             })
         };
         // Stayers read everything and chat now and then.
@@ -215,8 +258,13 @@ fn soak() {
         if stayers[0].2 != STAYERS as u64 {
             stayers[0].0.await_online(STAYERS as u64).await;
         }
-        let (_, metrics) = server.get("/metrics");
-        assert!(metrics.contains(&format!("shequ_chat_online_users {STAYERS}\n")), "{metrics}");
+        // Alone, the server's own count; in a cluster, every instance's view of all of them.
+        let online = if servers.len() == 1 {
+            metric_sum(servers, "shequ_chat_online_users")
+        } else {
+            metric_sum(servers, "shequ_chat_cluster_online_users") / servers.len() as f64
+        };
+        assert_eq!(online, STAYERS as f64, "online users");
         eprintln!("soak: {last} messages; every stayer got each exactly once");
         for (c, _, _) in stayers {
             c.close().await;
@@ -224,10 +272,11 @@ fn soak() {
     }));
     // The wanderers were gone before the last `online` frame, and each stayer's close handshake
     // has finished, which the server answers only after removing the connection: none is left.
-    let (_, metrics) = server.get("/metrics");
-    assert!(metrics.contains("shequ_chat_connections 0\n"), "{metrics}");
-    let (warm, end) = (rss_warm.get(), rss_kib(server.pid()));
-    eprintln!("soak: RSS {warm} KiB when warm, {end} KiB after everyone left");
-    let allowed = (warm / 10).max(1024);
-    assert!(end <= warm + allowed, "RSS grew from {warm} KiB to {end} KiB: a leak?");
+    assert_eq!(metric_sum(servers, "shequ_chat_connections"), 0.0, "connections left");
+    for (server, warm) in servers.iter().zip(rss_warm.iter()) {
+        let (warm, end) = (warm.get(), rss_kib(server.pid()));
+        eprintln!("soak: RSS {warm} KiB when warm, {end} KiB after everyone left");
+        let allowed = (warm / 10).max(1024);
+        assert!(end <= warm + allowed, "RSS grew from {warm} KiB to {end} KiB: a leak?");
+    }
 }
