@@ -52,8 +52,6 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 pub const HISTORY_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Lifetime of the tokens `dev_login` prints.
 pub const DEV_TOKEN_TTL_SECS: u64 = 24 * 3600;
-/// Tasks the executor runs between two polls of the reactor (see `run_ticking`).
-pub const TASKS_PER_TICK: usize = 32;
 /// Pause after a failed `accept` (out of file descriptors, usually) before trying again.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -297,7 +295,7 @@ pub fn run(
         print_dev_urls(&shell.config, &addr(&main).unwrap_or_default());
     }
     let executor = LocalExecutor::new();
-    run_ticking(&executor, async {
+    smol::block_on(executor.run(async {
         executor.spawn(drive_timers(shell.clone(), rearm_rx)).detach();
         if sync_history {
             executor.spawn(sync_history_every_second(shell.clone())).detach();
@@ -337,39 +335,8 @@ pub fn run(
             .await;
         shell.with_history(HistoryFile::sync);
         info!("stopped");
-    });
+    }));
     Ok(())
-}
-
-/// Runs `main` and every task spawned on `executor` on this thread until `main` completes, like
-/// `smol::block_on(executor.run(main))`, but back to the reactor after every
-/// [`TASKS_PER_TICK`] tasks rather than every 200. async-io keeps a helper thread that takes over
-/// waiting on sockets when the main thread has not polled them for a while (from 50 µs); once it
-/// has, every wake-up crosses threads (a futex each), and under load it tends to keep the
-/// reactor. Polling it more often keeps that thread asleep.
-fn run_ticking<T>(executor: &LocalExecutor<'_>, main: impl Future<Output = T>) -> T {
-    smol::block_on(async {
-        let mut main = std::pin::pin!(main);
-        loop {
-            // Waits (in the reactor) until `main` can go on or a task is runnable.
-            let done = async { Some(main.as_mut().await) }
-                .or(async {
-                    executor.tick().await;
-                    None
-                })
-                .await;
-            if let Some(output) = done {
-                return output;
-            }
-            for _ in 1..TASKS_PER_TICK {
-                if !executor.try_tick() {
-                    break;
-                }
-            }
-            // Pending once: `block_on` polls the reactor without blocking, then carries on.
-            futures_lite::future::yield_now().await;
-        }
-    })
 }
 
 /// `dev_login`: prints ready-to-open chat URLs with fresh tokens for two users, so that the
