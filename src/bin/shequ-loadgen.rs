@@ -18,6 +18,11 @@
 //! HS256 token in `?token=`. Our server wraps a message in a JSON chat frame; the references echo
 //! raw text. Either way the load generator finds the send time by the `t=` marker in the frame
 //! text, so the client does the same work for every server.
+//!
+//! The load generator is itself one smol thread, and async-io's helper thread can take over its
+//! sockets, after which the run measures the load generator. Each JSON line says how much CPU
+//! that thread used (`loadgen_helper_cpu_secs`); a run over `HELPER_CPU_LIMIT_SECS` is repeated,
+//! up to `MAX_ATTEMPTS` runs (`attempts`), for every server alike.
 
 // A benchmark reads the real clock.
 #![allow(clippy::disallowed_methods)]
@@ -405,7 +410,7 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
 fn churn(args: &Args) -> serde_json::Value {
     let server = Server::start(args);
     let ex = LocalExecutor::new();
-    smol::block_on(ex.run(async {
+    run_ticking(&ex, async {
         let until = Instant::now() + Duration::from_secs(args.secs);
         let handshakes = Rc::new(Cell::new(0u64));
         let errors = Rc::new(Cell::new(0u64));
@@ -461,17 +466,93 @@ fn churn(args: &Args) -> serde_json::Value {
             "errors": errors.get(), "still_serving": alive,
             "server_cpu_us_per_handshake": cpu * 1e6 / handshakes.get().max(1) as f64,
         })
-    }))
+    })
+}
+
+/// Tasks the load generator runs between two polls of the reactor.
+const TASKS_PER_TICK: usize = 4;
+
+/// Runs `main` and the tasks spawned on `executor`, like `smol::block_on(executor.run(main))`,
+/// but polls the reactor after every [`TASKS_PER_TICK`] tasks rather than every 200, so that
+/// async-io's helper thread, which takes over when the reactor has not been polled for 50 µs,
+/// stays asleep (see [`helper_thread_cpu_secs`]). For churn only: there the load generator's
+/// core is full of short connection tasks and the helper took over in most runs; in the
+/// fan-out scenarios it did not, and polling this often would change how the clients pace
+/// their frames.
+fn run_ticking<T>(executor: &LocalExecutor<'_>, main: impl Future<Output = T>) -> T {
+    smol::block_on(async {
+        let mut main = std::pin::pin!(main);
+        loop {
+            let done = async { Some(main.as_mut().await) }
+                .or(async {
+                    executor.tick().await;
+                    None
+                })
+                .await;
+            if let Some(output) = done {
+                return output;
+            }
+            for _ in 1..TASKS_PER_TICK {
+                if !executor.try_tick() {
+                    break;
+                }
+            }
+            // Pending once: `block_on` polls the reactor without blocking, then carries on.
+            futures_lite::future::yield_now().await;
+        }
+    })
+}
+
+/// CPU time this process's `async-io` thread may use in a run before the run is repeated.
+const HELPER_CPU_LIMIT_SECS: f64 = 0.05;
+/// Runs of a scenario, at most, while the load generator's `async-io` thread keeps taking over.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// CPU seconds used so far by this process's `async-io` thread. async-io (under smol) keeps it to
+/// wait on sockets when the main thread has not done so for a while; in some runs it takes over
+/// the load generator's sockets, every wake-up then crosses threads on the one core, and the run
+/// measures the load generator instead of the server (churn: 9–11k handshakes/s instead of
+/// 14–17k for the same server, its core partly idle).
+fn helper_thread_cpu_secs() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let mut ticks = 0u64;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "async-io" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        ticks += field(11) + field(12);
+    }
+    ticks as f64 / 100.0
 }
 
 fn main() {
     let args = parse_args();
-    let result = match args.scenario.as_str() {
-        "idle" => idle(&args),
-        "fanout" => fanout(&args, "fanout"),
-        "burst" => fanout(&args, "burst"),
-        "churn" => churn(&args),
-        other => panic!("unknown scenario {other}"),
-    };
-    println!("{result}");
+    // A run in which the load generator's own helper thread took over is repeated (at most
+    // MAX_ATTEMPTS runs), for every server alike; the output says how many runs it took.
+    let mut attempt = 1;
+    loop {
+        let helper_before = helper_thread_cpu_secs();
+        let mut result = match args.scenario.as_str() {
+            "idle" => idle(&args),
+            "fanout" => fanout(&args, "fanout"),
+            "burst" => fanout(&args, "burst"),
+            "churn" => churn(&args),
+            other => panic!("unknown scenario {other}"),
+        };
+        let helper = helper_thread_cpu_secs() - helper_before;
+        result["attempts"] = json!(attempt);
+        result["loadgen_helper_cpu_secs"] = json!(helper);
+        if helper <= HELPER_CPU_LIMIT_SECS || attempt == MAX_ATTEMPTS {
+            println!("{result}");
+            return;
+        }
+        eprintln!("the load generator's async-io thread took over ({helper:.2} s of CPU); again");
+        attempt += 1;
+    }
 }
