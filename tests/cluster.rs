@@ -21,17 +21,6 @@ fn instance(redis: &Redis, prefix: &str, extra: Value) -> Server {
     server
 }
 
-/// A sample of the server's `/metrics`.
-fn metric(server: &Server, name: &str) -> f64 {
-    let (status, text) = server.get("/metrics");
-    assert_eq!(status, 200);
-    let line = text
-        .lines()
-        .find(|l| l.split(' ').next() == Some(name))
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"));
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
 fn chat_ids(frames: &[Value]) -> Vec<u64> {
     frames.iter().filter(|f| f["type"] == "chat").map(|f| f["id"].as_u64().unwrap()).collect()
 }
@@ -42,12 +31,9 @@ fn a_message_from_one_instance_reaches_users_on_the_other_exactly_once_in_order(
     let a = instance(&redis, "exactly-once", json!({}));
     let b = instance(&redis, "exactly-once", json!({}));
     smol::block_on(async {
-        let mut alice = a.connect("alice").await;
-        alice.recv_type("welcome").await;
-        let mut bob = b.connect("bob").await;
-        bob.recv_type("welcome").await;
-        let mut carol = b.connect("carol").await;
-        carol.recv_type("welcome").await;
+        let mut alice = a.joined("alice").await;
+        let mut bob = b.joined("bob").await;
+        let mut carol = b.joined("carol").await;
 
         for i in 0..20 {
             alice.chat(&format!("a{i}")).await;
@@ -73,10 +59,10 @@ fn a_message_from_one_instance_reaches_users_on_the_other_exactly_once_in_order(
             assert!(chat_ids(&rest).is_empty(), "delivered twice: {rest:?}");
         }
         // The ids are Redis's: the same on both sides.
-        assert_eq!(metric(&a, "shequ_chat_broker_published_total"), 20.0);
-        assert_eq!(metric(&b, "shequ_chat_broker_published_total"), 1.0);
-        assert_eq!(metric(&a, "shequ_chat_broker_received_total"), 21.0);
-        assert_eq!(metric(&b, "shequ_chat_broker_up"), 1.0);
+        assert_eq!(a.metric("shequ_chat_broker_published_total"), 20.0);
+        assert_eq!(b.metric("shequ_chat_broker_published_total"), 1.0);
+        assert_eq!(a.metric("shequ_chat_broker_received_total"), 21.0);
+        assert_eq!(b.metric("shequ_chat_broker_up"), 1.0);
     });
 }
 
@@ -87,8 +73,7 @@ fn the_online_count_converges_and_a_crashed_instance_s_users_drop_out() {
     let b = instance(&redis, "presence", json!({}));
     let c = instance(&redis, "presence", json!({}));
     smol::block_on(async {
-        let mut alice = a.connect("alice").await;
-        alice.recv_type("welcome").await;
+        let mut alice = a.joined("alice").await;
         let mut bob = b.connect("bob").await;
         bob.await_online(2).await;
         alice.await_online(2).await;
@@ -105,7 +90,7 @@ fn the_online_count_converges_and_a_crashed_instance_s_users_drop_out() {
         // after `presence_ttl_secs`.
         drop(c);
         alice.await_online(1).await;
-        assert_eq!(metric(&a, "shequ_chat_cluster_online_users"), 1.0);
+        assert_eq!(a.metric("shequ_chat_cluster_online_users"), 1.0);
         drop(dave);
     });
 }
@@ -116,12 +101,10 @@ fn an_instance_restarted_under_its_configured_name_carries_on() {
     let named = json!({"cluster": {"instance": "board-1"}});
     let b = instance(&redis, "restart", json!({}));
     smol::block_on(async {
-        let mut bob = b.connect("bob").await;
-        bob.recv_type("welcome").await;
+        let mut bob = b.joined("bob").await;
         for round in 0..2 {
             let a = instance(&redis, "restart", named.clone());
-            let mut alice = a.connect("alice").await;
-            alice.recv_type("welcome").await;
+            let mut alice = a.joined("alice").await;
             let content = format!("from board-1, start {round}");
             alice.chat(&content).await;
             assert_eq!(bob.recv_type("chat").await["content"], content.as_str());
@@ -137,15 +120,12 @@ fn a_new_connection_on_one_instance_replaces_the_old_one_on_another() {
     let a = instance(&redis, "replace", json!({}));
     let b = instance(&redis, "replace", json!({}));
     smol::block_on(async {
-        let mut watcher = a.connect("watcher").await;
-        watcher.recv_type("welcome").await;
-        let mut old = a.connect("42").await;
-        old.recv_type("welcome").await;
+        let mut watcher = a.joined("watcher").await;
+        let mut old = a.joined("42").await;
         // Its chat comes back through Redis after its announcement did.
         old.chat_and_see("before").await;
 
-        let mut new = b.connect("42").await;
-        new.recv_type("welcome").await;
+        let mut new = b.joined("42").await;
         let history = new.frames_until_pong().await;
         let chats: Vec<&Value> = history.iter().filter(|f| f["type"] == "chat").collect();
         assert_eq!(chats.last().unwrap()["content"], "before", "B has A's message");
@@ -157,8 +137,8 @@ fn a_new_connection_on_one_instance_replaces_the_old_one_on_another() {
         let seen = watcher.recv_type("chat").await;
         assert_eq!(seen["content"], "after");
         watcher.await_online(2).await;
-        assert_eq!(metric(&a, "shequ_chat_replaced_elsewhere_total"), 1.0);
-        assert_eq!(metric(&b, "shequ_chat_connections"), 1.0);
+        assert_eq!(a.metric("shequ_chat_replaced_elsewhere_total"), 1.0);
+        assert_eq!(b.metric("shequ_chat_connections"), 1.0);
     });
 }
 
@@ -168,10 +148,8 @@ fn a_refresh_that_lands_on_another_instance_recovers_exactly() {
     let a = instance(&redis, "since", json!({}));
     let b = instance(&redis, "since", json!({}));
     smol::block_on(async {
-        let mut alice = a.connect("alice").await;
-        alice.recv_type("welcome").await;
-        let mut reader = a.connect("reader").await;
-        reader.recv_type("welcome").await;
+        let mut alice = a.joined("alice").await;
+        let mut reader = a.joined("reader").await;
         for i in 0..5 {
             alice.chat_and_see(&format!("seen {i}")).await;
         }
@@ -214,17 +192,15 @@ fn redis_dies_and_comes_back_under_live_users() {
         server.expect_warning("cluster: Redis at");
     }
     smol::block_on(async {
-        let mut alice = a.connect("alice").await;
-        alice.recv_type("welcome").await;
-        let mut bob = b.connect("bob").await;
-        bob.recv_type("welcome").await;
+        let mut alice = a.joined("alice").await;
+        let mut bob = b.joined("bob").await;
         alice.chat_and_see("before").await;
         let before = bob.recv_type("chat").await["id"].as_u64().unwrap();
 
         redis.kill();
         a.wait_for_log("cluster: Redis at");
         b.wait_for_log("cluster: Redis at");
-        assert_eq!(metric(&a, "shequ_chat_broker_up"), 0.0);
+        assert_eq!(a.metric("shequ_chat_broker_up"), 0.0);
         // Local users are still served.
         assert!(alice.frames_until_pong().await.is_empty());
         let mut local = a.connect("local").await;
@@ -238,7 +214,7 @@ fn redis_dies_and_comes_back_under_live_users() {
         for _ in 0..2 {
             assert_eq!(alice.recv_type("error").await["code"], "unavailable");
         }
-        assert_eq!(metric(&a, "shequ_chat_broker_dropped_total"), 2.0);
+        assert_eq!(a.metric("shequ_chat_broker_dropped_total"), 2.0);
 
         // Redis comes back empty; both instances reconnect, and the outbox goes out.
         redis.restart();
@@ -256,8 +232,8 @@ fn redis_dies_and_comes_back_under_live_users() {
         }
         bob.chat_and_see("after").await;
         assert_eq!(alice.recv_type("chat").await["content"], "after");
-        assert_eq!(metric(&a, "shequ_chat_broker_up"), 1.0);
-        assert_eq!(metric(&b, "shequ_chat_broker_connects_total"), 2.0);
+        assert_eq!(a.metric("shequ_chat_broker_up"), 1.0);
+        assert_eq!(b.metric("shequ_chat_broker_connects_total"), 2.0);
         // Presence was rewritten on reconnect: alice and local on A, bob and a newcomer on B.
         let mut newcomer = b.connect("newcomer").await;
         newcomer.await_online(4).await;
@@ -273,10 +249,8 @@ fn redis_that_stops_answering_counts_as_down_and_nothing_is_published_twice() {
         server.expect_warning("cluster: Redis at");
     }
     smol::block_on(async {
-        let mut alice = a.connect("alice").await;
-        alice.recv_type("welcome").await;
-        let mut bob = b.connect("bob").await;
-        bob.recv_type("welcome").await;
+        let mut alice = a.joined("alice").await;
+        let mut bob = b.joined("bob").await;
 
         // Redis hangs with this message on its way: its reply never comes, the broker gives up
         // on the connection and sends the message again after the reconnect, and Redis, once it
@@ -284,7 +258,7 @@ fn redis_that_stops_answering_counts_as_down_and_nothing_is_published_twice() {
         redis.pause();
         alice.chat("while hung").await;
         a.wait_for_log("cluster: Redis at");
-        assert_eq!(metric(&a, "shequ_chat_broker_up"), 0.0);
+        assert_eq!(a.metric("shequ_chat_broker_up"), 0.0);
         // A still serves alice; without Redis, she sees A's own count.
         let frames = alice.frames_until_pong().await;
         assert!(chat_ids(&frames).is_empty());
@@ -302,7 +276,7 @@ fn redis_that_stops_answering_counts_as_down_and_nothing_is_published_twice() {
             let contents: Vec<&str> = got.iter().map(|f| f["content"].as_str().unwrap()).collect();
             assert_eq!(contents, ["while hung", "after"], "each once, in order");
         }
-        assert_eq!(metric(&a, "shequ_chat_broker_published_total"), 2.0);
+        assert_eq!(a.metric("shequ_chat_broker_published_total"), 2.0);
     });
 }
 
@@ -320,8 +294,7 @@ fn an_instance_started_before_redis_serves_and_joins_when_redis_comes() {
         redis.restart();
         a.wait_for_log("cluster: connected to Redis");
         let b = instance(&redis, "late", json!({}));
-        let mut bob = b.connect("bob").await;
-        bob.recv_type("welcome").await;
+        let mut bob = b.joined("bob").await;
         assert_eq!(alice.recv_type("chat").await["content"], "waiting for Redis");
         alice.chat_and_see("now joined").await;
         // B started after the first message reached Redis: it comes in B's history.

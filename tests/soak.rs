@@ -152,14 +152,7 @@ fn soak_over_two_instances() {
 
 /// The sum of a metric over `servers`.
 fn metric_sum(servers: &[&Server], name: &str) -> f64 {
-    let mut sum = 0.0;
-    for server in servers {
-        let (_, text) = server.get("/metrics");
-        let line = text.lines().find(|l| l.split(' ').next() == Some(name));
-        let line = line.unwrap_or_else(|| panic!("no {name} in\n{text}"));
-        sum += line.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
-    }
-    sum
+    servers.iter().map(|s| s.metric(name)).sum()
 }
 
 /// Stayers are spread over `servers`; wanderers land on any of them at each connect.

@@ -184,6 +184,22 @@ impl Server {
         }
     }
 
+    /// Connects as `sub` and reads its `welcome` frame.
+    pub async fn joined(&self, sub: &str) -> Client {
+        let mut client = self.connect(sub).await;
+        client.recv_type("welcome").await;
+        client
+    }
+
+    /// A sample of `/metrics` without labels.
+    pub fn metric(&self, name: &str) -> f64 {
+        let (status, text) = self.get("/metrics");
+        assert_eq!(status, 200);
+        let line = text.lines().find(|l| l.split(' ').next() == Some(name));
+        let line = line.unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    }
+
     /// Connects with `token` and returns the `welcome` frame.
     pub fn welcome_for(&self, token: &str) -> Value {
         smol::block_on(async { self.connect_token(token).await.recv_type("welcome").await })
