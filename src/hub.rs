@@ -489,9 +489,7 @@ impl Hub {
     /// Cluster: Redis could not take a chat message (its outbox was full); tell the sender.
     pub fn not_sent(&mut self, conn: ConnId) -> Vec<Effect> {
         let mut effects = Vec::new();
-        let error = ProtocolError::Unavailable;
-        let json = ServerMessage::Error { code: error.code(), message: &error.message() }.to_json();
-        self.send_to(conn, json, &mut effects);
+        self.send_error(conn, &ProtocolError::Unavailable, &mut effects);
         effects
     }
 
@@ -719,6 +717,12 @@ impl Hub {
         }
     }
 
+    /// Queues an `error` frame for one connection.
+    fn send_error(&mut self, conn: ConnId, error: &ProtocolError, effects: &mut Vec<Effect>) {
+        let json = ServerMessage::Error { code: error.code(), message: &error.message() }.to_json();
+        self.send_to(conn, json, effects);
+    }
+
     /// Queues one frame for every connection. The bytes are shared, not copied. A receiver whose
     /// queue is full is closed with 4004 rather than skipped, so no one loses messages silently.
     /// Returns how many receivers it was queued for.
@@ -789,9 +793,7 @@ impl Hub {
         error: ProtocolError,
         effects: &mut Vec<Effect>,
     ) {
-        let message = error.message();
-        let json = ServerMessage::Error { code: error.code(), message: &message }.to_json();
-        self.send_to(conn, json, effects);
+        self.send_error(conn, &error, effects);
         let Some(user) = self.conns.get(&conn).and_then(|c| self.users.get_mut(&c.user)) else {
             return;
         };
