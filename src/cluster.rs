@@ -336,6 +336,14 @@ impl Broker {
         None
     }
 
+    /// Ends a pipeline that changed this instance's presence set: refreshes its TTL (a set
+    /// created by SADD has none yet) and tells every instance to count again.
+    fn presence_changed(&self, pipe: &mut redis::Pipeline) {
+        pipe.add_command(self.refresh_command()).ignore();
+        let notice = format!("p{}", self.instance);
+        pipe.cmd("PUBLISH").arg(&self.keys.channel).arg(notice).ignore();
+    }
+
     /// Runs [`REFRESH_SCRIPT`] for this instance.
     fn refresh_command(&self) -> redis::Cmd {
         let mut refresh = self.script(Lua::Refresh);
@@ -654,8 +662,7 @@ async fn rewrite_presence(
             pipe.cmd("SADD").arg(&keys.mine).arg(chunk).ignore();
         }
     }
-    pipe.add_command(broker.refresh_command()).ignore();
-    pipe.cmd("PUBLISH").arg(&keys.channel).arg(format!("p{}", broker.instance)).ignore();
+    broker.presence_changed(&mut pipe);
     pipe.exec_async(commands).await?;
     Ok(())
 }
@@ -695,10 +702,7 @@ async fn flush(
         }
     }
     if presence_changed {
-        // A set created by SADD has no TTL yet.
-        let ttl_ms = broker.presence_ttl.as_millis() as u64;
-        pipe.cmd("PEXPIRE").arg(&keys.mine).arg(ttl_ms);
-        pipe.cmd("PUBLISH").arg(&keys.channel).arg(format!("p{}", broker.instance));
+        broker.presence_changed(&mut pipe);
     }
     let replies: Vec<Value> = match pipe.query_async(commands).await {
         Ok(replies) => replies,
