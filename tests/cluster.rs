@@ -21,15 +21,21 @@ fn instance(redis: &Redis, prefix: &str, extra: Value) -> Server {
     server
 }
 
+/// A Redis and two instances joined to it under `prefix`.
+fn two_instances(prefix: &str) -> (Redis, Server, Server) {
+    let redis = Redis::start();
+    let a = instance(&redis, prefix, json!({}));
+    let b = instance(&redis, prefix, json!({}));
+    (redis, a, b)
+}
+
 fn chat_ids(frames: &[Value]) -> Vec<u64> {
     frames.iter().filter(|f| f["type"] == "chat").map(|f| f["id"].as_u64().unwrap()).collect()
 }
 
 #[test]
 fn a_message_from_one_instance_reaches_users_on_the_other_exactly_once_in_order() {
-    let redis = Redis::start();
-    let a = instance(&redis, "exactly-once", json!({}));
-    let b = instance(&redis, "exactly-once", json!({}));
+    let (_redis, a, b) = two_instances("exactly-once");
     smol::block_on(async {
         let mut alice = a.joined("alice").await;
         let mut bob = b.joined("bob").await;
@@ -58,7 +64,7 @@ fn a_message_from_one_instance_reaches_users_on_the_other_exactly_once_in_order(
             let rest = reader.frames_until_pong().await;
             assert!(chat_ids(&rest).is_empty(), "delivered twice: {rest:?}");
         }
-        // The ids are Redis's: the same on both sides.
+        // A published each of its messages once, and heard all 21 back through Redis.
         assert_eq!(a.metric("shequ_chat_broker_published_total"), 20.0);
         assert_eq!(b.metric("shequ_chat_broker_published_total"), 1.0);
         assert_eq!(a.metric("shequ_chat_broker_received_total"), 21.0);
@@ -68,9 +74,7 @@ fn a_message_from_one_instance_reaches_users_on_the_other_exactly_once_in_order(
 
 #[test]
 fn the_online_count_converges_and_a_crashed_instance_s_users_drop_out() {
-    let redis = Redis::start();
-    let a = instance(&redis, "presence", json!({}));
-    let b = instance(&redis, "presence", json!({}));
+    let (redis, a, b) = two_instances("presence");
     let c = instance(&redis, "presence", json!({}));
     smol::block_on(async {
         let mut alice = a.joined("alice").await;
@@ -116,9 +120,7 @@ fn an_instance_restarted_under_its_configured_name_carries_on() {
 
 #[test]
 fn a_new_connection_on_one_instance_replaces_the_old_one_on_another() {
-    let redis = Redis::start();
-    let a = instance(&redis, "replace", json!({}));
-    let b = instance(&redis, "replace", json!({}));
+    let (_redis, a, b) = two_instances("replace");
     smol::block_on(async {
         let mut watcher = a.joined("watcher").await;
         let mut old = a.joined("42").await;
@@ -144,9 +146,7 @@ fn a_new_connection_on_one_instance_replaces_the_old_one_on_another() {
 
 #[test]
 fn a_refresh_that_lands_on_another_instance_recovers_exactly() {
-    let redis = Redis::start();
-    let a = instance(&redis, "since", json!({}));
-    let b = instance(&redis, "since", json!({}));
+    let (redis, a, b) = two_instances("since");
     smol::block_on(async {
         let mut alice = a.joined("alice").await;
         let mut reader = a.joined("reader").await;
