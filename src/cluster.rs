@@ -315,7 +315,8 @@ impl Broker {
                 self.presence_stale.set(true);
                 return None;
             }
-            _ => return None,
+            // Stale by the time Redis is back; and the shell handles the other two.
+            Effect::Announce { .. } | Effect::Close { .. } | Effect::Persist { .. } => return None,
         };
         let mut outbox = self.outbox.borrow_mut();
         if outbox.len() >= self.outbox_max {
