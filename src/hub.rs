@@ -758,7 +758,7 @@ impl Hub {
             return;
         }
         self.last_message_id += 1;
-        let text = Utf8Bytes::from(head.with_id(self.last_message_id));
+        let text = Utf8Bytes::from(head.into_frame(self.last_message_id));
         if self.config.persist_history {
             effects.push(Effect::Persist { line: text.clone() });
         }

@@ -164,7 +164,7 @@ impl ChatHead {
             ts: u64,
         }
         let body = Body { r#type: "chat", user_id, username, content, ts };
-        // As for `ServerMessage`, this cannot fail; the closing brace comes back in `with_id`.
+        // As for `ServerMessage`, this cannot fail; the closing brace comes back in `into_frame`.
         let mut head = serde_json::to_string(&body).unwrap_or_else(|_| "{".into());
         head.pop();
         head.push_str(r#","id":"#);
@@ -173,7 +173,15 @@ impl ChatHead {
 
     /// The whole frame.
     pub fn with_id(&self, id: u64) -> String {
-        format!("{}{id}}}", self.0)
+        self.clone().into_frame(id)
+    }
+
+    /// The whole frame, in the head's own buffer (one allocation per message, as before the
+    /// head existed).
+    pub fn into_frame(mut self, id: u64) -> String {
+        use std::fmt::Write as _;
+        let _ = write!(self.0, "{id}}}");
+        self.0
     }
 
     /// The frame up to the id, as sent to Redis.
