@@ -722,7 +722,7 @@ async fn flush(
                     warn!("cluster: Redis refused a chat message: {e:?}");
                     broker.stats.borrow_mut().dropped += 1;
                     let from = *from;
-                    shell.apply(|hub, _| hub.not_sent(from));
+                    shell.apply(|hub, now| hub.not_sent(now, from));
                 }
                 reply => {
                     if *reply == Value::Int(0) {

@@ -73,6 +73,7 @@ pub struct Config {
     pub heartbeat: Heartbeat,
     pub idle: Idle,
     pub history: History,
+    pub presence: Presence,
     /// Several instances as one chat, over Redis; absent runs alone. Needs a build with
     /// `--features redis`.
     pub cluster: Option<Cluster>,
@@ -95,6 +96,7 @@ impl Default for Config {
             heartbeat: Heartbeat::default(),
             idle: Idle::default(),
             history: History::default(),
+            presence: Presence::default(),
             cluster: None,
         }
     }
@@ -180,6 +182,12 @@ pub struct Limits {
     pub send_queue: usize,
     /// Time allowed from TCP accept to a finished WebSocket upgrade.
     pub handshake_timeout_secs: u64,
+    /// Sockets accepted but not yet upgraded (or answered), at once; beyond it a new socket is
+    /// closed at once.
+    pub max_pending_handshakes: usize,
+    /// The share of `max_pending_handshakes` one client address may hold. Trusted proxies are
+    /// exempt (every client behind them shares their address); 0 turns the share off.
+    pub max_pending_handshakes_per_ip: usize,
     /// Bytes the WebSocket layer reads at once per connection (allocated per connection).
     pub read_buffer_bytes: usize,
 }
@@ -197,6 +205,8 @@ impl Default for Limits {
             rate_burst: 10,
             send_queue: 256,
             handshake_timeout_secs: 10,
+            max_pending_handshakes: 1024,
+            max_pending_handshakes_per_ip: 16,
             read_buffer_bytes: 1024,
         }
     }
@@ -216,6 +226,21 @@ pub struct Heartbeat {
 impl Default for Heartbeat {
     fn default() -> Heartbeat {
         Heartbeat { ping_interval_secs: 30, pong_timeout_secs: 60 }
+    }
+}
+
+/// Who counts as online.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Presence {
+    /// How long a user whose last connection closed still counts as online. A reconnect within
+    /// it (a page refresh) changes nobody's view; 0 counts every departure at once.
+    pub grace_ms: u64,
+}
+
+impl Default for Presence {
+    fn default() -> Presence {
+        Presence { grace_ms: 3000 }
     }
 }
 
@@ -314,6 +339,30 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
 }
 
+/// The origin the production template allows until it is edited: `--check-config` (and so the
+/// systemd unit's `ExecStartPre`) refuses it, so that a copied template cannot go live allowing
+/// nobody, or be "fixed" by emptying the list, which allows everyone.
+pub const ORIGIN_PLACEHOLDER: &str = "https://chat.example.com";
+
+/// An entry of `allowed_origins` as a browser sends the `Origin` header: a scheme and a host
+/// (and port), nothing after. An entry with a path or a trailing slash would never match.
+fn check_origin(origin: &str) -> Result<(), ConfigError> {
+    if origin == ORIGIN_PLACEHOLDER {
+        return Err(invalid(format!(
+            "allowed_origins: {ORIGIN_PLACEHOLDER:?} is the template's placeholder; put your \
+             site's origin there (as the browser shows it, e.g. \"https://forum.example.org\")"
+        )));
+    }
+    let host = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+    match host {
+        Some(host) if !host.is_empty() && !host.contains('/') => Ok(()),
+        _ => Err(invalid(format!(
+            "allowed_origins: {origin:?} is not an origin: write scheme and host only, \
+             like \"https://forum.example.org\" (no path, no trailing slash)"
+        ))),
+    }
+}
+
 impl Config {
     /// Reads, parses and validates a configuration file, taking the secret from the environment
     /// when it is set there.
@@ -360,6 +409,9 @@ impl Config {
             metrics.parse::<std::net::SocketAddr>().map_err(|e| {
                 invalid(format!("metrics_listen: {metrics:?} is not an address: {e}"))
             })?;
+        }
+        for origin in &self.allowed_origins {
+            check_origin(origin)?;
         }
         if self.log_level.parse::<log::LevelFilter>().is_err() {
             return Err(invalid(format!("log_level: unknown level {:?}", self.log_level)));
@@ -417,6 +469,16 @@ impl Config {
         }
         if l.handshake_timeout_secs == 0 {
             return Err(invalid("limits.handshake_timeout_secs: must be at least 1"));
+        }
+        if l.max_pending_handshakes == 0 {
+            return Err(invalid("limits.max_pending_handshakes: must be at least 1"));
+        }
+        if l.max_pending_handshakes_per_ip > l.max_pending_handshakes {
+            return Err(invalid(format!(
+                "limits.max_pending_handshakes_per_ip ({}) must not exceed \
+                 limits.max_pending_handshakes ({})",
+                l.max_pending_handshakes_per_ip, l.max_pending_handshakes
+            )));
         }
         if !(64..=1 << 20).contains(&l.read_buffer_bytes) {
             return Err(invalid("limits.read_buffer_bytes: must be between 64 and 1048576"));

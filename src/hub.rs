@@ -85,6 +85,9 @@ pub struct HubConfig {
     pub idle_timeout: Option<Duration>,
     pub idle_check_interval: Duration,
     pub presence_interval: Duration,
+    /// How long a user whose last connection closed still counts as online: a reconnect within
+    /// it (a page refresh) changes nobody's view. Zero counts the departure at once.
+    pub presence_grace: Duration,
     /// Added to a token's `exp` before the connection is closed, as it is when the token is
     /// checked, so a token accepted within the leeway is not cut at once.
     pub token_leeway: Duration,
@@ -114,6 +117,7 @@ impl From<&Config> for HubConfig {
                 .then(|| Duration::from_secs(c.idle.timeout_secs)),
             idle_check_interval: Duration::from_secs(c.idle.check_interval_secs),
             presence_interval: Duration::from_millis(c.presence_interval_ms),
+            presence_grace: Duration::from_millis(c.presence.grace_ms),
             token_leeway: Duration::from_secs(c.auth.leeway_secs),
             history_size: c.history.size,
             history_on_join: c.history.on_join,
@@ -216,6 +220,10 @@ struct Conn {
     outbox: OutboxTx,
     /// Last frame of any kind from the client (heartbeat).
     last_seen: Instant,
+    /// When the next WebSocket Ping is due.
+    next_ping: Instant,
+    /// This connection's entry in [`Hub::beats`].
+    beat_at: Instant,
     /// Last chat message from the client (idle cleanup).
     last_chat: Instant,
     /// When its token runs out, leeway included.
@@ -236,6 +244,9 @@ struct User {
     tokens_at: Instant,
     violations: u32,
     violations_since: Instant,
+    /// The user's last connection closed; they stop counting as online at this instant unless
+    /// they connect again before it (their entry in [`Hub::departures`]).
+    leaving_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -256,7 +267,7 @@ pub struct Hub {
     config: HubConfig,
     conns: HashMap<ConnId, Conn>,
     users: HashMap<Rc<str>, User>,
-    /// Users with at least one connection.
+    /// Users with at least one connection, or within the presence grace after their last.
     online: usize,
     /// Cluster: distinct users on all instances, as Redis last counted them; `None` while the
     /// broker is down.
@@ -270,7 +281,14 @@ pub struct Hub {
     expiries: BTreeSet<(Instant, ConnId)>,
     /// Open connections per client address.
     ips: HashMap<IpAddr, usize>,
-    next_heartbeat: Instant,
+    /// One entry per connection: when its heartbeat next needs a look (a Ping due, or the end
+    /// of its allowed silence), earliest first. Frames from the client do not touch it: the
+    /// entry, when it comes up, reads `last_seen` and moves itself to the real deadline.
+    beats: BTreeSet<(Instant, ConnId)>,
+    /// Users whose departure is held for the presence grace, earliest first.
+    departures: BTreeSet<(Instant, Rc<str>)>,
+    /// When users who have left and whose limiter state has run out are next forgotten.
+    next_sweep: Instant,
     next_idle_check: Option<Instant>,
     stats: Stats,
 }
@@ -279,7 +297,7 @@ impl Hub {
     pub fn new(config: HubConfig, now: Now) -> Hub {
         let next_idle_check = config.idle_timeout.map(|_| now.at + config.idle_check_interval);
         Hub {
-            next_heartbeat: now.at + config.ping_interval,
+            next_sweep: now.at + config.ping_interval,
             next_idle_check,
             config,
             conns: HashMap::new(),
@@ -297,6 +315,8 @@ impl Hub {
             },
             expiries: BTreeSet::new(),
             ips: HashMap::new(),
+            beats: BTreeSet::new(),
+            departures: BTreeSet::new(),
             stats: Stats::default(),
         }
     }
@@ -318,8 +338,9 @@ impl Hub {
     }
 
     /// Cluster: the users connected here, for the broker to write to Redis after a reconnect.
+    /// A user within the presence grace after their last connection still counts.
     pub fn local_users(&self) -> impl Iterator<Item = &str> {
-        self.users.iter().filter(|(_, u)| !u.conns.is_empty()).map(|(id, _)| &**id)
+        self.users.iter().filter(|(_, u)| u.counts_online()).map(|(id, _)| &**id)
     }
 
     pub fn stats(&self) -> &Stats {
@@ -336,21 +357,8 @@ impl Hub {
     /// can come between them, none is missing and none comes twice.
     pub fn connect(&mut self, now: Now, join: Join) -> Result<Connected, Refused> {
         let Join { identity, since, ip } = join;
-        let mine: &[ConnId] = self.users.get(identity.user_id.as_str()).map_or(&[], |u| &u.conns);
-        let existing = mine.len();
-        // The oldest connections of this user that this one will replace.
-        let replacing =
-            &mine[..(existing + 1).saturating_sub(self.config.max_connections_per_user)];
-        if self.conns.len() >= self.config.max_connections && replacing.is_empty() {
-            return Err(Refused::Capacity);
-        }
-        let per_ip = self.config.max_connections_per_ip;
-        if per_ip > 0 {
-            let freed = replacing.iter().filter(|c| self.conns[*c].ip == ip).count();
-            if self.ips.get(&ip).copied().unwrap_or(0) - freed >= per_ip {
-                return Err(Refused::IpLimit);
-            }
-        }
+        self.admits(&identity.user_id, ip)?;
+        let existing = self.users.get(identity.user_id.as_str()).map_or(0, |u| u.conns.len());
         let user_key: Rc<str> = match self.users.get_key_value(identity.user_id.as_str()) {
             Some((key, _)) => key.clone(),
             None => {
@@ -362,7 +370,7 @@ impl Hub {
         let mut effects = Vec::new();
         while self.users[&user_key].conns.len() >= self.config.max_connections_per_user {
             let oldest = self.users[&user_key].conns[0];
-            self.remove_replaced(oldest, &mut effects);
+            self.remove_replaced(now, oldest, &mut effects);
             self.stats.replacements += 1;
         }
         let conn = self.next_conn;
@@ -373,7 +381,15 @@ impl Hub {
         let replaced = !effects.is_empty();
         let user = self.users.get_mut(&user_key).expect("inserted above");
         user.conns.push(conn);
-        let newly_online = user.conns.len() == 1 && !replaced;
+        // Back within the presence grace (a page refresh): they never stopped counting.
+        let returning = user.leaving_at.take();
+        if let Some(at) = returning {
+            self.departures.remove(&(at, user_key.clone()));
+        }
+        let newly_online = user.conns.len() == 1 && !replaced && returning.is_none();
+        let next_ping = now.at + first_ping_delay(conn, self.config.ping_interval);
+        let beat_at = next_ping.min(now.at + self.config.pong_timeout);
+        self.beats.insert((beat_at, conn));
         self.conns.insert(
             conn,
             Conn {
@@ -381,6 +397,8 @@ impl Hub {
                 username,
                 outbox: tx,
                 last_seen: now.at,
+                next_ping,
+                beat_at,
                 last_chat: now.at,
                 expires,
                 ip,
@@ -425,11 +443,31 @@ impl Hub {
         Ok(Connected { conn, outbox: rx, effects })
     }
 
+    /// Whether [`connect`](Self::connect) would take a connection of `user` from `ip` now,
+    /// counting the user's oldest connection that it would replace. Changes nothing.
+    pub fn admits(&self, user: &str, ip: IpAddr) -> Result<(), Refused> {
+        let mine: &[ConnId] = self.users.get(user).map_or(&[], |u| &u.conns);
+        // The oldest connections of this user that a new one replaces.
+        let replacing =
+            &mine[..(mine.len() + 1).saturating_sub(self.config.max_connections_per_user)];
+        if self.conns.len() >= self.config.max_connections && replacing.is_empty() {
+            return Err(Refused::Capacity);
+        }
+        let per_ip = self.config.max_connections_per_ip;
+        if per_ip > 0 {
+            let freed = replacing.iter().filter(|c| self.conns[*c].ip == ip).count();
+            if self.ips.get(&ip).copied().unwrap_or(0) - freed >= per_ip {
+                return Err(Refused::IpLimit);
+            }
+        }
+        Ok(())
+    }
+
     /// The connection's task has ended (the client closed, the socket failed, or the hub closed
     /// it earlier). Unknown connections are ignored.
     pub fn disconnect(&mut self, now: Now, conn: ConnId, reason: CloseReason) -> Vec<Effect> {
         let mut effects = Vec::new();
-        self.remove(conn, reason, &mut effects);
+        self.remove(now, conn, reason, &mut effects);
         if !effects.is_empty() {
             self.presence_if_changed(now, &mut effects);
         }
@@ -445,7 +483,7 @@ impl Hub {
         if id > self.last_message_id {
             self.last_message_id = id;
             self.remember(id, text.clone());
-            self.stats.deliveries += self.broadcast(Frame::Text(text), &mut effects);
+            self.stats.deliveries += self.broadcast(now, Frame::Text(text), &mut effects);
             self.stats.messages_broadcast += 1;
             self.presence_if_changed(now, &mut effects);
         }
@@ -479,7 +517,7 @@ impl Hub {
             u.conns.iter().copied().filter(|c| self.conns[c].announced).collect()
         });
         for conn in older {
-            self.remove(conn, CloseReason::Replaced, &mut effects);
+            self.remove(now, conn, CloseReason::Replaced, &mut effects);
             self.stats.replaced_elsewhere += 1;
         }
         self.presence_if_changed(now, &mut effects);
@@ -487,9 +525,9 @@ impl Hub {
     }
 
     /// Cluster: Redis could not take a chat message (its outbox was full); tell the sender.
-    pub fn not_sent(&mut self, conn: ConnId) -> Vec<Effect> {
+    pub fn not_sent(&mut self, now: Now, conn: ConnId) -> Vec<Effect> {
         let mut effects = Vec::new();
-        self.send_error(conn, &ProtocolError::Unavailable, &mut effects);
+        self.send_error(now, conn, &ProtocolError::Unavailable, &mut effects);
         effects
     }
 
@@ -506,7 +544,7 @@ impl Hub {
         }
         match incoming {
             Incoming::Alive => {}
-            Incoming::Ping => self.send_to(conn, ServerMessage::Pong.to_json(), &mut effects),
+            Incoming::Ping => self.send_to(now, conn, ServerMessage::Pong.to_json(), &mut effects),
             Incoming::Chat(content) => {
                 c.last_chat = now.at;
                 let user = c.user.clone();
@@ -546,18 +584,29 @@ impl Hub {
             if deadline > now.at {
                 break;
             }
-            self.remove(conn, CloseReason::TokenExpired, &mut effects);
+            self.remove(now, conn, CloseReason::TokenExpired, &mut effects);
         }
-        if now.at >= self.next_heartbeat {
-            self.next_heartbeat = now.at + self.config.ping_interval;
-            self.heartbeat(now, &mut effects);
+        self.heartbeat(now, &mut effects);
+        if now.at >= self.next_sweep {
+            self.next_sweep = now.at + self.config.ping_interval;
+            self.forget_departed(now);
         }
         if let (Some(at), Some(timeout)) = (self.next_idle_check, self.config.idle_timeout)
             && now.at >= at
         {
             self.next_idle_check = Some(now.at + self.config.idle_check_interval);
             let idle = |c: &Conn| now.at.saturating_duration_since(c.last_chat) >= timeout;
-            self.remove_where(idle, CloseReason::Idle, &mut effects);
+            self.remove_where(now, idle, CloseReason::Idle, &mut effects);
+        }
+        while let Some((at, user)) = self.departures.first().cloned() {
+            if at > now.at {
+                break;
+            }
+            self.departures.pop_first();
+            if let Some(u) = self.users.get_mut(&user) {
+                u.leaving_at = None;
+            }
+            self.depart(user, &mut effects);
         }
         if self.presence.flush_at.is_some_and(|at| now.at >= at) {
             self.flush_presence(now, &mut effects);
@@ -568,11 +617,16 @@ impl Hub {
 
     /// When [`handle_timeout`](Self::handle_timeout) next has work.
     pub fn poll_timeout(&self) -> Instant {
-        let mut next = self.next_heartbeat;
-        for at in
-            [self.next_idle_check, self.presence.flush_at, self.expiries.first().map(|&(at, _)| at)]
-                .into_iter()
-                .flatten()
+        let mut next = self.next_sweep;
+        for at in [
+            self.next_idle_check,
+            self.presence.flush_at,
+            self.expiries.first().map(|&(at, _)| at),
+            self.beats.first().map(|&(at, _)| at),
+            self.departures.first().map(|(at, _)| *at),
+        ]
+        .into_iter()
+        .flatten()
         {
             next = next.min(at);
         }
@@ -636,11 +690,11 @@ impl Hub {
     }
 
     /// Removes every connection, to be closed with 1001.
-    pub fn shutdown(&mut self) -> Vec<Effect> {
+    pub fn shutdown(&mut self, now: Now) -> Vec<Effect> {
         let all: Vec<ConnId> = self.conns.keys().copied().collect();
         let mut effects = Vec::new();
         for conn in all {
-            self.remove(conn, CloseReason::Shutdown, &mut effects);
+            self.remove(now, conn, CloseReason::Shutdown, &mut effects);
         }
         effects
     }
@@ -652,23 +706,25 @@ impl Hub {
             tokens_at: now.at,
             violations: 0,
             violations_since: now.at,
+            leaving_at: None,
         }
     }
 
     /// Takes the connection out of every map and hands back its queue to be closed.
-    fn remove(&mut self, conn: ConnId, reason: CloseReason, effects: &mut Vec<Effect>) {
-        self.remove_inner(conn, reason, false, effects);
+    fn remove(&mut self, now: Now, conn: ConnId, reason: CloseReason, effects: &mut Vec<Effect>) {
+        self.remove_inner(now, conn, reason, false, effects);
     }
 
     /// Removes a connection that a newer one of the same user, on this instance, replaces: the
     /// user stays online.
-    fn remove_replaced(&mut self, conn: ConnId, effects: &mut Vec<Effect>) {
-        self.remove_inner(conn, CloseReason::Replaced, true, effects);
+    fn remove_replaced(&mut self, now: Now, conn: ConnId, effects: &mut Vec<Effect>) {
+        self.remove_inner(now, conn, CloseReason::Replaced, true, effects);
     }
 
     /// The only place a connection leaves the hub.
     fn remove_inner(
         &mut self,
+        now: Now,
         conn: ConnId,
         reason: CloseReason,
         successor: bool,
@@ -678,6 +734,7 @@ impl Hub {
             return;
         };
         self.expiries.remove(&(c.expires, conn));
+        self.beats.remove(&(c.beat_at, conn));
         if let Some(n) = self.ips.get_mut(&c.ip) {
             *n -= 1;
             if *n == 0 {
@@ -687,9 +744,13 @@ impl Hub {
         if let Some(user) = self.users.get_mut(&c.user) {
             user.conns.retain(|&id| id != conn);
             if user.conns.is_empty() && !successor {
-                self.online -= 1;
-                if self.config.cluster {
-                    effects.push(Effect::Presence { user: c.user.clone(), online: false });
+                let grace = self.config.presence_grace;
+                if grace.is_zero() {
+                    self.depart(c.user.clone(), effects);
+                } else {
+                    let at = now.at + grace;
+                    user.leaving_at = Some(at);
+                    self.departures.insert((at, c.user.clone()));
                 }
             }
         }
@@ -707,28 +768,39 @@ impl Hub {
     }
 
     /// Queues a frame for one connection, or closes it with 4004 when its queue is full.
-    fn send_to(&mut self, conn: ConnId, json: String, effects: &mut Vec<Effect>) {
+    fn send_to(&mut self, now: Now, conn: ConnId, json: String, effects: &mut Vec<Effect>) {
+        self.push_or_close(now, conn, Frame::Text(json.into()), effects);
+    }
+
+    /// Queues a frame for one connection, or closes it with 4004 when its queue is full.
+    fn push_or_close(&mut self, now: Now, conn: ConnId, frame: Frame, effects: &mut Vec<Effect>) {
         if let Some(c) = self.conns.get(&conn) {
             if c.outbox.len() >= self.config.send_queue {
-                self.remove(conn, CloseReason::TooSlow, effects);
+                self.remove(now, conn, CloseReason::TooSlow, effects);
             } else {
-                c.outbox.push(Frame::Text(json.into()));
+                c.outbox.push(frame);
             }
         }
     }
 
     /// Queues an `error` frame for one connection.
-    fn send_error(&mut self, conn: ConnId, error: &ProtocolError, effects: &mut Vec<Effect>) {
+    fn send_error(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        error: &ProtocolError,
+        effects: &mut Vec<Effect>,
+    ) {
         let json = ServerMessage::Error { code: error.code(), message: &error.message() }.to_json();
-        self.send_to(conn, json, effects);
+        self.send_to(now, conn, json, effects);
     }
 
     /// Queues one frame for every connection. The bytes are shared, not copied. A receiver whose
     /// queue is full is closed with 4004 rather than skipped, so no one loses messages silently.
     /// Returns how many receivers it was queued for.
-    fn broadcast(&mut self, frame: Frame, effects: &mut Vec<Effect>) -> u64 {
+    fn broadcast(&mut self, now: Now, frame: Frame, effects: &mut Vec<Effect>) -> u64 {
         let send_queue = self.config.send_queue;
-        self.remove_where(|c| c.outbox.len() >= send_queue, CloseReason::TooSlow, effects);
+        self.remove_where(now, |c| c.outbox.len() >= send_queue, CloseReason::TooSlow, effects);
         for c in self.conns.values() {
             c.outbox.push(frame.clone());
         }
@@ -738,6 +810,7 @@ impl Hub {
     /// Removes every connection for which `pred` holds.
     fn remove_where(
         &mut self,
+        now: Now,
         pred: impl Fn(&Conn) -> bool,
         reason: CloseReason,
         effects: &mut Vec<Effect>,
@@ -745,7 +818,7 @@ impl Hub {
         let matching: Vec<ConnId> =
             self.conns.iter().filter(|(_, c)| pred(c)).map(|(id, _)| *id).collect();
         for conn in matching {
-            self.remove(conn, reason, effects);
+            self.remove(now, conn, reason, effects);
         }
     }
 
@@ -763,7 +836,7 @@ impl Hub {
             effects.push(Effect::Persist { line: text.clone() });
         }
         self.remember(self.last_message_id, text.clone());
-        self.stats.deliveries += self.broadcast(Frame::Text(text), effects);
+        self.stats.deliveries += self.broadcast(now, Frame::Text(text), effects);
         self.stats.messages_broadcast += 1;
     }
 
@@ -793,7 +866,7 @@ impl Hub {
         error: ProtocolError,
         effects: &mut Vec<Effect>,
     ) {
-        self.send_error(conn, &error, effects);
+        self.send_error(now, conn, &error, effects);
         let Some(user) = self.conns.get(&conn).and_then(|c| self.users.get_mut(&c.user)) else {
             return;
         };
@@ -803,24 +876,60 @@ impl Hub {
         }
         user.violations += 1;
         if user.violations >= self.config.violations_before_close {
-            self.remove(conn, CloseReason::Policy, effects);
+            self.remove(now, conn, CloseReason::Policy, effects);
         }
     }
 
-    /// Pings every connection, and removes those silent for longer than the pong timeout. Also
-    /// forgets users who have left and whose limiter state has run out.
+    /// Runs every heartbeat entry that is due: a connection silent for the pong timeout is
+    /// closed (at its own deadline, not at the next tick), one whose Ping is due gets it, and the
+    /// entry moves to the connection's next deadline.
     fn heartbeat(&mut self, now: Now, effects: &mut Vec<Effect>) {
-        let timeout = self.config.pong_timeout;
-        let silent = |c: &Conn| now.at.saturating_duration_since(c.last_seen) >= timeout;
-        self.remove_where(silent, CloseReason::Heartbeat, effects);
-        self.broadcast(Frame::Ping, effects);
+        let (ping_interval, pong_timeout) = (self.config.ping_interval, self.config.pong_timeout);
+        while let Some(&(at, conn)) = self.beats.first() {
+            if at > now.at {
+                break;
+            }
+            let Some(c) = self.conns.get_mut(&conn) else {
+                self.beats.pop_first();
+                continue;
+            };
+            let silence_ends = c.last_seen + pong_timeout;
+            if now.at >= silence_ends {
+                // Takes the entry out with the connection.
+                self.remove(now, conn, CloseReason::Heartbeat, effects);
+                continue;
+            }
+            self.beats.pop_first();
+            let ping = now.at >= c.next_ping;
+            if ping {
+                c.next_ping = now.at + ping_interval;
+            }
+            c.beat_at = c.next_ping.min(silence_ends);
+            self.beats.insert((c.beat_at, conn));
+            if ping {
+                self.push_or_close(now, conn, Frame::Ping, effects);
+            }
+        }
+    }
+
+    /// Forgets users who have left and whose limiter and violation state has run out.
+    fn forget_departed(&mut self, now: Now) {
         let refill =
             Duration::from_secs_f64(f64::from(self.config.rate_burst) / self.config.rate_per_sec);
         self.users.retain(|_, u| {
-            !u.conns.is_empty()
+            u.counts_online()
                 || now.at.saturating_duration_since(u.tokens_at) < refill
                 || now.at.saturating_duration_since(u.violations_since) < VIOLATION_WINDOW
         });
+    }
+
+    /// The user stops counting as online (their last connection closed, and the presence grace,
+    /// if any, is over).
+    fn depart(&mut self, user: Rc<str>, effects: &mut Vec<Effect>) {
+        self.online -= 1;
+        if self.config.cluster {
+            effects.push(Effect::Presence { user, online: false });
+        }
     }
 
     /// The online count may have changed: send it now if the last `online` frame is old enough,
@@ -852,7 +961,7 @@ impl Hub {
             self.presence.last_sent = online;
             self.presence.last_sent_at = Some(now.at);
             let json = ServerMessage::Online { count: online }.to_json();
-            self.broadcast(Frame::Text(json.into()), effects);
+            self.broadcast(now, Frame::Text(json.into()), effects);
         }
     }
 
@@ -872,8 +981,19 @@ impl Hub {
                 assert_eq!(&c.user, user, "connection {id} filed under the wrong user");
             }
             seen += u.conns.len();
-            online += usize::from(!u.conns.is_empty());
+            online += usize::from(u.counts_online());
+            let departing = u.leaving_at.map(|at| (at, user.clone()));
+            assert!(u.conns.is_empty() || departing.is_none(), "{user} leaving while connected");
+            if let Some(entry) = departing {
+                assert!(self.departures.contains(&entry), "{user}'s departure is scheduled");
+            }
         }
+        assert_eq!(
+            self.departures.len(),
+            self.users.values().filter(|u| u.leaving_at.is_some()).count(),
+            "one departure per leaving user"
+        );
+        assert_eq!(self.beats.len(), self.conns.len(), "one heartbeat entry per connection");
         assert_eq!(seen, self.conns.len(), "every connection belongs to exactly one user");
         assert_eq!(online, self.online, "online count is the number of distinct users");
         assert_eq!(self.expiries.len(), self.conns.len(), "one token deadline per connection");
@@ -883,10 +1003,27 @@ impl Hub {
         }
         for (id, c) in &self.conns {
             assert!(self.expiries.contains(&(c.expires, *id)));
+            assert!(self.beats.contains(&(c.beat_at, *id)));
             assert!(c.outbox.len() <= self.config.send_queue, "queue over its bound");
         }
         assert!(self.conns.len() <= self.config.max_connections);
     }
+}
+
+impl User {
+    /// Connected, or within the presence grace after the last connection closed.
+    fn counts_online(&self) -> bool {
+        !self.conns.is_empty() || self.leaving_at.is_some()
+    }
+}
+
+/// When a new connection gets its first Ping: between half and the whole ping interval, spread
+/// by the connection id, so that connections that arrive together (a restart, a reconnect
+/// storm) are not all pinged in the same instant ever after.
+fn first_ping_delay(conn: ConnId, ping_interval: Duration) -> Duration {
+    // Fibonacci hashing: consecutive ids land far apart in [0, 1).
+    let spread = (conn.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+    ping_interval.mul_f64(0.5 + spread / 2.0)
 }
 
 /// The instant a token's `exp` (plus leeway) is reached, on the monotonic clock.

@@ -114,7 +114,7 @@ impl Shell {
             self.with_history(|file| file.flush());
         }
         for conn in not_sent {
-            self.apply(|hub, _| hub.not_sent(conn));
+            self.apply(|hub, now| hub.not_sent(now, conn));
         }
         if self.hub.borrow().poll_timeout() < self.armed.get() {
             let _ = self.rearm.try_send(());
@@ -323,7 +323,7 @@ pub fn run(
         drop(metrics_listener);
         let open = shell.hub.borrow().connection_count();
         info!("shutting down: closing {open} connections");
-        shell.apply(|hub, _| hub.shutdown());
+        shell.apply(|hub, now| hub.shutdown(now));
         drop(alive);
         let all_gone = async {
             let _ = done.recv().await;

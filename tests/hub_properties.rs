@@ -77,6 +77,9 @@ fn cluster_op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// How long a departed user still counts as online.
+const PRESENCE_GRACE: Duration = Duration::from_secs(2);
+
 fn config() -> HubConfig {
     HubConfig {
         max_connections: 12,
@@ -91,6 +94,7 @@ fn config() -> HubConfig {
         idle_timeout: Some(Duration::from_secs(60)),
         idle_check_interval: Duration::from_secs(5),
         presence_interval: Duration::from_millis(500),
+        presence_grace: PRESENCE_GRACE,
         token_leeway: Duration::from_secs(0),
         history_size: 16,
         history_on_join: 4,
@@ -138,6 +142,8 @@ struct Model {
     delivered: Vec<(u64, String)>,
     announcements: VecDeque<ConnId>,
     presence: HashMap<String, bool>,
+    /// When each user's last connection closed, while they have none.
+    left_at: HashMap<String, Instant>,
 }
 
 impl Model {
@@ -157,6 +163,7 @@ impl Model {
             delivered: Vec::new(),
             announcements: VecDeque::new(),
             presence: HashMap::new(),
+            left_at: HashMap::new(),
         }
     }
 
@@ -188,6 +195,10 @@ impl Model {
                     c.closed = Some(reason);
                     // The writer still delivers what was queued before the close.
                     c.take();
+                    let user = c.user.clone();
+                    if !self.conns.iter().any(|(_, c)| c.user == user && c.closed.is_none()) {
+                        self.left_at.insert(user, self.now.at);
+                    }
                 }
                 Effect::Persist { .. } => {}
                 Effect::Publish { from, head } => {
@@ -239,6 +250,7 @@ impl Model {
                         announced: false,
                     };
                     self.conns.push((connected.conn, conn));
+                    self.left_at.remove(&format!("u{user}"));
                     self.perform(connected.effects);
                 }
             }
@@ -355,13 +367,16 @@ impl Model {
         self.hub.check_invariants();
         let open = self.open_ids();
         assert_eq!(self.hub.connection_count(), open.len());
-        let users: HashSet<&str> = self
+        let mut users: HashSet<&str> = self
             .conns
             .iter()
             .filter(|(_, c)| c.closed.is_none())
             .map(|(_, c)| c.user.as_str())
             .collect();
-        assert_eq!(self.hub.online(), users.len(), "online = distinct users with a connection");
+        // A user whose last connection closed counts until the presence grace is over.
+        let in_grace = self.left_at.iter().filter(|(_, at)| self.now.at < **at + PRESENCE_GRACE);
+        users.extend(in_grace.map(|(user, _)| user.as_str()));
+        assert_eq!(self.hub.online(), users.len(), "online = users connected or within the grace");
         for (user, online) in &self.presence {
             assert_eq!(*online, users.contains(user.as_str()), "{user}: last presence effect");
         }

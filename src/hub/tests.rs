@@ -30,6 +30,8 @@ fn config() -> HubConfig {
         idle_timeout: Some(Duration::from_secs(600)),
         idle_check_interval: Duration::from_secs(60),
         presence_interval: Duration::from_secs(1),
+        // Departures count at once unless a test is about the grace.
+        presence_grace: Duration::ZERO,
         token_leeway: Duration::from_secs(0),
         history_size: 20,
         history_on_join: 5,
@@ -278,6 +280,61 @@ fn presence_is_coalesced_into_one_frame_per_interval() {
     assert!(h.of_type(first, "online").is_empty());
 }
 
+fn grace() -> HubConfig {
+    HubConfig { presence_grace: Duration::from_secs(3), ..config() }
+}
+
+#[test]
+fn a_refresh_within_the_presence_grace_changes_nobody_s_view() {
+    let mut h = Harness::new(grace());
+    let bystander = h.connect("bystander");
+    let mut page = h.connect("refresher");
+    h.advance(Duration::from_secs(5));
+    h.frames(bystander);
+    // The browser closes the old page's socket first, then the new page connects: after 0.2 s,
+    // then after 2 s.
+    for gap in [Duration::from_millis(200), Duration::from_secs(2)] {
+        h.disconnect(page);
+        h.advance(gap);
+        page = h.connect("refresher");
+        assert_eq!(h.of_type(page, "welcome")[0]["online"], 2);
+        h.advance(Duration::from_secs(10));
+        assert!(h.of_type(bystander, "online").is_empty(), "the bystander saw the refresh");
+        assert_eq!(h.hub.online(), 2);
+    }
+    // Gone for good: the departure counts once the grace is over, not before.
+    h.disconnect(page);
+    h.advance(Duration::from_millis(2999));
+    assert!(h.of_type(bystander, "online").is_empty());
+    assert_eq!(h.hub.online(), 2, "within the grace the user still counts");
+    h.advance(Duration::from_millis(1));
+    let online = h.of_type(bystander, "online");
+    assert_eq!(online.len(), 1);
+    assert_eq!(online[0]["count"], 1);
+    // A newcomer within someone's grace sees them counted.
+    let other = h.connect("other");
+    h.disconnect(other);
+    let late = h.connect("late");
+    assert_eq!(h.of_type(late, "welcome")[0]["online"], 3);
+}
+
+#[test]
+fn cluster_presence_holds_a_departure_for_the_grace() {
+    let mut h = Harness::new(HubConfig { cluster: true, ..grace() });
+    let a = h.connect("a");
+    h.disconnect(a);
+    h.advance(Duration::from_secs(1));
+    let a = h.connect("a");
+    h.advance(Duration::from_secs(10));
+    assert_eq!(h.presence, vec![("a".to_string(), true)], "a refresh is no news to Redis");
+    assert_eq!(h.hub.local_users().collect::<Vec<_>>(), vec!["a"]);
+    h.disconnect(a);
+    assert_eq!(h.hub.local_users().count(), 1, "within the grace Redis still counts them");
+    h.advance(Duration::from_secs(3));
+    assert_eq!(h.presence[1], ("a".to_string(), false));
+    assert_eq!(h.hub.local_users().count(), 0);
+}
+
 #[test]
 fn a_joiner_who_saw_a_passing_count_gets_the_final_one() {
     let mut h = Harness::new(config());
@@ -410,6 +467,63 @@ fn heartbeat_pings_and_drops_the_silent() {
 }
 
 #[test]
+fn a_silent_connection_closes_at_its_own_deadline_not_at_a_later_tick() {
+    let mut h = Harness::new(config());
+    let bystander = h.connect("bystander");
+    // Connections opened at different moments: each is judged from its own last frame.
+    h.advance(Duration::from_millis(12_345));
+    let silent = h.connect("silent");
+    h.advance(Duration::from_secs(17));
+    h.receive(silent, Incoming::Alive);
+    let last_frame = h.now.at;
+    for _ in 0..59 {
+        h.receive(bystander, Incoming::Alive);
+        h.advance(Duration::from_secs(1));
+    }
+    h.advance(Duration::from_millis(999));
+    assert!(h.close_reason(silent).is_none(), "closed before 60 s of silence");
+    h.receive(bystander, Incoming::Alive);
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.close_reason(silent), Some(CloseReason::Heartbeat));
+    assert_eq!(h.now.at - last_frame, Duration::from_secs(60), "pong_timeout after its last frame");
+    assert!(h.close_reason(bystander).is_none());
+}
+
+#[test]
+fn pings_are_spread_over_the_interval_and_then_keep_their_pace() {
+    let mut h = Harness::new(HubConfig {
+        max_connections: 200,
+        pong_timeout: Duration::from_secs(3600),
+        ..config()
+    });
+    // A restart storm: 200 connections in the same instant.
+    let conns: Vec<ConnId> = (0..200).map(|i| h.connect(&format!("u{i}"))).collect();
+    let mut first_ping_second: HashMap<ConnId, u64> = HashMap::new();
+    let mut pings: HashMap<ConnId, Vec<u64>> = HashMap::new();
+    for second in 1..=90 {
+        h.advance(Duration::from_secs(1));
+        for &c in &conns {
+            if !h.of_type(c, "ws_ping").is_empty() {
+                first_ping_second.entry(c).or_insert(second);
+                pings.entry(c).or_default().push(second);
+            }
+        }
+    }
+    let mut per_second: HashMap<u64, usize> = HashMap::new();
+    for second in first_ping_second.values() {
+        *per_second.entry(*second).or_default() += 1;
+    }
+    assert_eq!(first_ping_second.len(), 200, "everyone is pinged within the interval");
+    assert!(per_second.keys().all(|s| (15..=30).contains(s)), "{per_second:?}");
+    assert!(per_second.len() >= 14, "first pings fall in {} distinct seconds", per_second.len());
+    assert!(per_second.values().all(|&n| n <= 30), "a wave: {per_second:?}");
+    for (c, seconds) in &pings {
+        let gaps: Vec<u64> = seconds.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|&g| g == 30), "connection {c} pinged at {seconds:?}");
+    }
+}
+
+#[test]
 fn idle_connections_close_and_chatting_ones_stay() {
     let mut h = Harness::new(HubConfig {
         idle_timeout: Some(Duration::from_secs(2)),
@@ -506,7 +620,7 @@ fn shutdown_closes_everyone_once() {
     for i in 0..10 {
         h.connect(&i.to_string());
     }
-    let effects = h.hub.shutdown();
+    let effects = h.hub.shutdown(h.now);
     h.perform(effects);
     assert_eq!(h.closed.len(), 10);
     assert!(h.closed.values().all(|(r, _)| *r == CloseReason::Shutdown));
@@ -776,7 +890,7 @@ fn cluster_message_refused_by_a_full_outbox_tells_the_sender_without_a_violation
     let a = h.connect("a");
     h.frames(a);
     h.chat(a, "lost");
-    let effects = h.hub.not_sent(a);
+    let effects = h.hub.not_sent(h.now, a);
     h.perform(effects);
     let errors = h.of_type(a, "error");
     assert_eq!(errors.len(), 1);
