@@ -11,6 +11,7 @@ pub mod auth;
 #[cfg(feature = "redis")]
 pub mod cluster;
 pub mod config;
+pub mod handshakes;
 pub mod history;
 pub mod http;
 pub mod hub;

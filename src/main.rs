@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use log::{LevelFilter, info};
+use log::{LevelFilter, info, warn};
 
 use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
@@ -110,6 +110,7 @@ fn run(config: Config) -> Result<(), ConfigError> {
     let listeners = server::bind(&config)
         .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", config.listen)))?;
     info!("config: {}", config.redacted_json());
+    raise_open_files_limit(&config);
     let signals = Signals::new([Signal::Term, Signal::Int])
         .map_err(|e| ConfigError(format!("cannot handle signals: {e}")))?;
     let shutdown = async move {
@@ -119,6 +120,38 @@ fn run(config: Config) -> Result<(), ConfigError> {
         }
     };
     server::run(listeners, config, shutdown)
+}
+
+/// File descriptors the server wants beyond its sockets: the listeners, the history file, Redis,
+/// the log, and some room.
+const SPARE_FDS: u64 = 64;
+
+/// Raises the soft limit on open files to the hard limit (the soft one is often 1024, far below
+/// `limits.max_connections`), and warns when even that is too low for the configured limits:
+/// `accept` would then fail before the limits are reached.
+fn raise_open_files_limit(config: &Config) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            warn!("cannot raise the open files limit: {e}");
+        }
+    }
+    let Some(open_files) = getrlimit(Resource::Nofile).current else {
+        return; // unlimited
+    };
+    let l = &config.limits;
+    let wanted = (l.max_connections + l.max_pending_handshakes) as u64 + SPARE_FDS;
+    if open_files < wanted {
+        warn!(
+            "the open files limit is {open_files}, below limits.max_connections + \
+             limits.max_pending_handshakes + {SPARE_FDS} = {wanted}: raise it (LimitNOFILE= \
+             under systemd) or lower the limits"
+        );
+    } else {
+        info!("open files limit: {open_files}");
+    }
 }
 
 fn init_logging(config: &Config) {

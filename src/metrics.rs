@@ -12,6 +12,7 @@ use std::cell::Cell;
 use std::fmt::{Display, Write as _};
 
 use crate::auth::AuthError;
+use crate::handshakes::{HandshakeRefusal, Handshakes};
 use crate::hub::Stats;
 use crate::protocol::CloseReason;
 
@@ -66,6 +67,8 @@ impl From<AuthError> for AuthFailure {
 #[derive(Debug, Default)]
 pub struct ShellCounters {
     auth_failures: [Cell<u64>; AuthFailure::ALL.len()],
+    /// `accept` calls that failed (out of file descriptors, usually).
+    pub accept_errors: Cell<u64>,
 }
 
 impl ShellCounters {
@@ -105,6 +108,7 @@ pub struct Snapshot<'a> {
     pub broker: Option<BrokerStats>,
     pub history: usize,
     pub shell: &'a ShellCounters,
+    pub handshakes: &'a Handshakes,
     pub start_time_unix_secs: f64,
 }
 
@@ -172,6 +176,23 @@ pub fn render(s: &Snapshot<'_>) -> String {
     for failure in AuthFailure::ALL {
         out.sample(name, &[("reason", failure.label())], s.shell.auth_failures(failure));
     }
+    out.single(
+        "shequ_chat_pending_handshakes",
+        "gauge",
+        "Accepted sockets whose HTTP handshake is under way.",
+        s.handshakes.pending(),
+    );
+    let name = "shequ_chat_handshakes_refused_total";
+    out.family(name, "counter", "Sockets closed at once: too many handshakes under way, by limit.");
+    for reason in HandshakeRefusal::ALL {
+        out.sample(name, &[("limit", reason.label())], s.handshakes.refused(reason));
+    }
+    out.single(
+        "shequ_chat_accept_errors_total",
+        "counter",
+        "Failed accept calls (out of file descriptors, usually).",
+        s.shell.accept_errors.get(),
+    );
     let name = "shequ_chat_disconnects_total";
     out.family(name, "counter", "Connections ended, by reason.");
     for reason in CloseReason::ALL {
@@ -276,6 +297,7 @@ mod tests {
         let stats = Stats { deliveries: 7, ..Stats::default() };
         let shell = ShellCounters::default();
         shell.count(AuthFailure::Origin);
+        let handshakes = Handshakes::new(&crate::config::Limits::default(), &[]);
         let text = render(&Snapshot {
             stats: &stats,
             connections: 2,
@@ -284,6 +306,7 @@ mod tests {
             broker: Some(BrokerStats { up: true, dropped: 4, ..BrokerStats::default() }),
             history: 0,
             shell: &shell,
+            handshakes: &handshakes,
             start_time_unix_secs: 1.5,
         });
         assert!(text.contains("shequ_chat_deliveries_total 7\n"));

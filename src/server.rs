@@ -29,6 +29,7 @@ use smol::{Async, LocalExecutor, Timer};
 
 use crate::auth::{AuthError, Verifier};
 use crate::config::{Config, ConfigError, Fsync};
+use crate::handshakes::{Handshakes, Pending};
 use crate::history::HistoryFile;
 use crate::http::{self, HeadError, Refusal, Request};
 use crate::hub::{ConnId, Effect, Hub, HubConfig, Identity, Incoming, Join, Now, Refused};
@@ -54,6 +55,19 @@ pub const HISTORY_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEV_TOKEN_TTL_SECS: u64 = 24 * 3600;
 /// Pause after a failed `accept` (out of file descriptors, usually) before trying again.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// While `accept` keeps failing, one WARN line per this interval, with the count.
+pub const ACCEPT_ERROR_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+/// The most tungstenite may hold unwritten for one connection: what the client has not read yet
+/// of our frames and of the Pongs it asked for. Without a cap, a client that sends Pings and
+/// never reads makes the server buffer a Pong for each, without end. The cap is raised when one
+/// frame of ours could be larger (see [`max_write_buffer_bytes`]).
+pub const MAX_WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// tungstenite writes to the socket once this much is buffered.
+pub const WRITE_BUFFER_BYTES: usize = 4096;
+/// WebSocket Pings a client may send while the server cannot write to it (it is not reading).
+/// Beyond this, the client is closed as too slow (4004): browsers never send Pings, and a
+/// client that floods them without reading the answers is either broken or hostile.
+pub const MAX_PINGS_WHILE_BLOCKED: u32 = 64;
 
 /// Reads both clocks. The only place the server asks the operating system for the time.
 #[allow(clippy::disallowed_methods)]
@@ -73,6 +87,8 @@ pub(crate) struct Shell {
     /// The deadline the timer task sleeps until.
     armed: Cell<Instant>,
     counters: ShellCounters,
+    /// Sockets still in their HTTP handshake.
+    handshakes: Rc<Handshakes>,
     start_unix_secs: f64,
     /// The history file, when `history.file` is set.
     history: RefCell<Option<HistoryFile>>,
@@ -157,6 +173,7 @@ impl Shell {
             broker,
             history: hub.history_len(),
             shell: &self.counters,
+            handshakes: &self.handshakes,
             start_time_unix_secs: self.start_unix_secs,
         })
     }
@@ -175,8 +192,18 @@ impl Shell {
 
     /// Decides what to do with a request for `/ws`: the key and identity to upgrade with, or the
     /// refusal to answer.
-    fn check_upgrade<'r>(&self, req: &'r Request) -> Result<(&'r str, Identity), Refusal> {
-        let key = req.websocket_key()?;
+    ///
+    /// A plain `GET` of the same URL (no `Upgrade` header) is a probe: it gets the answer the
+    /// upgrade would get (403, 401 with the reason, 503), or 426 when the upgrade would be
+    /// taken. A browser cannot see the status of a refused WebSocket, so the page asks this way
+    /// why it could not connect.
+    fn check_upgrade<'r>(
+        &self,
+        req: &'r Request,
+        ip: IpAddr,
+    ) -> Result<(&'r str, Identity), Refusal> {
+        let probe = req.method == "GET" && !req.header_has_token("upgrade", "websocket");
+        let key = if probe { "" } else { req.websocket_key()? };
         if let Some(origin) = req.header("origin") {
             let allowed = &self.config.allowed_origins;
             if !allowed.is_empty() && !allowed.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
@@ -194,15 +221,26 @@ impl Shell {
             (Some(t), _) | (None, Some(t)) => t,
             (None, None) => "",
         };
-        match self.verifier.verify(token, now().unix_ms / 1000) {
-            Ok(identity) => Ok((key, identity)),
+        let identity = match self.verifier.verify(token, now().unix_ms / 1000) {
+            Ok(identity) => identity,
             Err(e) => {
                 let failure = AuthFailure::from(e);
                 debug!("refused: {} token", failure.label());
                 self.counters.count(failure);
-                Err(Refusal::new(401, e.message()))
+                return Err(Refusal::new(401, e.message()));
             }
+        };
+        if probe {
+            return Err(match self.hub.borrow().admits(&identity.user_id, ip) {
+                Ok(()) => Refusal {
+                    status: 426,
+                    message: "token accepted; open a WebSocket with it to chat",
+                    extra_headers: "Upgrade: websocket\r\n",
+                },
+                Err(refused) => refusal_for(refused).1,
+            });
         }
+        Ok((key, identity))
     }
 }
 
@@ -244,7 +282,8 @@ pub fn run(
     let metrics_listener = listeners.metrics.map(Async::new).transpose().map_err(cannot)?;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.limits.read_buffer_bytes)
-        .write_buffer_size(4096)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(max_write_buffer_bytes(&config))
         .max_message_size(Some(config.limits.max_message_bytes))
         .max_frame_size(Some(config.limits.max_message_bytes));
     let (rearm, rearm_rx) = async_channel::bounded(1);
@@ -267,6 +306,7 @@ pub fn run(
         Some(cluster) => Some(crate::cluster::Broker::new(cluster, config.history.size)?),
         None => None,
     };
+    let handshakes = Rc::new(Handshakes::new(&config.limits, &config.trusted_proxies));
     let shell = Rc::new(Shell {
         hub: RefCell::new(hub),
         verifier,
@@ -275,6 +315,7 @@ pub fn run(
         rearm,
         armed: Cell::new(start.at),
         counters: ShellCounters::default(),
+        handshakes,
         start_unix_secs: start.unix_ms as f64 / 1000.0,
         history: RefCell::new(history),
         page: Page::new(),
@@ -350,7 +391,19 @@ fn print_dev_urls(config: &Config, addr: &str) {
     }
 }
 
-/// Accepts connections until dropped, one task each.
+/// The largest frame the server may write through tungstenite, plus the buffer it fills before
+/// writing: a chat frame whose every character is escaped as `\uXXXX` (6 bytes), with a user id
+/// and a name as long as a token allows (their escaped form is in the token). With the default
+/// limits this is below [`MAX_WRITE_BUFFER_BYTES`], which is then the cap.
+pub fn max_write_buffer_bytes(config: &Config) -> usize {
+    let largest_frame =
+        6 * config.limits.max_content_chars + 2 * crate::auth::MAX_TOKEN_BYTES + 512;
+    MAX_WRITE_BUFFER_BYTES.max(WRITE_BUFFER_BYTES + largest_frame)
+}
+
+/// Accepts connections until dropped, one task each. A socket beyond the handshake limits is
+/// closed at once. When `accept` fails (out of file descriptors), it waits [`ACCEPT_BACKOFF`]
+/// and says so at most once per [`ACCEPT_ERROR_REPORT_INTERVAL`].
 async fn accept_loop(
     executor: &LocalExecutor<'_>,
     shell: &Rc<Shell>,
@@ -358,14 +411,34 @@ async fn accept_loop(
     port: Port,
     alive: &async_channel::Sender<()>,
 ) {
+    let mut reported: Option<(Instant, u64)> = None;
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => {
-                let task = serve(shell.clone(), stream, peer, port, alive.clone());
-                executor.spawn(task).detach();
-            }
+            Ok((stream, peer)) => match shell.handshakes.admit(peer.ip()) {
+                Ok(pending) => {
+                    let task = serve(shell.clone(), stream, peer, port, pending, alive.clone());
+                    executor.spawn(task).detach();
+                }
+                Err(refusal) => {
+                    debug!("closed at once: {peer}: pending handshakes ({})", refusal.label());
+                    drop(stream);
+                }
+            },
             Err(e) => {
-                warn!("accept failed: {e}; retrying in {ACCEPT_BACKOFF:?}");
+                let errors = &shell.counters.accept_errors;
+                errors.set(errors.get() + 1);
+                let at = now().at;
+                let due = reported.is_none_or(|(last, _)| {
+                    at.saturating_duration_since(last) >= ACCEPT_ERROR_REPORT_INTERVAL
+                });
+                if due {
+                    let since = reported.map_or(0, |(_, count)| errors.get() - count - 1);
+                    warn!(
+                        "accept failed: {e}; {since} more failures since the last report; \
+                         retrying every {ACCEPT_BACKOFF:?}"
+                    );
+                    reported = Some((at, errors.get()));
+                }
                 Timer::after(ACCEPT_BACKOFF).await;
             }
         }
@@ -427,6 +500,7 @@ async fn serve(
     mut stream: Async<TcpStream>,
     peer: SocketAddr,
     port: Port,
+    pending: Pending,
     _alive: async_channel::Sender<()>,
 ) {
     let _ = stream.get_ref().set_nodelay(true);
@@ -439,6 +513,7 @@ async fn serve(
             None
         })
         .await;
+    drop(pending);
     let Some((registered, outbox, leftover)) = upgraded else {
         return;
     };
@@ -451,6 +526,7 @@ async fn serve(
         ws: &mut ws,
         outbox: &outbox,
         unflushed: false,
+        pings_while_blocked: 0,
         reading: true,
         closing: None,
         grace: None,
@@ -500,7 +576,8 @@ async fn upgrade(
         http::respond_and_close(stream, &answer).await;
         return None;
     }
-    let (key, identity) = match shell.check_upgrade(&request) {
+    let ip = client_ip(&request, peer.ip(), &shell.config.trusted_proxies);
+    let (key, identity) = match shell.check_upgrade(&request, ip) {
         Ok(accepted) => accepted,
         Err(refusal) => {
             http::respond_and_close(stream, &refusal.to_response()).await;
@@ -509,20 +586,11 @@ async fn upgrade(
     };
     let user_id = identity.user_id.clone();
     let since = request.query_param("since").and_then(|s| s.parse::<u64>().ok());
-    let ip = client_ip(&request, peer.ip(), &shell.config.trusted_proxies);
     let join = Join { identity, since, ip };
     let (conn, outbox) = match shell.connect(join) {
         Ok(connected) => connected,
         Err(refused) => {
-            let (failure, refusal) = match refused {
-                Refused::Capacity => {
-                    (AuthFailure::Capacity, Refusal::new(503, "server full; try again later"))
-                }
-                Refused::IpLimit => (
-                    AuthFailure::IpLimit,
-                    Refusal::new(503, "too many connections from your address"),
-                ),
-            };
+            let (failure, refusal) = refusal_for(refused);
             debug!("refused {ip}: {}", failure.label());
             shell.counters.count(failure);
             http::respond_and_close(stream, &refusal.to_response()).await;
@@ -545,6 +613,18 @@ async fn upgrade(
         return None;
     }
     Some((registered, outbox, leftover))
+}
+
+/// The metric and the answer for a connection the hub refused.
+fn refusal_for(refused: Refused) -> (AuthFailure, Refusal) {
+    match refused {
+        Refused::Capacity => {
+            (AuthFailure::Capacity, Refusal::new(503, "server full; try again later"))
+        }
+        Refused::IpLimit => {
+            (AuthFailure::IpLimit, Refusal::new(503, "too many connections from your address"))
+        }
+    }
 }
 
 /// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest address in
@@ -585,6 +665,8 @@ struct Pump<'a> {
     outbox: &'a OutboxRx,
     /// Frames handed to the WebSocket since the last completed flush.
     unflushed: bool,
+    /// WebSocket Pings read since the last completed flush (see [`MAX_PINGS_WHILE_BLOCKED`]).
+    pings_while_blocked: u32,
     /// The client may still send frames.
     reading: bool,
     /// The queue is closed and its close frame (if any) handed to the WebSocket.
@@ -625,6 +707,7 @@ impl Pump<'_> {
         {
             result?;
             self.unflushed = false;
+            self.pings_while_blocked = 0;
         }
         Ok(())
     }
@@ -642,6 +725,11 @@ impl Pump<'_> {
             Some(Ok(Message::Binary(_))) => Incoming::Invalid(ProtocolError::BinaryUnsupported),
             Some(Ok(Message::Ping(_))) => {
                 self.unflushed = true; // tungstenite queued a Pong
+                self.pings_while_blocked += 1;
+                if self.pings_while_blocked > MAX_PINGS_WHILE_BLOCKED {
+                    debug!("conn={} sends Pings and does not read the Pongs", self.conn);
+                    return self.stop_reading(CloseReason::TooSlow);
+                }
                 Incoming::Alive
             }
             Some(Ok(Message::Pong(_) | Message::Frame(_))) => Incoming::Alive,
@@ -682,7 +770,12 @@ impl Future for Pump<'_> {
             if let Err(e) = this.write(cx) {
                 debug!("conn={} write failed: {e}", this.conn);
                 if this.reading {
-                    this.stop_reading(CloseReason::Client);
+                    // A full write buffer: the client is not reading what it is sent.
+                    let reason = match e {
+                        WsError::WriteBufferFull(_) => CloseReason::TooSlow,
+                        _ => CloseReason::Client,
+                    };
+                    this.stop_reading(reason);
                 }
                 return Poll::Ready(());
             }

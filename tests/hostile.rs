@@ -82,7 +82,18 @@ fn http_level_garbage_gets_a_status_line() {
             format!("GET /ws HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(100)).into_bytes(),
             431,
         ),
-        ("plain GET on /ws", b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 400),
+        // A plain GET is the page's probe: the answer the upgrade would get.
+        ("plain GET on /ws without a token", b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 401),
+        (
+            "plain GET on /ws with a good token",
+            format!("GET /ws?{ok_query} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes(),
+            426,
+        ),
+        (
+            "upgrade without Connection: Upgrade",
+            format!("GET /ws?{ok_query} HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").into_bytes(),
+            400,
+        ),
         ("POST on /ws", b"POST /ws HTTP/1.1\r\nContent-Length: 0\r\n\r\n".to_vec(), 405),
         ("HTTP/1.0", b"GET /ws HTTP/1.0\r\n\r\n".to_vec(), 400),
         (
@@ -418,4 +429,38 @@ fn reconnect_storm_of_one_user() {
         assert!(metrics.contains("shequ_chat_online_users 2\n"));
         eprintln!("100 connections of one user in {elapsed:?}");
     });
+}
+
+#[test]
+fn a_ping_flood_without_reading_is_cut_and_memory_stays_bounded() {
+    let server = Server::start(json!({}));
+    let rss_before = server.rss_kib();
+    let mut rss_peak = rss_before;
+    check(&server, || {
+        let mut flooder = RawWs::connect(server.addr, "flooder");
+        flooder.set_write_timeout(TIMEOUT);
+        // Pings with the largest payload a control frame may carry: each asks for a Pong of the
+        // same size. The flooder never reads one.
+        let ping = frame(true, 0x9, &[b'p'; 125], true);
+        let batch: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 512).collect();
+        const MAX_FLOOD_BYTES: usize = 256 << 20;
+        let started = Instant::now();
+        let mut sent = 0;
+        let mut cut = false;
+        while sent < MAX_FLOOD_BYTES && started.elapsed() < Duration::from_secs(60) {
+            if flooder.write_raw(&batch).is_err() {
+                cut = true;
+                break;
+            }
+            sent += batch.len();
+            if sent % (batch.len() * 16) == 0 {
+                rss_peak = rss_peak.max(server.rss_kib());
+            }
+        }
+        rss_peak = rss_peak.max(server.rss_kib());
+        assert!(cut, "the flooder was not cut after {} MiB of Pings", sent >> 20);
+    });
+    let growth_kib = rss_peak.saturating_sub(rss_before);
+    assert!(growth_kib < 16 * 1024, "RSS grew by {growth_kib} KiB under a ping flood");
+    assert_eq!(server.metric("shequ_chat_disconnects_total{reason=\"too_slow\"}"), 1.0);
 }

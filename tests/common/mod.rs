@@ -55,7 +55,13 @@ pub fn base_config() -> Value {
         "log_level": "debug",
         "presence_interval_ms": 100,
         "auth": { "secret": SECRET, "leeway_secs": 0 },
-        "limits": { "rate_per_sec": 100000.0, "rate_burst": 100000 }
+        "limits": {
+            "rate_per_sec": 100000.0,
+            "rate_burst": 100000,
+            "max_pending_handshakes_per_ip": 0
+        },
+        // Departures count at once, so that tests see them without waiting for a grace.
+        "presence": { "grace_ms": 0 }
     })
 }
 
@@ -78,6 +84,12 @@ impl Server {
     }
 
     pub fn start_with_env(patch: Value, env: &[(&str, &str)]) -> Server {
+        Server::start_under(patch, env, &[])
+    }
+
+    /// Starts the server under `wrapper` (a command and its arguments, e.g. `prlimit …`, which
+    /// execs the server in its own process), or under `SHEQU_CHAT_TEST_WRAPPER` when empty.
+    pub fn start_under(patch: Value, env: &[(&str, &str)], wrapper: &[&str]) -> Server {
         let mut config = base_config();
         merge(&mut config, patch);
         let n = NEXT_CONFIG.fetch_add(1, Ordering::Relaxed);
@@ -86,7 +98,8 @@ impl Server {
         std::fs::write(&config_path, config.to_string()).unwrap();
         // SHEQU_CHAT_TEST_WRAPPER runs the server under a tool, e.g. valgrind (see
         // docs/RELIABILITY.md); the server is then stopped with SIGTERM so the tool can report.
-        let wrapper = std::env::var("SHEQU_CHAT_TEST_WRAPPER").unwrap_or_default();
+        let from_env = std::env::var("SHEQU_CHAT_TEST_WRAPPER").unwrap_or_default();
+        let wrapper = if wrapper.is_empty() { from_env } else { wrapper.join(" ") };
         let mut words = wrapper.split_whitespace();
         let mut command = match words.next() {
             Some(tool) => {
@@ -207,6 +220,13 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The server's resident memory (`VmRSS` of `/proc/PID/status`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
     /// Sends a signal (`TERM`, `INT`…) to the server.
@@ -345,6 +365,24 @@ impl Client {
             request.headers_mut().insert(name, HeaderValue::from_str(value).unwrap());
         }
         let stream = TcpStream::connect(addr).await.expect("tcp connect");
+        Client::handshake(stream, request).await
+    }
+
+    /// Like [`connect`](Self::connect), from the loopback address `from` (127.0.0.2, say).
+    pub async fn connect_from(
+        from: std::net::Ipv4Addr,
+        addr: SocketAddr,
+        query: &str,
+    ) -> Result<Client, (u16, String)> {
+        let request = format!("ws://{addr}/ws?{query}").into_client_request().unwrap();
+        let stream = TcpStream::from(smol::Async::new(tcp_from(from, addr)).unwrap());
+        Client::handshake(stream, request).await
+    }
+
+    async fn handshake(
+        stream: TcpStream,
+        request: async_tungstenite::tungstenite::handshake::client::Request,
+    ) -> Result<Client, (u16, String)> {
         let handshake = async_tungstenite::client_async(request, stream);
         match within("the WebSocket handshake", handshake).await {
             Ok((ws, _)) => Ok(Client { ws }),
@@ -467,6 +505,15 @@ impl Client {
     }
 }
 
+/// A TCP connection to `addr` from the loopback address `from`.
+pub fn tcp_from(from: std::net::Ipv4Addr, addr: SocketAddr) -> std::net::TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from((from, 0)).into()).expect("bind a loopback address");
+    socket.connect(&addr.into()).expect("tcp connect");
+    socket.into()
+}
+
 /// A plain HTTP GET; returns status and body.
 pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     raw_http(addr, format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
@@ -526,17 +573,18 @@ impl RawWs {
         RawWs { stream }
     }
 
+    /// Writes bytes as they are; the error says when the server has hung up.
+    pub fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    pub fn set_write_timeout(&mut self, timeout: Duration) {
+        self.stream.set_write_timeout(Some(timeout)).unwrap();
+    }
+
     /// Sends one frame. Write errors are ignored: the server may have hung up already.
     pub fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8], masked: bool) {
-        let _ = self.stream.write_all(&frame_header(fin, opcode, payload.len() as u64, masked));
-        if masked {
-            let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-            let _ = self.stream.write_all(&mask);
-            let data: Vec<u8> = payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
-            let _ = self.stream.write_all(&data);
-        } else {
-            let _ = self.stream.write_all(payload);
-        }
+        let _ = self.stream.write_all(&frame(fin, opcode, payload, masked));
     }
 
     /// Sends a header that announces `len` bytes, then as many as the server takes of them.
@@ -580,6 +628,19 @@ impl RawWs {
             }
         }
     }
+}
+
+/// One frame's bytes, masked as a client's must be unless `masked` is false.
+pub fn frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut bytes = frame_header(fin, opcode, payload.len() as u64, masked);
+    if masked {
+        let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+        bytes.extend_from_slice(&mask);
+        bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    } else {
+        bytes.extend_from_slice(payload);
+    }
+    bytes
 }
 
 fn frame_header(fin: bool, opcode: u8, len: u64, masked: bool) -> Vec<u8> {
