@@ -76,3 +76,25 @@ fn dev_config_prints_a_ready_url_and_production_prints_none() {
     production.wait_for_log("listening on");
     assert!(!production.log_lines().iter().any(|l| l.contains("#token=")));
 }
+
+#[test]
+fn the_page_on_a_phone_with_bad_tokens_and_after_the_idle_timeout() {
+    let server = Server::start(json!({
+        "log_level": "info",
+        "idle": {"timeout_secs": 2, "check_interval_secs": 1}
+    }));
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let screenshot = here.join("target/chat-phone-screenshot.png");
+    let expired = sign_hs256(json!({"sub": "4", "exp": unix_now() - 3600}));
+    let out = Command::new("node")
+        .arg(here.join("tests/browser/states.mjs"))
+        .args([&format!("http://{}", server.addr), &token("4", 3600), &expired])
+        .arg(&screenshot)
+        .output()
+        .expect("node (run .ci/setup)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("said in words, no retry"), "{stdout}");
+    assert!(screenshot.is_file());
+}

@@ -1,5 +1,8 @@
 // The reference client: connects with a token, shows messages as text (never as HTML),
 // reconnects with backoff and `since` so nothing is missed, and stops when the tab is replaced.
+// When a connection fails before `welcome`, it asks the server why (a plain GET of the same URL
+// answers with the status the upgrade got) and says so in words; a bad token stops the retries.
+// After the idle timeout (4002) it waits for the user to come back before it reconnects.
 "use strict";
 
 const PING_INTERVAL_MS = 20000;      // app-level ping; the server's pong timeout is 60 s
@@ -62,6 +65,40 @@ function show(msg) {
   list.scrollTop = list.scrollHeight;
 }
 
+// What the page says about a refused connection, by HTTP status; `retry` keeps trying.
+function refusal(status, reason) {
+  switch (status) {
+    case 401: return { text: `Cannot connect: ${reason}. Paste a new token and connect.`, retry: false };
+    case 403: return { text: "Cannot connect: not allowed from this origin (the server's allowed_origins).", retry: false };
+    case 503: return { text: `The server is busy (${reason}).`, retry: true };
+    default: return null;
+  }
+}
+
+// Asks the server why `url` could not be opened as a WebSocket: the probe answers with the
+// status the upgrade got and a one-line reason. Null when it cannot tell (the server is down).
+async function whyRefused(url) {
+  try {
+    const response = await fetch(url.replace(/^ws/, "http"), { cache: "no-store" });
+    return refusal(response.status, (await response.text()).trim());
+  } catch {
+    return null;
+  }
+}
+
+const ACTIVITY = ["focus", "keydown", "pointerdown", "visibilitychange"];
+
+// After the idle timeout: reconnect on the next sign of the user (with `since`, as always).
+function resumeOnActivity() {
+  const resume = () => {
+    if (document.visibilityState === "hidden") return;
+    ACTIVITY.forEach((e) => window.removeEventListener(e, resume, true));
+    notice("Welcome back.");
+    connect();
+  };
+  ACTIVITY.forEach((e) => window.addEventListener(e, resume, true));
+}
+
 function stopTimers() {
   clearInterval(pingTimer);
   clearTimeout(pongTimer);
@@ -80,13 +117,16 @@ function connect() {
   // Within this page, resume exactly after the last message shown; after a reload, a bit before.
   const resume = lastId > 0 ? lastId : reloadSince;
   const since = resume !== null ? `&since=${resume}` : "";
-  const socket = new WebSocket(`${scheme}://${location.host}/ws?token=${encodeURIComponent(token)}${since}`);
+  const url = `${scheme}://${location.host}/ws?token=${encodeURIComponent(token)}${since}`;
+  const socket = new WebSocket(url);
   ws = socket;
+  let welcomed = false;
   setStatus("Connecting…");
   socket.onmessage = (event) => {
     const msg = JSON.parse(event.data);
     switch (msg.type) {
       case "welcome":
+        welcomed = true;
         backoff = BACKOFF_START_MS;
         setConnected(true);
         setStatus(`Connected as ${msg.username}.`);
@@ -114,11 +154,27 @@ function connect() {
       pongTimer = setTimeout(() => socket.close(), PONG_TIMEOUT_MS);
     }, PING_INTERVAL_MS);
   };
-  socket.onclose = (event) => {
+  socket.onclose = async (event) => {
     if (socket !== ws) return; // an older socket we replaced ourselves
     stopTimers();
     setConnected(false);
     ws = null;
+    if (!welcomed) {
+      // Refused before `welcome`: the browser does not show us the HTTP status, so ask.
+      setStatus("Could not connect; asking the server why…", true);
+      const why = await whyRefused(url);
+      if (ws) return; // the user connected again meanwhile
+      if (why && !why.retry) {
+        setStatus(why.text, true);
+        return;
+      }
+      if (why) notice(why.text);
+    }
+    if (event.code === 4002) {
+      setStatus("Paused after a quiet while. Click, type or come back to this tab to resume.");
+      resumeOnActivity();
+      return;
+    }
     if (event.code === 4001) {
       setStatus("Chat opened in another tab. Reload to use it here.", true);
       return;
