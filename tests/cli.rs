@@ -32,16 +32,47 @@ fn shipped_configs_pass_the_check() {
     let (ok, out, err) = shequ_chat(&["--check-config", "--config", "configs/dev.json"]);
     assert!(ok, "{err}");
     assert!(out.contains("ok"));
-    // The production template has no secret; with one in the environment it is complete.
-    let out = Command::new(env!("CARGO_BIN_EXE_shequ-chat"))
-        .args(["--check-config", "--config", "configs/shequ-chat.json"])
-        .env("SHEQU_CHAT_JWT_SECRET", "a-production-secret-from-the-environment")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (ok, _, err) = shequ_chat(&["--check-config", "--config", "configs/shequ-chat.json"]);
+    // The production template has no secret, and a placeholder origin that the check refuses
+    // until it is edited; with both done it is complete.
+    let check_with_secret = |path: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_shequ-chat"))
+            .args(["--check-config", "--config", path])
+            .env("SHEQU_CHAT_JWT_SECRET", "a-production-secret-from-the-environment")
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, err) = check_with_secret("configs/shequ-chat.json");
     assert!(!ok);
-    assert!(err.contains("secret"), "{err}");
+    assert!(err.contains("allowed_origins") && err.contains("placeholder"), "{err}");
+    let template = std::fs::read_to_string("configs/shequ-chat.json").unwrap();
+    let edited =
+        template.replace(shequ_chat::config::ORIGIN_PLACEHOLDER, "https://forum.example.org");
+    assert_ne!(edited, template);
+    let edited = write_config("edited-template.json", &edited);
+    let (ok, err) = check_with_secret(&edited);
+    assert!(ok, "{err}");
+    let mut without_secret = Command::new(env!("CARGO_BIN_EXE_shequ-chat"));
+    let out = without_secret.args(["--check-config", "--config", &edited]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("secret"));
+    // The template keeps /metrics off the public port, and limits each address.
+    let t: serde_json::Value = serde_json::from_str(&template).unwrap();
+    assert_eq!(t["metrics_listen"], "127.0.0.1:9100");
+    assert!(t["limits"]["max_connections_per_ip"].as_u64() > Some(0));
+    assert!(t["limits"]["max_pending_handshakes_per_ip"].as_u64() > Some(0));
+}
+
+#[test]
+fn an_origin_with_a_path_or_a_trailing_slash_is_refused() {
+    for origin in ["https://forum.example.org/", "forum.example.org", "https://a.org/chat"] {
+        let text = format!(
+            r#"{{"auth": {{"secret": "0123456789abcdef"}}, "allowed_origins": ["{origin}"]}}"#
+        );
+        let path = write_config("origin.json", &text);
+        let (ok, _, err) = shequ_chat(&["--check-config", "--config", &path]);
+        assert!(!ok && err.contains("is not an origin"), "{origin}: {err}");
+    }
 }
 
 #[test]

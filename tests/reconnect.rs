@@ -99,3 +99,41 @@ fn leaving_lowers_the_online_count() {
         stays.await_online(1).await;
     });
 }
+
+/// What a browser does on a refresh: the old page's socket closes (1001, on unload) before the
+/// new page connects. Within `presence.grace_ms` nobody else sees the user leave and come back.
+#[test]
+fn a_browser_refresh_that_closes_first_changes_nobody_s_view() {
+    use async_tungstenite::tungstenite::Message;
+    use async_tungstenite::tungstenite::protocol::CloseFrame;
+    use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use std::time::Duration;
+
+    let server = Server::start(json!({"presence": {"grace_ms": 3000}}));
+    smol::block_on(async {
+        let mut watcher = server.joined("watcher").await;
+        let mut page = server.joined("refresher").await;
+        watcher.await_online(2).await;
+        for gap in [Duration::from_millis(200), Duration::from_secs(2)] {
+            let going_away = CloseFrame { code: CloseCode::Away, reason: "".into() };
+            page.send(Message::Close(Some(going_away))).await;
+            page.until_closed().await; // the server answers the close
+            smol::Timer::after(gap).await; // the new page loading
+            page = server.connect("refresher").await;
+            assert_eq!(page.recv_type("welcome").await["online"], 2);
+            // Everything the watcher was sent up to the new page's chat: no `online` frame.
+            let tag = format!("back after {gap:?}");
+            page.chat(&tag).await;
+            loop {
+                let frame = watcher.recv().await;
+                assert_ne!(frame["type"], "online", "the watcher saw the refresh: {frame}");
+                if frame["content"] == tag.as_str() {
+                    break;
+                }
+            }
+        }
+        // Leaving for good is seen, once the grace is over.
+        page.close().await;
+        watcher.await_online(1).await;
+    });
+}
