@@ -16,7 +16,7 @@ command -v redis-server >/dev/null || {
 }
 # The same binary for every row: built with the redis feature, in a target dir of its own.
 cargo build --quiet --release --features redis --target-dir target/redis --bin shequ-chat
-cargo build --quiet --release --bin shequ-loadgen
+cargo build --quiet --release -p shequ-loadgen
 
 out=benches/cluster-results.jsonl
 : > "$out"

@@ -20,7 +20,7 @@ cp -r "$shared/go-hub" "$shared/rust-floor" "$work/"
 (cd "$work/go-hub" && GO111MODULE=off GOPATH=/usr/share/gocode go build -o /tmp/go-hub .)
 cargo build --quiet --release --manifest-path "$work/rust-floor/Cargo.toml" \
   --target-dir /tmp/rust-floor-target
-cargo build --quiet --release --bins
+cargo build --quiet --release --workspace --bins
 [ -d benches/node-ws/node_modules/ws ] || npm ci --prefix benches/node-ws --no-audit --no-fund --silent
 
 out=benches/results.jsonl

@@ -1,12 +1,29 @@
 //! A few-second smoke run of every benchmark scenario against the debug build: it checks
 //! correctness (nothing lost, nobody cut off, no error), not speed. Speed is `benches/run.sh`.
 
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
 
 use serde_json::Value;
 
+/// The load generator, built once: it is a package of its own (`benches/loadgen`), so cargo does
+/// not build it for this package's tests. Built into the same target folder as the server.
+fn loadgen_bin() -> &'static PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "shequ-loadgen"])
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "cargo build -p shequ-loadgen failed");
+        let server = PathBuf::from(env!("CARGO_BIN_EXE_shequ-chat"));
+        server.with_file_name("shequ-loadgen")
+    })
+}
+
 fn loadgen(args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_shequ-loadgen"))
+    let out = Command::new(loadgen_bin())
         .args(["--server", "shequ", "--server-bin", env!("CARGO_BIN_EXE_shequ-chat")])
         .args(["--config", "configs/bench.json"])
         .args(args)

@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! benches/run.sh                   # builds everything, runs the whole table
-//! cargo run --release --bin shequ-loadgen -- --server shequ --scenario fanout --receivers 1000
+//! cargo run --release -p shequ-loadgen -- --server shequ --scenario fanout --receivers 1000
 //! ```
 //!
 //! With `--instances N`, `shequ` runs as N instances joined through a `redis-server` the load
