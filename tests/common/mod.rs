@@ -213,6 +213,23 @@ impl Server {
         line.rsplit(' ').next().unwrap().parse().unwrap()
     }
 
+    /// Waits until a sample of `/metrics` reads `expected`, and fails with the last value read
+    /// if it does not within [`TIMEOUT`]. For values that settle after the event a test saw
+    /// (a count another instance or Redis updates, a counter bumped after a reply): reading
+    /// them once and asserting an exact value is a race.
+    pub fn await_metric(&self, name: &str, expected: f64) {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let value = self.metric(name);
+            if value == expected {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{name} is {value}, not {expected}");
+            // A scrape is the only way to see it: there is no event to wait for.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Connects with `token` and returns the `welcome` frame.
     pub fn welcome_for(&self, token: &str) -> Value {
         smol::block_on(async { self.connect_token(token).await.recv_type("welcome").await })
@@ -668,6 +685,13 @@ pub struct Redis {
 impl Redis {
     pub fn start() -> Redis {
         let mut redis = Redis::not_started();
+        redis.restart();
+        redis
+    }
+
+    /// A Redis on a given port (README's examples use the default one, 6379).
+    pub fn start_on(port: u16) -> Redis {
+        let mut redis = Redis { child: None, port };
         redis.restart();
         redis
     }
