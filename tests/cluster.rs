@@ -65,10 +65,10 @@ fn a_message_from_one_instance_reaches_users_on_the_other_exactly_once_in_order(
             assert!(chat_ids(&rest).is_empty(), "delivered twice: {rest:?}");
         }
         // A published each of its messages once, and heard all 21 back through Redis.
-        assert_eq!(a.metric("shequ_chat_broker_published_total"), 20.0);
-        assert_eq!(b.metric("shequ_chat_broker_published_total"), 1.0);
-        assert_eq!(a.metric("shequ_chat_broker_received_total"), 21.0);
-        assert_eq!(b.metric("shequ_chat_broker_up"), 1.0);
+        a.await_metric("shequ_chat_broker_published_total", 20.0);
+        b.await_metric("shequ_chat_broker_published_total", 1.0);
+        a.await_metric("shequ_chat_broker_received_total", 21.0);
+        b.await_metric("shequ_chat_broker_up", 1.0);
     });
 }
 
@@ -94,7 +94,7 @@ fn the_online_count_converges_and_a_crashed_instance_s_users_drop_out() {
         // after `presence_ttl_secs`.
         drop(c);
         alice.await_online(1).await;
-        assert_eq!(a.metric("shequ_chat_cluster_online_users"), 1.0);
+        a.await_metric("shequ_chat_cluster_online_users", 1.0);
         drop(dave);
     });
 }
@@ -139,8 +139,8 @@ fn a_new_connection_on_one_instance_replaces_the_old_one_on_another() {
         let seen = watcher.recv_type("chat").await;
         assert_eq!(seen["content"], "after");
         watcher.await_online(2).await;
-        assert_eq!(a.metric("shequ_chat_replaced_elsewhere_total"), 1.0);
-        assert_eq!(b.metric("shequ_chat_connections"), 1.0);
+        a.await_metric("shequ_chat_replaced_elsewhere_total", 1.0);
+        b.await_metric("shequ_chat_connections", 1.0);
     });
 }
 
@@ -200,7 +200,7 @@ fn redis_dies_and_comes_back_under_live_users() {
         redis.kill();
         a.wait_for_log("cluster: Redis at");
         b.wait_for_log("cluster: Redis at");
-        assert_eq!(a.metric("shequ_chat_broker_up"), 0.0);
+        a.await_metric("shequ_chat_broker_up", 0.0);
         // Local users are still served.
         assert!(alice.frames_until_pong().await.is_empty());
         let mut local = a.connect("local").await;
@@ -214,7 +214,7 @@ fn redis_dies_and_comes_back_under_live_users() {
         for _ in 0..2 {
             assert_eq!(alice.recv_type("error").await["code"], "unavailable");
         }
-        assert_eq!(a.metric("shequ_chat_broker_dropped_total"), 2.0);
+        a.await_metric("shequ_chat_broker_dropped_total", 2.0);
 
         // Redis comes back empty; both instances reconnect, and the outbox goes out.
         redis.restart();
@@ -232,8 +232,8 @@ fn redis_dies_and_comes_back_under_live_users() {
         }
         bob.chat_and_see("after").await;
         assert_eq!(alice.recv_type("chat").await["content"], "after");
-        assert_eq!(a.metric("shequ_chat_broker_up"), 1.0);
-        assert_eq!(b.metric("shequ_chat_broker_connects_total"), 2.0);
+        a.await_metric("shequ_chat_broker_up", 1.0);
+        b.await_metric("shequ_chat_broker_connects_total", 2.0);
         // Presence was rewritten on reconnect: alice and local on A, bob and a newcomer on B.
         let mut newcomer = b.connect("newcomer").await;
         newcomer.await_online(4).await;
@@ -258,11 +258,14 @@ fn redis_that_stops_answering_counts_as_down_and_nothing_is_published_twice() {
         redis.pause();
         alice.chat("while hung").await;
         a.wait_for_log("cluster: Redis at");
-        assert_eq!(a.metric("shequ_chat_broker_up"), 0.0);
+        a.await_metric("shequ_chat_broker_up", 0.0);
         // A still serves alice; without Redis, she sees A's own count.
         let frames = alice.frames_until_pong().await;
         assert!(chat_ids(&frames).is_empty());
-        assert_eq!(frames.last().map(|f| f["count"].clone()), Some(json!(1)), "{frames:?}");
+        // The `online` frame is coalesced, so it may come after the pong.
+        if !frames.iter().any(|f| f["type"] == "online" && f["count"] == 1) {
+            alice.await_online(1).await;
+        }
         redis.resume();
         // B may or may not have noticed (it had nothing in flight); A reconnects.
         a.wait_for_nth_log("cluster: connected to Redis", 2);
@@ -276,7 +279,7 @@ fn redis_that_stops_answering_counts_as_down_and_nothing_is_published_twice() {
             let contents: Vec<&str> = got.iter().map(|f| f["content"].as_str().unwrap()).collect();
             assert_eq!(contents, ["while hung", "after"], "each once, in order");
         }
-        assert_eq!(a.metric("shequ_chat_broker_published_total"), 2.0);
+        a.await_metric("shequ_chat_broker_published_total", 2.0);
     });
 }
 

@@ -462,5 +462,5 @@ fn a_ping_flood_without_reading_is_cut_and_memory_stays_bounded() {
     });
     let growth_kib = rss_peak.saturating_sub(rss_before);
     assert!(growth_kib < 16 * 1024, "RSS grew by {growth_kib} KiB under a ping flood");
-    assert_eq!(server.metric("shequ_chat_disconnects_total{reason=\"too_slow\"}"), 1.0);
+    server.await_metric("shequ_chat_disconnects_total{reason=\"too_slow\"}", 1.0);
 }

@@ -150,11 +150,6 @@ fn soak_over_two_instances() {
     soak_on(&[&a, &b]);
 }
 
-/// The sum of a metric over `servers`.
-fn metric_sum(servers: &[&Server], name: &str) -> f64 {
-    servers.iter().map(|s| s.metric(name)).sum()
-}
-
 /// Stayers are spread over `servers`; wanderers land on any of them at each connect.
 fn soak_on(servers: &[&Server]) {
     let secs = env_u64("SHEQU_SOAK_SECS", 30);
@@ -251,13 +246,16 @@ fn soak_on(servers: &[&Server]) {
         if stayers[0].2 != STAYERS as u64 {
             stayers[0].0.await_online(STAYERS as u64).await;
         }
-        // Alone, the server's own count; in a cluster, every instance's view of all of them.
-        let online = if servers.len() == 1 {
-            metric_sum(servers, "shequ_chat_online_users")
+        // Alone, the server's own count; in a cluster, every instance's view of all of them,
+        // which settles at each instance's next recount from Redis: awaited, not read once.
+        let name = if servers.len() == 1 {
+            "shequ_chat_online_users"
         } else {
-            metric_sum(servers, "shequ_chat_cluster_online_users") / servers.len() as f64
+            "shequ_chat_cluster_online_users"
         };
-        assert_eq!(online, STAYERS as f64, "online users");
+        for server in servers {
+            server.await_metric(name, STAYERS as f64);
+        }
         eprintln!("soak: {last} messages; every stayer got each exactly once");
         for (c, _, _) in stayers {
             c.close().await;
@@ -265,7 +263,9 @@ fn soak_on(servers: &[&Server]) {
     }));
     // The wanderers were gone before the last `online` frame, and each stayer's close handshake
     // has finished, which the server answers only after removing the connection: none is left.
-    assert_eq!(metric_sum(servers, "shequ_chat_connections"), 0.0, "connections left");
+    for server in servers {
+        server.await_metric("shequ_chat_connections", 0.0);
+    }
     for (server, warm) in servers.iter().zip(rss_warm.iter()) {
         let (warm, end) = (warm.get(), rss_kib(server.pid()));
         eprintln!("soak: RSS {warm} KiB when warm, {end} KiB after everyone left");
