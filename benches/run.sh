@@ -1,27 +1,25 @@
 #!/usr/bin/env bash
 # The whole benchmark table, side by side: shequ-chat, the Go hub it replaces, the bare
-# smol + async-tungstenite floor, and a minimal Node `ws` server. Each server runs pinned to core 0, the load generator to core 1.
+# smol + async-tungstenite floor, and a minimal Node `ws` server (the three peers are in
+# benches/peers/). Each server runs pinned to core 0, the load generator to core 1.
 # Prints one JSON line per run (also saved to benches/results.jsonl) and a Markdown table.
 #
 # Usage: benches/run.sh [REPEATS]        (default 3; the table shows medians)
-# Needs: Debian's golang-go and golang-github-gorilla-websocket-dev (installed if missing).
+# Needs nothing outside this repository: the peers are in benches/peers/ (Debian's golang-go and
+# golang-github-gorilla-websocket-dev, npm's ws and Debian's nodejs are installed if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repeats=${1:-3}
-shared=${SHARED:-../shared/reference}
 
 if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/github.com/gorilla/websocket ]; then
   apt-get update -qq && apt-get install -y -qq golang-go golang-github-gorilla-websocket-dev >/dev/null
 fi
-# Build the references outside ../shared (which stays read-only).
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cp -r "$shared/go-hub" "$shared/rust-floor" "$work/"
-(cd "$work/go-hub" && GO111MODULE=off GOPATH=/usr/share/gocode go build -o /tmp/go-hub .)
-cargo build --quiet --release --manifest-path "$work/rust-floor/Cargo.toml" \
-  --target-dir /tmp/rust-floor-target
+command -v node >/dev/null || { apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null; }
+mkdir -p target/peers
+(cd benches/peers/go-hub && GO111MODULE=off GOPATH=/usr/share/gocode go build -o ../../../target/peers/go-hub .)
 cargo build --quiet --release --workspace --bins
-[ -d benches/node-ws/node_modules/ws ] || npm ci --prefix benches/node-ws --no-audit --no-fund --silent
+[ -d benches/peers/node-ws/node_modules/ws ] ||
+  npm ci --prefix benches/peers/node-ws --no-audit --no-fund --silent
 
 out=benches/results.jsonl
 : > "$out"

@@ -12,12 +12,12 @@
 //! `--features redis`); clients are spread over the instances, and CPU and RSS are the sums over
 //! all the processes, Redis included.
 //!
-//! Servers: `shequ` (this project, `configs/bench.json`), `go-hub` and `rust-floor` (the
-//! references in `../shared/reference`, built by `benches/run.sh`), and `node-ws` (a minimal Node
-//! `ws` peer in `benches/node-ws`). All three take the same
-//! HS256 token in `?token=`. Our server wraps a message in a JSON chat frame; the references echo
-//! raw text. Either way the load generator finds the send time by the `t=` marker in the frame
-//! text, so the client does the same work for every server.
+//! Servers: `shequ` (this project, `configs/bench.json`) and three peers written for this
+//! repository in `benches/peers/` (built by `benches/run.sh`): `go-hub` (the Go hub design this
+//! project replaces), `rust-floor` (smol + async-tungstenite and nothing else) and `node-ws`
+//! (Node's `ws`). All take the same HS256 token in `?token=`, and all send every message in the
+//! same chat envelope, built once per broadcast, so frames are the same size everywhere. The load
+//! generator finds the send time by the `t=` marker in the frame text.
 //!
 //! The load generator is itself one smol thread, and async-io's helper thread can take over its
 //! sockets, after which the run measures the load generator. Each JSON line says how much CPU
@@ -169,16 +169,13 @@ impl Server {
                 command.arg(&args.server_bin).arg("--config").arg(path);
             }
             "go-hub" => {
-                command.arg("/tmp/go-hub").arg(port.to_string()).env("COALESCE", "0");
+                command.arg("target/peers/go-hub").arg(port.to_string());
             }
             "node-ws" => {
-                command.args(["node", "benches/node-ws/server.mjs", &port.to_string()]);
+                command.args(["node", "benches/peers/node-ws/server.mjs", &port.to_string()]);
             }
             "rust-floor" => {
-                command
-                    .arg("/tmp/rust-floor-target/release/rust-floor")
-                    .arg(port.to_string())
-                    .env("WS_BUF", "4096");
+                command.arg("target/release/shequ-floor").arg(port.to_string());
             }
             other => panic!("unknown server {other}"),
         }

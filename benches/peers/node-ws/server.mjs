@@ -1,6 +1,9 @@
-// A minimal Node `ws` chat peer with the same contract as the references in ../shared: /ws with
-// an HS256 `?token=` (verified with SECRET; `sub` is the user), one connection per user (a new
-// one evicts the old), every text message broadcast to everyone. For benchmarks only.
+// node-ws: a benchmark peer written for this repository, a minimal chat server on Node's `ws`.
+// The contract is shequ-chat's /ws for the load generator: an HS256 `?token=` (verified with
+// SECRET; `sub` is the user), one connection per user (a new one evicts the old), and every
+// {"type":"chat","content":C} a client sends goes to everyone, the sender included, in
+// shequ-chat's chat envelope {"type":"chat","id":N,"user_id":U,"username":U,"content":C,"ts":MS},
+// serialized once per broadcast. No validation, rate limit or history. For benchmarks only.
 // Usage: SECRET=... node server.mjs PORT
 import { createHmac, timingSafeEqual } from "node:crypto";
 import { createServer } from "node:http";
@@ -21,6 +24,19 @@ function userOf(token) {
 }
 
 const users = new Map();
+let lastId = 0;
+
+// What a client sent ({"type":"chat","content":C}), in the frame every receiver gets: built once,
+// sent to all.
+function envelope(user, text) {
+  let content = "";
+  try { content = String(JSON.parse(text).content ?? ""); } catch { /* not JSON: empty */ }
+  const who = JSON.stringify(user);
+  lastId += 1;
+  return `{"type":"chat","id":${lastId},"user_id":${who},"username":${who},` +
+    `"content":${JSON.stringify(content)},"ts":${Date.now()}}`;
+}
+
 const server = createServer((req, res) => { res.writeHead(404); res.end(); });
 const wss = new WebSocketServer({ noServer: true });
 server.on("upgrade", (req, socket, head) => {
@@ -35,8 +51,8 @@ server.on("upgrade", (req, socket, head) => {
     users.set(user, ws);
     ws.on("message", (data, isBinary) => {
       if (isBinary) return;
-      const text = data.toString();
-      for (const client of wss.clients) client.send(text);
+      const frame = envelope(user, data.toString());
+      for (const client of wss.clients) client.send(frame);
     });
     ws.on("close", () => { if (users.get(user) === ws) users.delete(user); });
   });
