@@ -3,37 +3,50 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
 use serde_json::json;
 
-#[test]
-fn two_users_chat_in_chromium() {
-    let server = Server::start(json!({"log_level": "info"}));
-    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = here.join("tests/browser/chat.mjs");
+/// Runs a script of `tests/browser/` in Node against `server` with `args` after its URL; returns
+/// its output, failing the test if the script failed. Its screenshot is named in the CI log.
+fn run_in_chromium(script: &str, server: &Server, args: &[&str], screenshot: &Path) -> String {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     assert!(
         here.join("tests/browser/node_modules/playwright-core").is_dir(),
         "playwright-core is missing: run .ci/setup (or npm ci --prefix tests/browser)"
     );
-    let screenshot = here.join("target/chat-screenshot.png");
-    let base = format!("http://{}", server.addr);
     let out = Command::new("node")
-        .arg(&script)
-        .args([&base, &token("1", 3600), &token("2", 3600)])
-        .arg(&screenshot)
-        .arg(token("3", 15)) // expires during the run: the page must ask for a new token
+        .arg(here.join("tests/browser").join(script))
+        .arg(format!("http://{}", server.addr))
+        .args(args)
+        .arg(screenshot)
         .output()
         .expect("node (run .ci/setup)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("{stdout}");
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("screenshot: "), "{stdout}");
     assert!(screenshot.is_file());
     // Straight to stderr, past the test harness's capture, so the CI log names the artifact.
     let line = format!("browser test screenshot (CI artifact): {}\n", screenshot.display());
     let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    stdout
+}
+
+fn screenshot_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join(name)
+}
+
+#[test]
+fn two_users_chat_in_chromium() {
+    let server = Server::start(json!({"log_level": "info"}));
+    // The third token expires during the run: that page must ask for a new one.
+    let tokens = [token("1", 3600), token("2", 3600), token("3", 15)];
+    let tokens = tokens.each_ref().map(String::as_str);
+    let screenshot = screenshot_path("chat-screenshot.png");
+    let stdout = run_in_chromium("chat.mjs", &server, &tokens, &screenshot);
+    assert!(stdout.contains("an expired session asks for a new token"), "{stdout}");
 }
 
 #[test]
@@ -83,18 +96,9 @@ fn the_page_on_a_phone_with_bad_tokens_and_after_the_idle_timeout() {
         "log_level": "info",
         "idle": {"timeout_secs": 2, "check_interval_secs": 1}
     }));
-    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let screenshot = here.join("target/chat-phone-screenshot.png");
     let expired = sign_hs256(json!({"sub": "4", "exp": unix_now() - 3600}));
-    let out = Command::new("node")
-        .arg(here.join("tests/browser/states.mjs"))
-        .args([&format!("http://{}", server.addr), &token("4", 3600), &expired])
-        .arg(&screenshot)
-        .output()
-        .expect("node (run .ci/setup)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stdout}");
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let screenshot = screenshot_path("chat-phone-screenshot.png");
+    let stdout =
+        run_in_chromium("states.mjs", &server, &[&token("4", 3600), &expired], &screenshot);
     assert!(stdout.contains("said in words, no retry"), "{stdout}");
-    assert!(screenshot.is_file());
 }

@@ -1,17 +1,12 @@
 // Two users chat in the page in real Chromium; one reloads and misses nothing; a third tab
 // replaces the first; user content is shown as text. Exit code 0 when every check passed.
-// Usage: node chat.mjs BASE_URL TOKEN_ALICE TOKEN_BOB SCREENSHOT_PATH TOKEN_SHORT_LIVED
+// Usage: node chat.mjs BASE_URL TOKEN_ALICE TOKEN_BOB TOKEN_SHORT_LIVED SCREENSHOT_PATH
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
+import { TIMEOUT, launch } from "./launch.mjs";
 
-const [base, alice, bob, screenshot, shortLived] = process.argv.slice(2);
-const TIMEOUT = 20000;
+const [base, alice, bob, shortLived, screenshot] = process.argv.slice(2);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"],
-});
+const browser = await launch();
 try {
   const context = await browser.newContext();
   const open = async (token) => {

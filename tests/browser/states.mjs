@@ -3,30 +3,27 @@
 // Usage: node states.mjs BASE_URL TOKEN EXPIRED_TOKEN PHONE_SCREENSHOT_PATH
 // The server behind BASE_URL closes idle connections after a second or two.
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
+import { TIMEOUT, launch } from "./launch.mjs";
 
 const [base, good, expired, screenshot] = process.argv.slice(2);
-const TIMEOUT = 20000;
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"],
+// Counts the page's WebSocket attempts in window.__sockets, to see whether it retries.
+const countSockets = (page) => page.addInitScript(() => {
+  window.__sockets = 0;
+  const Real = window.WebSocket;
+  window.WebSocket = function (...args) { window.__sockets++; return new Real(...args); };
+  window.WebSocket.prototype = Real.prototype;
+  Object.assign(window.WebSocket, { OPEN: Real.OPEN, CLOSED: Real.CLOSED });
 });
+
+const browser = await launch();
 try {
   // A 320 px phone: nothing scrolls sideways, every control is whole and finger-sized.
   const phone = await browser.newContext({ viewport: { width: 320, height: 640 }, hasTouch: true,
                                            isMobile: true, deviceScaleFactor: 2 });
   const page = await phone.newPage();
   page.setDefaultTimeout(TIMEOUT);
-  // Count the page's WebSocket attempts, to see that it stops retrying.
-  await page.addInitScript(() => {
-    window.__sockets = 0;
-    const Real = window.WebSocket;
-    window.WebSocket = function (...args) { window.__sockets++; return new Real(...args); };
-    window.WebSocket.prototype = Real.prototype;
-    Object.assign(window.WebSocket, { OPEN: Real.OPEN, CLOSED: Real.CLOSED });
-  });
+  await countSockets(page);
   await page.goto(`${base}/#token=${good}`);
   await page.locator("#status", { hasText: "Connected as" }).waitFor();
   const width = await page.evaluate(() => document.documentElement.scrollWidth);
@@ -56,12 +53,7 @@ try {
   for (const [token, words] of [[expired, "token expired"], ["not.a.jwt", "invalid token"]]) {
     const p = await phone.newPage();
     p.setDefaultTimeout(TIMEOUT);
-    await p.addInitScript(() => {
-      window.__sockets = 0;
-      const Real = window.WebSocket;
-      window.WebSocket = function (...args) { window.__sockets++; return new Real(...args); };
-      window.WebSocket.prototype = Real.prototype;
-    });
+    await countSockets(p);
     await p.goto(`${base}/#token=${token}`);
     await p.locator("#status", { hasText: words }).waitFor();
     await p.waitForTimeout(2000); // the first retry would come within a second
