@@ -18,6 +18,12 @@
 //! A `disconnect` for a connection the hub no longer knows (it was replaced, and its task ended
 //! afterwards) is harmless and does nothing.
 //!
+//! **Time is per connection and per user.** Each connection has one heartbeat deadline (its next
+//! Ping, or the end of its allowed silence), so a silent client is closed `pong_timeout` after
+//! its own last frame, and first Pings are spread over the interval. A user whose last
+//! connection closes keeps counting as online for `presence_grace`: a browser refresh closes the
+//! old page's socket before the new page connects, and nobody should see that.
+//!
 //! **In a cluster** ([`HubConfig::cluster`]) ids come from Redis, so an accepted message is not
 //! broadcast at once: it leaves as [`Effect::Publish`] and comes back through [`Hub::deliver`],
 //! like every other instance's messages, in id order. The hub also reports its users coming and
