@@ -437,7 +437,7 @@ async fn session(
             load.cmd("SCRIPT").arg("LOAD").arg(lua.code()).ignore();
         }
         load.exec_async(&mut commands).await?;
-        let last = shell.hub.borrow().last_message_id();
+        let last = shell.hub().last_message_id();
         let mut floor = broker.script(Lua::Floor);
         floor.arg(2).arg(&broker.keys.id).arg(&broker.keys.stream).arg(last);
         floor.exec_async(&mut commands).await?;
@@ -577,7 +577,7 @@ fn on_push(shell: &Shell, broker: &Broker, push: PushInfo) -> Result<bool, Lost>
             {
                 if instance == broker.instance {
                     if let Ok(conn) = conn.parse() {
-                        shell.hub.borrow_mut().announced(conn);
+                        shell.apply(|hub, now| hub.announced(now, conn));
                     }
                 } else {
                     let user = user.to_owned();
@@ -606,7 +606,7 @@ async fn catch_up(
     if broker.history_size == 0 {
         return Ok(());
     }
-    let last = shell.hub.borrow().last_message_id();
+    let last = shell.hub().last_message_id();
     let stream = &broker.keys.stream;
     if broker.stats.borrow().connects == 0 {
         let mut tail: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
@@ -620,7 +620,7 @@ async fn catch_up(
         tail.reverse();
         let messages: Vec<(u64, Utf8Bytes)> = tail.into_iter().filter_map(entry).collect();
         debug!("cluster: {} messages of history from Redis", messages.len());
-        shell.hub.borrow_mut().restore(messages);
+        shell.apply(|hub, now| hub.restore(now, messages));
     } else {
         let after: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
             .arg(stream)
@@ -657,7 +657,7 @@ async fn rewrite_presence(
     pipe.atomic();
     pipe.cmd("DEL").arg(&keys.mine).ignore();
     {
-        let hub = shell.hub.borrow();
+        let hub = shell.hub();
         let users: Vec<&str> = hub.local_users().collect();
         for chunk in users.chunks(1000) {
             pipe.cmd("SADD").arg(&keys.mine).arg(chunk).ignore();

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::hub::HubConfig;
+
 /// The environment variable that holds the JWT secret; it wins over the file.
 pub const SECRET_ENV: &str = "SHEQU_CHAT_JWT_SECRET";
 /// The environment variable that sets the log level; it wins over `log_level`.
@@ -337,6 +339,34 @@ impl std::error::Error for ConfigError {}
 
 fn invalid(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
+}
+
+/// The hub's settings from the file's. The conversion lives here, on the configuration side, so
+/// that the hub does not depend on the file format.
+impl From<&Config> for HubConfig {
+    fn from(c: &Config) -> HubConfig {
+        HubConfig {
+            max_connections: c.limits.max_connections,
+            max_connections_per_user: c.limits.max_connections_per_user,
+            max_connections_per_ip: c.limits.max_connections_per_ip,
+            send_queue: c.limits.send_queue,
+            rate_per_sec: c.limits.rate_per_sec,
+            rate_burst: c.limits.rate_burst,
+            violations_before_close: c.limits.violations_before_close,
+            ping_interval: Duration::from_secs(c.heartbeat.ping_interval_secs),
+            pong_timeout: Duration::from_secs(c.heartbeat.pong_timeout_secs),
+            idle_timeout: (c.idle.timeout_secs > 0)
+                .then(|| Duration::from_secs(c.idle.timeout_secs)),
+            idle_check_interval: Duration::from_secs(c.idle.check_interval_secs),
+            presence_interval: Duration::from_millis(c.presence_interval_ms),
+            presence_grace: Duration::from_millis(c.presence.grace_ms),
+            token_leeway: Duration::from_secs(c.auth.leeway_secs),
+            history_size: c.history.size,
+            history_on_join: c.history.on_join,
+            persist_history: c.history.file.is_some(),
+            cluster: c.cluster.is_some(),
+        }
+    }
 }
 
 /// The origin the production template allows until it is edited: `--check-config` (and so the

@@ -40,7 +40,8 @@ use std::time::{Duration, Instant};
 use async_tungstenite::tungstenite::Utf8Bytes;
 use log::debug;
 
-use crate::config::Config;
+use self::timers::{Timer, TimerTable};
+
 use crate::outbox::{Frame, OutboxRx, OutboxTx, outbox};
 use crate::protocol::{ChatHead, CloseReason, ProtocolError, ServerMessage};
 
@@ -74,7 +75,8 @@ pub struct Identity {
     pub expires_unix_secs: u64,
 }
 
-/// The hub's settings, taken from [`Config`].
+/// The hub's settings, taken from the configuration file by `HubConfig::from(&Config)` in
+/// `config.rs`: the hub does not know the file format.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
     pub max_connections: usize,
@@ -105,32 +107,6 @@ pub struct HubConfig {
     pub persist_history: bool,
     /// Part of a cluster: see the module documentation.
     pub cluster: bool,
-}
-
-impl From<&Config> for HubConfig {
-    fn from(c: &Config) -> HubConfig {
-        HubConfig {
-            max_connections: c.limits.max_connections,
-            max_connections_per_user: c.limits.max_connections_per_user,
-            max_connections_per_ip: c.limits.max_connections_per_ip,
-            send_queue: c.limits.send_queue,
-            rate_per_sec: c.limits.rate_per_sec,
-            rate_burst: c.limits.rate_burst,
-            violations_before_close: c.limits.violations_before_close,
-            ping_interval: Duration::from_secs(c.heartbeat.ping_interval_secs),
-            pong_timeout: Duration::from_secs(c.heartbeat.pong_timeout_secs),
-            idle_timeout: (c.idle.timeout_secs > 0)
-                .then(|| Duration::from_secs(c.idle.timeout_secs)),
-            idle_check_interval: Duration::from_secs(c.idle.check_interval_secs),
-            presence_interval: Duration::from_millis(c.presence_interval_ms),
-            presence_grace: Duration::from_millis(c.presence.grace_ms),
-            token_leeway: Duration::from_secs(c.auth.leeway_secs),
-            history_size: c.history.size,
-            history_on_join: c.history.on_join,
-            persist_history: c.history.file.is_some(),
-            cluster: c.cluster.is_some(),
-        }
-    }
 }
 
 /// What the event loop must do after an input.
@@ -260,8 +236,6 @@ struct Presence {
     /// The count in the last `online` frame.
     last_sent: usize,
     last_sent_at: Option<Instant>,
-    /// When a coalesced `online` frame is due.
-    flush_at: Option<Instant>,
     /// A `welcome` since the last `online` frame carried a count other than `last_sent`: the
     /// next flush must go out even if the count has come back to `last_sent`.
     welcome_differs: bool,
@@ -293,18 +267,22 @@ pub struct Hub {
     beats: BTreeSet<(Instant, ConnId)>,
     /// Users whose departure is held for the presence grace, earliest first.
     departures: BTreeSet<(Instant, Rc<str>)>,
-    /// When users who have left and whose limiter state has run out are next forgotten.
+    /// When users who have left and whose limiter state has run out are next forgotten (every
+    /// ping interval; always armed).
     next_sweep: Instant,
-    next_idle_check: Option<Instant>,
+    timers: TimerTable,
     stats: Stats,
 }
 
 impl Hub {
     pub fn new(config: HubConfig, now: Now) -> Hub {
-        let next_idle_check = config.idle_timeout.map(|_| now.at + config.idle_check_interval);
+        let mut timers = TimerTable::default();
+        if config.idle_timeout.is_some() {
+            timers.set(Timer::IdleCheck, now.at + config.idle_check_interval);
+        }
         Hub {
             next_sweep: now.at + config.ping_interval,
-            next_idle_check,
+            timers,
             config,
             conns: HashMap::new(),
             users: HashMap::new(),
@@ -313,12 +291,7 @@ impl Hub {
             next_conn: 1,
             last_message_id: 0,
             history: VecDeque::new(),
-            presence: Presence {
-                last_sent: 0,
-                last_sent_at: None,
-                flush_at: None,
-                welcome_differs: false,
-            },
+            presence: Presence { last_sent: 0, last_sent_at: None, welcome_differs: false },
             expiries: BTreeSet::new(),
             ips: HashMap::new(),
             beats: BTreeSet::new(),
@@ -355,7 +328,8 @@ impl Hub {
 
     /// Registers a new connection for a verified user. When the user is at
     /// `max_connections_per_user`, the oldest of their connections is removed first and returned
-    /// in [`Connected::effects`] to be closed with 4001; the online count does not change.
+    /// in [`Connected::effects`] to be closed with [`CloseReason::Replaced`]; the online count
+    /// does not change.
     ///
     /// The new connection's queue starts with `welcome` and then the history it should see: the
     /// messages after `since` when the history still holds them all (`"recovered": true`), or
@@ -506,14 +480,19 @@ impl Hub {
     }
 
     /// Cluster: this connection's [`Effect::Announce`] came back through Redis.
-    pub fn announced(&mut self, conn: ConnId) {
+    ///
+    /// Like every input it takes the time and returns effects, though it has none today: a
+    /// later effect of it cannot be dropped by a caller that did not expect one.
+    pub fn announced(&mut self, _now: Now, conn: ConnId) -> Vec<Effect> {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.announced = true;
         }
+        Vec::new()
     }
 
     /// Cluster: `user` connected to another instance. Their connections here that Redis
-    /// announced before that connection are older, and close with 4001; one whose announcement
+    /// announced before that connection are older, and close ([`CloseReason::Replaced`]); one
+    /// whose announcement
     /// is still on its way is newer, and stays (the other instance closes its own when the
     /// announcement reaches it). Every instance sees announcements in the same order, so exactly
     /// one connection survives.
@@ -597,10 +576,10 @@ impl Hub {
             self.next_sweep = now.at + self.config.ping_interval;
             self.forget_departed(now);
         }
-        if let (Some(at), Some(timeout)) = (self.next_idle_check, self.config.idle_timeout)
-            && now.at >= at
+        if let Some(timeout) = self.config.idle_timeout
+            && self.timers.is_due(Timer::IdleCheck, now.at)
         {
-            self.next_idle_check = Some(now.at + self.config.idle_check_interval);
+            self.timers.set(Timer::IdleCheck, now.at + self.config.idle_check_interval);
             let idle = |c: &Conn| now.at.saturating_duration_since(c.last_chat) >= timeout;
             self.remove_where(now, idle, CloseReason::Idle, &mut effects);
         }
@@ -614,7 +593,7 @@ impl Hub {
             }
             self.depart(user, &mut effects);
         }
-        if self.presence.flush_at.is_some_and(|at| now.at >= at) {
+        if self.timers.is_due(Timer::PresenceFlush, now.at) {
             self.flush_presence(now, &mut effects);
         }
         self.presence_if_changed(now, &mut effects);
@@ -625,8 +604,7 @@ impl Hub {
     pub fn poll_timeout(&self) -> Instant {
         let mut next = self.next_sweep;
         for at in [
-            self.next_idle_check,
-            self.presence.flush_at,
+            self.timers.next(),
             self.expiries.first().map(|&(at, _)| at),
             self.beats.first().map(|&(at, _)| at),
             self.departures.first().map(|(at, _)| *at),
@@ -676,13 +654,18 @@ impl Hub {
     /// Fills the history from a previous run, or in a cluster from Redis, (oldest first) and
     /// continues ids after the last. Nothing is broadcast: for start-up. Ids not above the last
     /// one held are skipped, so restoring twice does not duplicate.
-    pub fn restore(&mut self, messages: impl IntoIterator<Item = (u64, Utf8Bytes)>) {
+    pub fn restore(
+        &mut self,
+        _now: Now,
+        messages: impl IntoIterator<Item = (u64, Utf8Bytes)>,
+    ) -> Vec<Effect> {
         for (id, text) in messages {
             if id > self.last_message_id {
                 self.last_message_id = id;
                 self.remember(id, text);
             }
         }
+        Vec::new()
     }
 
     fn remember(&mut self, id: u64, text: Utf8Bytes) {
@@ -695,7 +678,7 @@ impl Hub {
         self.history.push_back((id, text));
     }
 
-    /// Removes every connection, to be closed with 1001.
+    /// Removes every connection, to be closed with [`CloseReason::Shutdown`].
     pub fn shutdown(&mut self, now: Now) -> Vec<Effect> {
         let all: Vec<ConnId> = self.conns.keys().copied().collect();
         let mut effects = Vec::new();
@@ -773,12 +756,13 @@ impl Hub {
         effects.push(Effect::Close { conn, outbox: c.outbox, reason });
     }
 
-    /// Queues a frame for one connection, or closes it with 4004 when its queue is full.
+    /// Queues a text frame for one connection (see [`push_or_close`](Self::push_or_close)).
     fn send_to(&mut self, now: Now, conn: ConnId, json: String, effects: &mut Vec<Effect>) {
         self.push_or_close(now, conn, Frame::Text(json.into()), effects);
     }
 
-    /// Queues a frame for one connection, or closes it with 4004 when its queue is full.
+    /// Queues a frame for one connection, or closes it with [`CloseReason::TooSlow`] when its
+    /// queue is full.
     fn push_or_close(&mut self, now: Now, conn: ConnId, frame: Frame, effects: &mut Vec<Effect>) {
         if let Some(c) = self.conns.get(&conn) {
             if c.outbox.len() >= self.config.send_queue {
@@ -802,7 +786,8 @@ impl Hub {
     }
 
     /// Queues one frame for every connection. The bytes are shared, not copied. A receiver whose
-    /// queue is full is closed with 4004 rather than skipped, so no one loses messages silently.
+    /// queue is full is closed ([`CloseReason::TooSlow`]) rather than skipped, so no one loses
+    /// messages silently.
     /// Returns how many receivers it was queued for.
     fn broadcast(&mut self, now: Now, frame: Frame, effects: &mut Vec<Effect>) -> u64 {
         let send_queue = self.config.send_queue;
@@ -864,7 +849,7 @@ impl Hub {
     }
 
     /// Answers a bad frame with an `error` frame and counts it against the user; too many within
-    /// [`VIOLATION_WINDOW`] close the connection with 1008.
+    /// [`VIOLATION_WINDOW`] close the connection ([`CloseReason::Policy`]).
     fn violation(
         &mut self,
         now: Now,
@@ -941,7 +926,7 @@ impl Hub {
     /// The online count may have changed: send it now if the last `online` frame is old enough,
     /// or schedule one frame for when it is.
     fn presence_changed(&mut self, now: Now, effects: &mut Vec<Effect>) {
-        if self.presence.flush_at.is_some() {
+        if self.timers.is_armed(Timer::PresenceFlush) {
             return;
         }
         let due =
@@ -949,7 +934,7 @@ impl Hub {
         if now.at >= due {
             self.flush_presence(now, effects);
         } else {
-            self.presence.flush_at = Some(due);
+            self.timers.set(Timer::PresenceFlush, due);
         }
     }
 
@@ -960,7 +945,7 @@ impl Hub {
     }
 
     fn flush_presence(&mut self, now: Now, effects: &mut Vec<Effect>) {
-        self.presence.flush_at = None;
+        self.timers.stop(Timer::PresenceFlush);
         let online = self.shown_online();
         if online != self.presence.last_sent || self.presence.welcome_differs {
             self.presence.welcome_differs = false;
@@ -1040,3 +1025,4 @@ fn token_deadline(now: Now, exp_unix_secs: u64, leeway: Duration) -> Instant {
 
 #[cfg(test)]
 mod tests;
+mod timers;

@@ -78,7 +78,9 @@ pub(crate) fn now() -> Now {
 
 /// State shared by every task on the event loop.
 pub(crate) struct Shell {
-    pub(crate) hub: RefCell<Hub>,
+    /// Private: every input goes through [`Shell::apply`] (or [`Shell::connect`]), every read
+    /// through [`Shell::hub`]. Nothing else in the crate can reach the hub mutably.
+    hub: RefCell<Hub>,
     verifier: Verifier,
     config: Config,
     ws_config: WebSocketConfig,
@@ -104,6 +106,11 @@ impl Shell {
     pub(crate) fn apply(&self, step: impl FnOnce(&mut Hub, Now) -> Vec<Effect>) {
         let effects = step(&mut self.hub.borrow_mut(), now());
         self.perform(effects);
+    }
+
+    /// The hub, to read. Held only for the read: never across an `.await`.
+    pub(crate) fn hub(&self) -> std::cell::Ref<'_, Hub> {
+        self.hub.borrow()
     }
 
     fn perform(&self, effects: Vec<Effect>) {
@@ -289,16 +296,15 @@ pub fn run(
     let (rearm, rearm_rx) = async_channel::bounded(1);
     let start = now();
     let shutdown_grace = config.shutdown_grace();
-    let mut hub = Hub::new(HubConfig::from(&config), start);
-    let history = match &config.history.file {
+    let hub = Hub::new(HubConfig::from(&config), start);
+    let (history, restored) = match &config.history.file {
         Some(path) => {
             let loaded = HistoryFile::open(path, config.history.fsync, config.history.size)
                 .map_err(|e| ConfigError(format!("history.file {}: {e}", path.display())))?;
             info!("history: {} messages from {}", loaded.messages.len(), path.display());
-            hub.restore(loaded.messages);
-            Some(loaded.file)
+            (Some(loaded.file), loaded.messages)
         }
-        None => None,
+        None => (None, Vec::new()),
     };
     let sync_history = history.is_some() && config.history.fsync == Fsync::Interval;
     #[cfg(feature = "redis")]
@@ -322,6 +328,7 @@ pub fn run(
         #[cfg(feature = "redis")]
         broker,
     });
+    shell.apply(|hub, now| hub.restore(now, restored));
     // Logged once everything is loaded: from this line on, the server answers.
     let addr = |l: &Async<TcpListener>| l.get_ref().local_addr().map(|a| a.to_string());
     info!(

@@ -310,7 +310,8 @@ impl Model {
             }
             Op::AnnounceBack => {
                 if let Some(conn) = self.announcements.pop_front() {
-                    self.hub.announced(conn);
+                    let effects = self.hub.announced(self.now, conn);
+                    self.perform(effects);
                     let c = self.conn(conn);
                     c.announced = c.closed.is_none();
                 }

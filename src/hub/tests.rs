@@ -713,8 +713,10 @@ fn restored_history_continues_ids_and_persists_new_ones() {
     let old: Vec<(u64, Utf8Bytes)> = (40..=42)
         .map(|id| (id, Utf8Bytes::from(format!(r#"{{"type":"chat","id":{id}}}"#))))
         .collect();
-    h.hub.restore(old.clone());
-    h.hub.restore(old);
+    let effects = h.hub.restore(h.now, old.clone());
+    h.perform(effects);
+    let effects = h.hub.restore(h.now, old);
+    h.perform(effects);
     assert_eq!(h.hub.history_len(), 3, "restoring twice holds each message once");
     let c = h.connect_since("back", 40);
     h.chat(c, "new");
@@ -863,7 +865,8 @@ fn cluster_replacement_closes_only_connections_announced_before() {
     let mut h = cluster();
     let old = h.connect("u");
     assert_eq!(h.announced, vec![("u".to_string(), old)]);
-    h.hub.announced(old);
+    let effects = h.hub.announced(h.now, old);
+    h.perform(effects);
     // `u` connected elsewhere after `old` was announced: `old` is older, and goes.
     let effects = h.hub.joined_elsewhere(h.now, "u");
     h.perform(effects);
@@ -881,7 +884,8 @@ fn cluster_replacement_closes_only_connections_announced_before() {
     // Unknown users and connections are ignored.
     let effects = h.hub.joined_elsewhere(h.now, "nobody");
     h.perform(effects);
-    h.hub.announced(old);
+    let effects = h.hub.announced(h.now, old);
+    h.perform(effects);
 }
 
 #[test]
