@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
+use ct_codecs::{Base64, Decoder as _};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
-use jwt_simple::reexports::ct_codecs::{Base64, Decoder as _};
 
 /// Largest request head accepted; a longer one gets 431.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;

@@ -101,7 +101,7 @@ pub struct BrokerStats {
 pub struct Snapshot<'a> {
     pub stats: &'a Stats,
     pub connections: usize,
-    /// Distinct users here; in a cluster, `cluster_online` has everyone.
+    /// Distinct users here; in a cluster, `shown_online` has everyone.
     pub online: usize,
     /// The online count clients see: in a cluster, all instances'.
     pub shown_online: usize,

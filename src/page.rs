@@ -4,7 +4,7 @@
 //! files in `src/page/`. Its Content-Security-Policy allows exactly that inline style and script
 //! (by hash), connections to this origin (the WebSocket), and nothing else.
 
-use jwt_simple::reexports::ct_codecs::{Base64, Encoder as _};
+use ct_codecs::{Base64, Encoder as _};
 
 const HTML: &str = include_str!("page/chat.html");
 const STYLE: &str = include_str!("page/chat.css");

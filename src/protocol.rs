@@ -148,7 +148,8 @@ impl ServerMessage<'_> {
 }
 
 /// A `chat` frame without its id: everything known when a message is accepted. The id goes last,
-/// appended by [`ChatHead::with_id`]; in a cluster, Redis appends it to the same bytes (see
+/// appended by [`ChatHead::into_frame`] (or [`ChatHead::with_id`], which keeps the head); in a
+/// cluster, Redis appends it to the same bytes (see
 /// `cluster.rs`), so both paths send the same frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatHead(String);
