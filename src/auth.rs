@@ -17,7 +17,7 @@ use crate::hub::Identity;
 /// Longest token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 4096;
 
-/// Why a token was refused (counted as `metrics::AuthFailure`).
+/// Why a token was refused (answered and counted as `http::Refusal::Token`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthError {
     Missing,

@@ -9,6 +9,9 @@ use std::time::Duration;
 use ct_codecs::{Base64, Decoder as _};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
 
+use crate::auth::AuthError;
+use crate::hub::Refused;
+
 /// Largest request head accepted; a longer one gets 431.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
 /// Most header lines accepted; more gets 431.
@@ -70,43 +73,162 @@ impl Request {
     /// Checks the headers of a WebSocket upgrade (RFC 6455 section 4.2.1) and returns the key.
     pub fn websocket_key(&self) -> Result<&str, Refusal> {
         if self.method != "GET" {
-            return Err(Refusal::new(405, "use GET to open a WebSocket"));
+            return Err(Refusal::UseGetForWebSocket);
         }
         if !self.header_has_token("upgrade", "websocket")
             || !self.header_has_token("connection", "upgrade")
         {
-            return Err(Refusal::new(400, "expected a WebSocket upgrade request"));
+            return Err(Refusal::NotAnUpgrade);
         }
         if self.header("sec-websocket-version").map(str::trim) != Some("13") {
-            return Err(Refusal {
-                status: 426,
-                message: "unsupported WebSocket version; use 13",
-                extra_headers: "Sec-WebSocket-Version: 13\r\n",
-            });
+            return Err(Refusal::WebSocketVersion);
         }
         let key = self.header("sec-websocket-key").map(str::trim).unwrap_or("");
         match Base64::decode_to_vec(key, None) {
             Ok(raw) if raw.len() == 16 => Ok(key),
-            _ => Err(Refusal::new(400, "bad Sec-WebSocket-Key")),
+            _ => Err(Refusal::BadKey),
         }
     }
 }
 
-/// A request refused before any upgrade, answered with a status and a one-line reason.
+/// A request refused before any upgrade: the one type that says what the client is told (a
+/// status, a one-line reason, sometimes a header) and how the refusal is counted
+/// (`shequ_chat_refusals_total{reason}`, and for token and origin refusals also
+/// `shequ_chat_auth_failures_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refusal {
-    pub status: u16,
-    pub message: &'static str,
-    pub extra_headers: &'static str,
+pub enum Refusal {
+    /// Not an HTTP/1.1 request head.
+    Malformed,
+    /// Over [`MAX_HEAD_BYTES`] or [`MAX_HEADERS`].
+    HeadTooLarge,
+    /// Not `GET` on `/`, `/healthz` or `/metrics`.
+    UseGet,
+    /// Not `GET` on `/ws`.
+    UseGetForWebSocket,
+    NotFound,
+    /// `Upgrade: websocket` without `Connection: Upgrade`.
+    NotAnUpgrade,
+    /// `Sec-WebSocket-Version` other than 13.
+    WebSocketVersion,
+    BadKey,
+    /// A token in the query and another in `Authorization`.
+    TokensDiffer,
+    Token(AuthError),
+    /// `Origin` not in `allowed_origins`.
+    Origin,
+    /// `limits.max_connections` are open.
+    Capacity,
+    /// `limits.max_connections_per_ip` are open from this address.
+    IpLimit,
 }
 
 impl Refusal {
-    pub const fn new(status: u16, message: &'static str) -> Refusal {
-        Refusal { status, message, extra_headers: "" }
+    /// Every `reason` label of `shequ_chat_refusals_total`, in [`index`](Self::index) order.
+    pub const LABELS: [&'static str; 14] = [
+        "malformed",
+        "too_large",
+        "method",
+        "not_found",
+        "not_an_upgrade",
+        "websocket_version",
+        "bad_key",
+        "tokens_differ",
+        "missing",
+        "invalid",
+        "expired",
+        "origin",
+        "capacity",
+        "ip_limit",
+    ];
+    /// Every `reason` label of `shequ_chat_auth_failures_total`, in
+    /// [`auth_index`](Self::auth_index) order.
+    pub const AUTH_LABELS: [&'static str; 4] = ["missing", "invalid", "expired", "origin"];
+
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::Malformed
+            | Refusal::NotAnUpgrade
+            | Refusal::BadKey
+            | Refusal::TokensDiffer => 400,
+            Refusal::Token(_) => 401,
+            Refusal::Origin => 403,
+            Refusal::NotFound => 404,
+            Refusal::UseGet | Refusal::UseGetForWebSocket => 405,
+            Refusal::WebSocketVersion => 426,
+            Refusal::HeadTooLarge => 431,
+            Refusal::Capacity | Refusal::IpLimit => 503,
+        }
+    }
+
+    /// The one-line reason, the response's body.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::Malformed => "malformed HTTP request",
+            Refusal::HeadTooLarge => "request head too large",
+            Refusal::UseGet => "use GET",
+            Refusal::UseGetForWebSocket => "use GET to open a WebSocket",
+            Refusal::NotFound => "not found",
+            Refusal::NotAnUpgrade => "expected a WebSocket upgrade request",
+            Refusal::WebSocketVersion => "unsupported WebSocket version; use 13",
+            Refusal::BadKey => "bad Sec-WebSocket-Key",
+            Refusal::TokensDiffer => "token in query and Authorization header differ",
+            Refusal::Token(e) => e.message(),
+            Refusal::Origin => "origin not allowed",
+            Refusal::Capacity => "server full; try again later",
+            Refusal::IpLimit => "too many connections from your address",
+        }
+    }
+
+    /// Its label in [`LABELS`](Self::LABELS).
+    pub fn index(self) -> usize {
+        match self {
+            Refusal::Malformed => 0,
+            Refusal::HeadTooLarge => 1,
+            Refusal::UseGet | Refusal::UseGetForWebSocket => 2,
+            Refusal::NotFound => 3,
+            Refusal::NotAnUpgrade => 4,
+            Refusal::WebSocketVersion => 5,
+            Refusal::BadKey => 6,
+            Refusal::TokensDiffer => 7,
+            Refusal::Token(AuthError::Missing) => 8,
+            Refusal::Token(AuthError::Invalid(_)) => 9,
+            Refusal::Token(AuthError::Expired) => 10,
+            Refusal::Origin => 11,
+            Refusal::Capacity => 12,
+            Refusal::IpLimit => 13,
+        }
+    }
+
+    /// Its label in [`AUTH_LABELS`](Self::AUTH_LABELS), when it is a token or origin refusal.
+    pub fn auth_index(self) -> Option<usize> {
+        match self {
+            Refusal::Token(AuthError::Missing) => Some(0),
+            Refusal::Token(AuthError::Invalid(_)) | Refusal::TokensDiffer => Some(1),
+            Refusal::Token(AuthError::Expired) => Some(2),
+            Refusal::Origin => Some(3),
+            _ => None,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        Refusal::LABELS[self.index()]
     }
 
     pub fn to_response(self) -> String {
-        response(self.status, "text/plain; charset=utf-8", self.extra_headers, self.message)
+        let extra = match self {
+            Refusal::WebSocketVersion => "Sec-WebSocket-Version: 13\r\n",
+            _ => "",
+        };
+        response(self.status(), "text/plain; charset=utf-8", extra, self.message())
+    }
+}
+
+impl From<Refused> for Refusal {
+    fn from(refused: Refused) -> Refusal {
+        match refused {
+            Refused::Capacity => Refusal::Capacity,
+            Refused::IpLimit => Refusal::IpLimit,
+        }
     }
 }
 
@@ -304,11 +426,11 @@ mod tests {
         assert_eq!(ok.websocket_key(), Ok("dGhlIHNhbXBsZSBub25jZQ=="));
         let v8 =
             head("Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n");
-        assert_eq!(v8.websocket_key().unwrap_err().status, 426);
+        assert_eq!(v8.websocket_key().unwrap_err().status(), 426);
         let bad_key = head("Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n");
-        assert_eq!(bad_key.websocket_key().unwrap_err().status, 400);
+        assert_eq!(bad_key.websocket_key().unwrap_err().status(), 400);
         let (plain, _) = parse("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(plain.websocket_key().unwrap_err().status, 400);
+        assert_eq!(plain.websocket_key().unwrap_err().status(), 400);
         assert!(
             switching_protocols("dGhlIHNhbXBsZSBub25jZQ==")
                 .contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")

@@ -11,74 +11,33 @@
 use std::cell::Cell;
 use std::fmt::{Display, Write as _};
 
-use crate::auth::AuthError;
 use crate::handshakes::{HandshakeRefusal, Handshakes};
+use crate::http::Refusal;
 use crate::hub::Stats;
 use crate::protocol::CloseReason;
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Why a connection was refused before its upgrade, as the `reason` label of
-/// `shequ_chat_auth_failures_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthFailure {
-    Missing,
-    Invalid,
-    Expired,
-    Origin,
-    Capacity,
-    IpLimit,
-}
-
-impl AuthFailure {
-    pub const ALL: [AuthFailure; 6] = [
-        AuthFailure::Missing,
-        AuthFailure::Invalid,
-        AuthFailure::Expired,
-        AuthFailure::Origin,
-        AuthFailure::Capacity,
-        AuthFailure::IpLimit,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            AuthFailure::Missing => "missing",
-            AuthFailure::Invalid => "invalid",
-            AuthFailure::Expired => "expired",
-            AuthFailure::Origin => "origin",
-            AuthFailure::Capacity => "capacity",
-            AuthFailure::IpLimit => "ip_limit",
-        }
-    }
-}
-
-impl From<AuthError> for AuthFailure {
-    fn from(e: AuthError) -> AuthFailure {
-        match e {
-            AuthError::Missing => AuthFailure::Missing,
-            AuthError::Invalid(_) => AuthFailure::Invalid,
-            AuthError::Expired => AuthFailure::Expired,
-        }
-    }
-}
-
 /// Counters kept by the event loop itself (the hub never sees refused connections).
 #[derive(Debug, Default)]
 pub struct ShellCounters {
-    auth_failures: [Cell<u64>; AuthFailure::ALL.len()],
+    /// By [`Refusal::index`].
+    refusals: [Cell<u64>; Refusal::LABELS.len()],
+    /// By [`Refusal::auth_index`].
+    auth_failures: [Cell<u64>; Refusal::AUTH_LABELS.len()],
     /// `accept` calls that failed (out of file descriptors, usually).
     pub accept_errors: Cell<u64>,
 }
 
 impl ShellCounters {
-    pub fn count(&self, failure: AuthFailure) {
-        let cell = &self.auth_failures[failure as usize];
-        cell.set(cell.get() + 1);
-    }
-
-    pub fn auth_failures(&self, failure: AuthFailure) -> u64 {
-        self.auth_failures[failure as usize].get()
+    /// Counts a refusal, and, for a token or origin refusal, an auth failure.
+    pub fn count(&self, refusal: Refusal) {
+        let bump = |cell: &Cell<u64>| cell.set(cell.get() + 1);
+        bump(&self.refusals[refusal.index()]);
+        if let Some(i) = refusal.auth_index() {
+            bump(&self.auth_failures[i]);
+        }
     }
 }
 
@@ -171,10 +130,15 @@ pub fn render(s: &Snapshot<'_>) -> String {
     out.family(name, "counter", "Connects with `since`, by whether every missed message was held.");
     out.sample(name, &[("result", "recovered")], st.recoveries_recovered);
     out.sample(name, &[("result", "too_old")], st.recoveries_too_old);
+    let name = "shequ_chat_refusals_total";
+    out.family(name, "counter", "Requests refused before the upgrade, by reason.");
+    for (label, count) in Refusal::LABELS.iter().zip(&s.shell.refusals) {
+        out.sample(name, &[("reason", label)], count.get());
+    }
     let name = "shequ_chat_auth_failures_total";
-    out.family(name, "counter", "Connections refused before the upgrade, by reason.");
-    for failure in AuthFailure::ALL {
-        out.sample(name, &[("reason", failure.label())], s.shell.auth_failures(failure));
+    out.family(name, "counter", "Upgrades refused for their token or origin, by reason.");
+    for (label, count) in Refusal::AUTH_LABELS.iter().zip(&s.shell.auth_failures) {
+        out.sample(name, &[("reason", label)], count.get());
     }
     out.single(
         "shequ_chat_pending_handshakes",
@@ -296,7 +260,8 @@ mod tests {
     fn every_family_has_help_and_type_and_each_sample_parses() {
         let stats = Stats { deliveries: 7, ..Stats::default() };
         let shell = ShellCounters::default();
-        shell.count(AuthFailure::Origin);
+        shell.count(Refusal::Origin);
+        shell.count(Refusal::Capacity);
         let handshakes = Handshakes::new(&crate::config::Limits::default(), &[]);
         let text = render(&Snapshot {
             stats: &stats,
@@ -311,6 +276,9 @@ mod tests {
         });
         assert!(text.contains("shequ_chat_deliveries_total 7\n"));
         assert!(text.contains("shequ_chat_auth_failures_total{reason=\"origin\"} 1\n"));
+        assert!(text.contains("shequ_chat_refusals_total{reason=\"origin\"} 1\n"));
+        assert!(text.contains("shequ_chat_refusals_total{reason=\"capacity\"} 1\n"));
+        assert!(!text.contains("shequ_chat_auth_failures_total{reason=\"capacity\"}"));
         assert!(text.contains("shequ_chat_disconnects_total{reason=\"too_slow\"} 0\n"));
         assert!(text.contains("shequ_chat_broker_up 1\n"));
         assert!(text.contains("shequ_chat_broker_dropped_total 4\n"));

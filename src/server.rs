@@ -33,7 +33,7 @@ use crate::handshakes::{Handshakes, Pending};
 use crate::history::HistoryFile;
 use crate::http::{self, HeadError, Refusal, Request};
 use crate::hub::{ConnId, Effect, Hub, HubConfig, Identity, Incoming, Join, Now, Refused};
-use crate::metrics::{self, AuthFailure, ShellCounters, Snapshot};
+use crate::metrics::{self, ShellCounters, Snapshot};
 use crate::outbox::{Frame, Next, OutboxRx};
 use crate::page::Page;
 use crate::protocol::{ClientMessage, CloseReason, ProtocolError, parse_client};
@@ -53,6 +53,8 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 pub const HISTORY_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Lifetime of the tokens `dev_login` prints.
 pub const DEV_TOKEN_TTL_SECS: u64 = 24 * 3600;
+/// The header a probe's 426 answer carries.
+const UPGRADE: &str = "Upgrade: websocket\r\n";
 /// Pause after a failed `accept` (out of file descriptors, usually) before trying again.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// While `accept` keeps failing, one WARN line per this interval, with the count.
@@ -197,58 +199,52 @@ impl Shell {
         self.apply(|hub, now| hub.disconnect(now, conn, reason));
     }
 
-    /// Decides what to do with a request for `/ws`: the key and identity to upgrade with, or the
-    /// refusal to answer.
+    /// Decides what to do with a request for `/ws`: upgrade with a key and an identity, answer a
+    /// probe, or refuse.
     ///
     /// A plain `GET` of the same URL (no `Upgrade` header) is a probe: it gets the answer the
     /// upgrade would get (403, 401 with the reason, 503), or 426 when the upgrade would be
     /// taken. A browser cannot see the status of a refused WebSocket, so the page asks this way
     /// why it could not connect.
-    fn check_upgrade<'r>(
-        &self,
-        req: &'r Request,
-        ip: IpAddr,
-    ) -> Result<(&'r str, Identity), Refusal> {
+    fn check_upgrade<'r>(&self, req: &'r Request, ip: IpAddr) -> Result<Checked<'r>, Refusal> {
         let probe = req.method == "GET" && !req.header_has_token("upgrade", "websocket");
         let key = if probe { "" } else { req.websocket_key()? };
         if let Some(origin) = req.header("origin") {
             let allowed = &self.config.allowed_origins;
             if !allowed.is_empty() && !allowed.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
-                debug!("refused: origin not allowed");
-                self.counters.count(AuthFailure::Origin);
-                return Err(Refusal::new(403, "origin not allowed"));
+                return Err(Refusal::Origin);
             }
         }
         let from_query = req.query_param("token").filter(|t| !t.is_empty());
         let token = match (from_query.as_deref(), req.bearer_token()) {
-            (Some(q), Some(h)) if q != h => {
-                self.counters.count(AuthFailure::Invalid);
-                return Err(Refusal::new(400, "token in query and Authorization header differ"));
-            }
+            (Some(q), Some(h)) if q != h => return Err(Refusal::TokensDiffer),
             (Some(t), _) | (None, Some(t)) => t,
             (None, None) => "",
         };
-        let identity = match self.verifier.verify(token, now().unix_ms / 1000) {
-            Ok(identity) => identity,
-            Err(e) => {
-                let failure = AuthFailure::from(e);
-                debug!("refused: {} token", failure.label());
-                self.counters.count(failure);
-                return Err(Refusal::new(401, e.message()));
-            }
-        };
+        let identity = self.verifier.verify(token, now().unix_ms / 1000).map_err(Refusal::Token)?;
         if probe {
-            return Err(match self.hub.borrow().admits(&identity.user_id, ip) {
-                Ok(()) => Refusal {
-                    status: 426,
-                    message: "token accepted; open a WebSocket with it to chat",
-                    extra_headers: "Upgrade: websocket\r\n",
-                },
-                Err(refused) => refusal_for(refused).1,
-            });
+            self.hub().admits(&identity.user_id, ip)?;
+            return Ok(Checked::ProbeAccepted);
         }
-        Ok((key, identity))
+        Ok(Checked::Upgrade { key, identity })
     }
+
+    /// Answers a refused request, counted, and closes.
+    async fn refuse(&self, stream: &mut Async<TcpStream>, refusal: Refusal) {
+        debug!("refused: {} ({})", refusal.label(), refusal.status());
+        self.counters.count(refusal);
+        http::respond_and_close(stream, &refusal.to_response()).await;
+    }
+}
+
+/// What [`Shell::check_upgrade`] allows.
+enum Checked<'r> {
+    Upgrade {
+        key: &'r str,
+        identity: Identity,
+    },
+    /// A probe whose upgrade would be taken.
+    ProbeAccepted,
 }
 
 /// The sockets the server listens on.
@@ -553,13 +549,11 @@ async fn upgrade(
         Ok(head) => head,
         Err(HeadError::Closed) => return None,
         Err(HeadError::TooLarge) => {
-            let refusal = Refusal::new(431, "request head too large");
-            http::respond_and_close(stream, &refusal.to_response()).await;
+            shell.refuse(stream, Refusal::HeadTooLarge).await;
             return None;
         }
         Err(HeadError::Malformed) => {
-            let refusal = Refusal::new(400, "malformed HTTP request");
-            http::respond_and_close(stream, &refusal.to_response()).await;
+            shell.refuse(stream, Refusal::Malformed).await;
             return None;
         }
     };
@@ -569,25 +563,36 @@ async fn upgrade(
     };
     let answer = match request.path.as_str() {
         "/ws" if port == Port::Main => None,
-        "/" | "/healthz" | "/metrics" if request.method != "GET" => {
-            Some(Refusal::new(405, "use GET").to_response())
-        }
-        "/healthz" => Some(http::response(200, "text/plain; charset=utf-8", "", "ok")),
-        "/" if port == Port::Main => Some(shell.page.response()),
+        "/" | "/healthz" | "/metrics" if request.method != "GET" => Some(Err(Refusal::UseGet)),
+        "/healthz" => Some(Ok(http::response(200, "text/plain; charset=utf-8", "", "ok"))),
+        "/" if port == Port::Main => Some(Ok(shell.page.response())),
         "/metrics" if metrics_here => {
-            Some(http::response(200, metrics::CONTENT_TYPE, "", &shell.metrics()))
+            Some(Ok(http::response(200, metrics::CONTENT_TYPE, "", &shell.metrics())))
         }
-        _ => Some(Refusal::new(404, "not found").to_response()),
+        _ => Some(Err(Refusal::NotFound)),
     };
-    if let Some(answer) = answer {
-        http::respond_and_close(stream, &answer).await;
-        return None;
+    match answer {
+        Some(Ok(response)) => {
+            http::respond_and_close(stream, &response).await;
+            return None;
+        }
+        Some(Err(refusal)) => {
+            shell.refuse(stream, refusal).await;
+            return None;
+        }
+        None => {}
     }
     let ip = client_ip(&request, peer.ip(), &shell.config.trusted_proxies);
     let (key, identity) = match shell.check_upgrade(&request, ip) {
-        Ok(accepted) => accepted,
+        Ok(Checked::Upgrade { key, identity }) => (key, identity),
+        Ok(Checked::ProbeAccepted) => {
+            let body = "token accepted; open a WebSocket with it to chat";
+            let response = http::response(426, "text/plain; charset=utf-8", UPGRADE, body);
+            http::respond_and_close(stream, &response).await;
+            return None;
+        }
         Err(refusal) => {
-            http::respond_and_close(stream, &refusal.to_response()).await;
+            shell.refuse(stream, refusal).await;
             return None;
         }
     };
@@ -597,10 +602,7 @@ async fn upgrade(
     let (conn, outbox) = match shell.connect(join) {
         Ok(connected) => connected,
         Err(refused) => {
-            let (failure, refusal) = refusal_for(refused);
-            debug!("refused {ip}: {}", failure.label());
-            shell.counters.count(failure);
-            http::respond_and_close(stream, &refusal.to_response()).await;
+            shell.refuse(stream, refused.into()).await;
             return None;
         }
     };
@@ -620,18 +622,6 @@ async fn upgrade(
         return None;
     }
     Some((registered, outbox, leftover))
-}
-
-/// The metric and the answer for a connection the hub refused.
-fn refusal_for(refused: Refused) -> (AuthFailure, Refusal) {
-    match refused {
-        Refused::Capacity => {
-            (AuthFailure::Capacity, Refusal::new(503, "server full; try again later"))
-        }
-        Refused::IpLimit => {
-            (AuthFailure::IpLimit, Refusal::new(503, "too many connections from your address"))
-        }
-    }
 }
 
 /// The client's address: the peer's, or, when the peer is a trusted proxy, the nearest address in

@@ -388,7 +388,7 @@ fn per_address_limit_and_trusted_proxies() {
         let _d = connect("d", "203.0.113.2").await.unwrap();
         bystander.still_chats().await;
         let (_, metrics) = server.get("/metrics");
-        assert!(metrics.contains("shequ_chat_auth_failures_total{reason=\"ip_limit\"} 1\n"));
+        assert!(metrics.contains("shequ_chat_refusals_total{reason=\"ip_limit\"} 1\n"));
     });
 
     // Without trusted proxies the header is ignored: everyone here is 127.0.0.1.

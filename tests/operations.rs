@@ -96,7 +96,12 @@ fn metrics_count_what_happened() {
         assert_eq!(get("shequ_chat_heartbeat_failures_total"), 0.0);
         assert_eq!(get(r#"shequ_chat_auth_failures_total{reason="missing"}"#), 1.0);
         assert_eq!(get(r#"shequ_chat_auth_failures_total{reason="origin"}"#), 1.0);
-        assert_eq!(get(r#"shequ_chat_auth_failures_total{reason="capacity"}"#), 0.0);
+        // The same two refusals by their reason among all refusals; capacity is not an auth
+        // failure and has no sample there.
+        assert_eq!(get(r#"shequ_chat_refusals_total{reason="missing"}"#), 1.0);
+        assert_eq!(get(r#"shequ_chat_refusals_total{reason="origin"}"#), 1.0);
+        assert_eq!(get(r#"shequ_chat_refusals_total{reason="capacity"}"#), 0.0);
+        assert!(!m.contains_key(r#"shequ_chat_auth_failures_total{reason="capacity"}"#));
         assert_eq!(get(r#"shequ_chat_disconnects_total{reason="replaced"}"#), 1.0);
         assert_eq!(get(r#"shequ_chat_disconnects_total{reason="shutdown"}"#), 0.0);
         assert!(get("process_resident_memory_bytes") > 100_000.0);
