@@ -293,7 +293,7 @@ impl Default for History {
     }
 }
 
-/// Joining other instances through Redis (see `cluster.rs`).
+/// Joining other instances through Redis (see `cluster/`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Cluster {

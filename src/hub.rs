@@ -29,7 +29,7 @@
 //! like every other instance's messages, in id order. The hub also reports its users coming and
 //! going ([`Effect::Presence`]) and, with one connection per user, each new connection
 //! ([`Effect::Announce`]), so that another instance can close the user's older connection
-//! ([`Hub::joined_elsewhere`]). The broker that talks to Redis lives in `cluster.rs`; the hub only
+//! ([`Hub::joined_elsewhere`]). The broker that talks to Redis lives in `cluster/`; the hub only
 //! sees events.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};

@@ -1,8 +1,9 @@
 //! shequ-chat: a WebSocket chat server for self-hosted community sites.
 //!
 //! One OS thread runs everything. [`hub::Hub`] is a plain state machine that owns all connection
-//! state; [`server`] is the IO shell around it: the accept loop, the HTTP handshake, one task per
-//! connection, and the timer that drives the hub's heartbeats, presence and expiries.
+//! state; around it, [`driver`] is the one door into the hub and runs its timers, [`conn`] is one
+//! connection's life (the HTTP upgrade, then the pump between the WebSocket and the hub), and
+//! [`server`] binds, accepts, starts and stops the process.
 
 #![forbid(unsafe_code)]
 #![deny(clippy::await_holding_refcell_ref)]
@@ -11,6 +12,8 @@ pub mod auth;
 #[cfg(feature = "redis")]
 pub mod cluster;
 pub mod config;
+pub mod conn;
+pub mod driver;
 pub mod handshakes;
 pub mod history;
 pub mod http;

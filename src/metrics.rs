@@ -41,7 +41,7 @@ impl ShellCounters {
     }
 }
 
-/// The cluster broker's state and counters (`cluster.rs`).
+/// The cluster broker's state and counters (`cluster/`).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BrokerStats {
     /// Connected to Redis and caught up.

@@ -150,7 +150,7 @@ impl ServerMessage<'_> {
 /// A `chat` frame without its id: everything known when a message is accepted. The id goes last,
 /// appended by [`ChatHead::into_frame`] (or [`ChatHead::with_id`], which keeps the head); in a
 /// cluster, Redis appends it to the same bytes (see
-/// `cluster.rs`), so both paths send the same frame.
+/// `cluster/`), so both paths send the same frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatHead(String);
 

@@ -1,6 +1,6 @@
 //! A burst: 10 senders × 200 messages back to back, to 100 reading clients. Everyone who reads
 //! gets every message, in order, and nobody is cut off as too slow. This is the test that sets
-//! `server::READ_BUDGET_FRAMES`; with `--features redis` it runs over two instances too, where
+//! `driver::READ_BUDGET_FRAMES`; with `--features redis` it runs over two instances too, where
 //! the messages come back from Redis in large batches.
 
 mod common;

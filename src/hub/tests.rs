@@ -754,7 +754,7 @@ fn per_address_limit_counts_open_connections_and_allows_replacing_one_s_own() {
     h.try_connect_from("d", None, home).unwrap();
 }
 
-// ---- Cluster mode: the hub's side of `cluster.rs`, with Redis played by the test. ----
+// ---- Cluster mode: the hub's side of `cluster/`, with Redis played by the test. ----
 
 fn cluster() -> Harness {
     Harness::new(HubConfig { cluster: true, rate_burst: 1000, ..config() })

@@ -1,0 +1,369 @@
+//! The broker's task: the Redis connections' life (connect, serve, lose, reconnect with
+//! backoff), and what crosses between Redis and the hub. It feeds the hub through the driver
+//! (`Shell::apply`), like every other input.
+
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_tungstenite::tungstenite::Utf8Bytes;
+use futures_lite::{FutureExt, future};
+use log::{debug, info, warn};
+use redis::aio::MultiplexedConnection;
+use redis::{PushInfo, PushKind, Value};
+use smol::Timer;
+
+use crate::driver::{READ_BUDGET_FRAMES, Shell, now};
+
+use super::*;
+
+/// Keeps the instance joined to the cluster for as long as the server runs: connects, serves
+/// until the connection is lost, reports it once, and reconnects with backoff.
+pub(crate) async fn run(shell: Rc<Shell>) {
+    let Some(broker) = shell.broker.as_ref() else {
+        return;
+    };
+    let mut backoff = BACKOFF_MIN;
+    let mut warned = false;
+    loop {
+        let Err(lost) = session(&shell, broker, &mut backoff).await;
+        let was_up = std::mem::replace(&mut broker.stats.borrow_mut().up, false);
+        shell.apply(|hub, now| hub.set_cluster_online(now, None));
+        if was_up || !warned {
+            warn!(
+                "cluster: Redis at {} is unreachable ({lost}); serving local users, retrying",
+                broker.addr
+            );
+            warned = true;
+        } else {
+            debug!("cluster: reconnect failed: {lost}");
+        }
+        Timer::after(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One connection to Redis, from connect to loss.
+async fn session(
+    shell: &Shell,
+    broker: &Broker,
+    backoff: &mut Duration,
+) -> Result<Infallible, Lost> {
+    let (backlog, channel) = async_channel::bounded::<PushInfo>(CHANNEL_BACKLOG);
+    let overflowed = Arc::new(AtomicBool::new(false));
+    let overflow = overflowed.clone();
+    let sender = move |push: PushInfo| {
+        if backlog.try_send(push).is_err() {
+            overflow.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    };
+    let (mut commands, commands_driver) = broker.open(None).await?;
+    let (mut subscriber, subscriber_driver) = broker.open(Some(Box::new(sender))).await?;
+    let serving = async {
+        subscriber.subscribe(&broker.keys.channel).await?;
+        let mut load = redis::pipe();
+        for lua in Lua::ALL {
+            load.cmd("SCRIPT").arg("LOAD").arg(lua.code()).ignore();
+        }
+        load.exec_async(&mut commands).await?;
+        let last = shell.hub().last_message_id();
+        let mut floor = broker.script(Lua::Floor);
+        floor.arg(2).arg(&broker.keys.id).arg(&broker.keys.stream).arg(last);
+        floor.exec_async(&mut commands).await?;
+        catch_up(shell, broker, &mut commands).await?;
+        // Presence is rewritten whole and announcements from before are stale: only chat
+        // messages stay queued.
+        broker.outbox.borrow_mut().retain(|c| matches!(c, Command::Publish { .. }));
+        broker.presence_stale.set(false);
+        rewrite_presence(shell, broker, &mut commands).await?;
+        {
+            let mut stats = broker.stats.borrow_mut();
+            stats.up = true;
+            stats.connects += 1;
+        }
+        info!("cluster: connected to Redis at {} as {}", broker.addr, broker.instance);
+        *backoff = BACKOFF_MIN;
+        serve(shell, broker, &mut commands, &mut subscriber, &channel, &overflowed).await
+    };
+    serving
+        .or(async {
+            commands_driver.or(subscriber_driver).await;
+            Err(Lost("connection closed".into()))
+        })
+        .await
+}
+
+/// The connected broker's loop: channel messages to the hub, the outbox to Redis, presence
+/// refreshes on time.
+async fn serve(
+    shell: &Shell,
+    broker: &Broker,
+    commands: &mut MultiplexedConnection,
+    subscriber: &mut MultiplexedConnection,
+    channel: &async_channel::Receiver<PushInfo>,
+    overflowed: &AtomicBool,
+) -> Result<Infallible, Lost> {
+    let refresh_every = broker.presence_ttl / 3;
+    let mut next_refresh = now().at + refresh_every;
+    // The online count needs counting again; it is counted at most once per RECOUNT_INTERVAL.
+    let mut recount = true;
+    let mut next_recount = now().at;
+    loop {
+        let mut budget = READ_BUDGET_FRAMES;
+        while let Ok(push) = channel.try_recv() {
+            recount |= on_push(shell, broker, push)?;
+            budget -= 1;
+            if budget == 0 {
+                // As a connection's reads do: let the writers drain the queues this filled.
+                budget = READ_BUDGET_FRAMES;
+                future::yield_now().await;
+            }
+        }
+        if overflowed.swap(false, Ordering::Relaxed) {
+            warn!("cluster: fell {CHANNEL_BACKLOG} messages behind Redis; catching up");
+            catch_up(shell, broker, commands).await?;
+            recount = true;
+        }
+        // Timers first: a busy outbox must not starve the refresh, or this instance's users
+        // would expire from the count.
+        if now().at >= next_refresh {
+            next_refresh = now().at + refresh_every;
+            refresh_presence(shell, broker, commands).await?;
+            // A subscribed connection hears nothing when nobody talks: ask it something.
+            redis::cmd("PING").exec_async(subscriber).await?;
+            recount = true;
+        }
+        if recount && now().at >= next_recount {
+            recount = false;
+            next_recount = now().at + RECOUNT_INTERVAL;
+            let mut count = broker.script(Lua::Count);
+            count.arg(1).arg(&broker.keys.instances).arg(&broker.keys.presence);
+            let n: usize = count.query_async(commands).await?;
+            shell.apply(|hub, now| hub.set_cluster_online(now, Some(n)));
+        }
+        if !broker.outbox.borrow().is_empty() {
+            flush(shell, broker, commands).await?;
+            continue;
+        }
+        let wake_at = if recount { next_refresh.min(next_recount) } else { next_refresh };
+        let push =
+            async { channel.recv().await.map(Some).map_err(|_| Lost("channel closed".into())) }
+                .or(async {
+                    let _ = broker.woken.recv().await;
+                    Ok(None)
+                })
+                .or(async {
+                    Timer::at(wake_at).await;
+                    Ok(None)
+                })
+                .await?;
+        if let Some(push) = push {
+            recount |= on_push(shell, broker, push)?;
+        }
+    }
+}
+
+/// Keeps this instance and its presence set alive in Redis; rewrites the set first if a change
+/// could not be queued.
+async fn refresh_presence(
+    shell: &Shell,
+    broker: &Broker,
+    commands: &mut MultiplexedConnection,
+) -> Result<(), Lost> {
+    if broker.presence_stale.replace(false) {
+        return rewrite_presence(shell, broker, commands).await;
+    }
+    broker.refresh_command().exec_async(commands).await?;
+    Ok(())
+}
+
+/// Hands one channel message to the hub. Returns whether the online count needs a recount.
+fn on_push(shell: &Shell, broker: &Broker, push: PushInfo) -> Result<bool, Lost> {
+    match push.kind {
+        PushKind::Disconnection => return Err(Lost("disconnected".into())),
+        PushKind::Message => {}
+        _ => return Ok(false),
+    }
+    let Some(Value::BulkString(payload)) = push.data.into_iter().nth(1) else {
+        return Ok(false);
+    };
+    let Ok(text) = String::from_utf8(payload) else {
+        warn!("cluster: a channel message is not UTF-8; ignored");
+        return Ok(false);
+    };
+    let (kind, body) = text.split_at_checked(1).unwrap_or(("", ""));
+    match kind {
+        "c" => {
+            match body.split_once('\n').and_then(|(id, frame)| Some((id.parse().ok()?, frame))) {
+                Some((id, frame)) => deliver(shell, broker, id, frame.to_owned()),
+                None => warn!("cluster: a malformed chat message on the channel; ignored"),
+            }
+        }
+        "j" => {
+            let mut parts = body.splitn(3, '\n');
+            if let (Some(instance), Some(conn), Some(user)) =
+                (parts.next(), parts.next(), parts.next())
+            {
+                if instance == broker.instance {
+                    if let Ok(conn) = conn.parse() {
+                        shell.apply(|hub, now| hub.announced(now, conn));
+                    }
+                } else {
+                    let user = user.to_owned();
+                    shell.apply(|hub, now| hub.joined_elsewhere(now, &user));
+                }
+            }
+        }
+        "p" => return Ok(true),
+        _ => debug!("cluster: unknown channel message {kind:?}; ignored"),
+    }
+    Ok(false)
+}
+
+fn deliver(shell: &Shell, broker: &Broker, id: u64, frame: String) {
+    broker.stats.borrow_mut().received += 1;
+    shell.apply(|hub, now| hub.deliver(now, id, Utf8Bytes::from(frame)));
+}
+
+/// Hands the hub what the history stream holds after its last id, as live messages; on the
+/// first connection since start, the stream's tail as history, without broadcasting it.
+async fn catch_up(
+    shell: &Shell,
+    broker: &Broker,
+    commands: &mut MultiplexedConnection,
+) -> Result<(), Lost> {
+    if broker.history_size == 0 {
+        return Ok(());
+    }
+    let last = shell.hub().last_message_id();
+    let stream = &broker.keys.stream;
+    if broker.stats.borrow().connects == 0 {
+        let mut tail: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+            .arg(stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(broker.history_size)
+            .query_async(commands)
+            .await?;
+        tail.reverse();
+        let messages: Vec<(u64, Utf8Bytes)> = tail.into_iter().filter_map(entry).collect();
+        debug!("cluster: {} messages of history from Redis", messages.len());
+        shell.apply(|hub, now| hub.restore(now, messages));
+    } else {
+        let after: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(format!("({last}-0"))
+            .arg("+")
+            .query_async(commands)
+            .await?;
+        for (i, (id, text)) in after.into_iter().filter_map(entry).enumerate() {
+            deliver(shell, broker, id, text.to_string());
+            if (i + 1) % READ_BUDGET_FRAMES == 0 {
+                future::yield_now().await;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One history stream entry: `{id}-0` with the field `m`.
+fn entry((id, fields): (String, Vec<String>)) -> Option<(u64, Utf8Bytes)> {
+    let id = id.split('-').next()?.parse().ok()?;
+    let mut fields = fields.into_iter();
+    (fields.next()? == "m").then_some(())?;
+    Some((id, Utf8Bytes::from(fields.next()?)))
+}
+
+/// Replaces this instance's presence set with the users connected now, and tells the others.
+async fn rewrite_presence(
+    shell: &Shell,
+    broker: &Broker,
+    commands: &mut MultiplexedConnection,
+) -> Result<(), Lost> {
+    let keys = &broker.keys;
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    pipe.cmd("DEL").arg(&keys.mine).ignore();
+    {
+        let hub = shell.hub();
+        let users: Vec<&str> = hub.local_users().collect();
+        for chunk in users.chunks(1000) {
+            pipe.cmd("SADD").arg(&keys.mine).arg(chunk).ignore();
+        }
+    }
+    broker.presence_changed(&mut pipe);
+    pipe.exec_async(commands).await?;
+    Ok(())
+}
+
+/// Sends up to [`BATCH_MAX`] queued commands in one pipeline. If the connection fails, they go
+/// back to the front of the outbox, to be sent after the reconnect.
+async fn flush(
+    shell: &Shell,
+    broker: &Broker,
+    commands: &mut MultiplexedConnection,
+) -> Result<(), Lost> {
+    let batch: Vec<Command> = {
+        let mut outbox = broker.outbox.borrow_mut();
+        let n = outbox.len().min(BATCH_MAX);
+        outbox.drain(..n).collect()
+    };
+    let keys = &broker.keys;
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    let mut presence_changed = false;
+    for command in &batch {
+        match command {
+            Command::Publish { head, seq, .. } => {
+                let mut publish = broker.script(Lua::Publish);
+                publish.arg(3).arg(&keys.id).arg(&keys.stream).arg(&keys.sequence);
+                publish.arg(head.as_str()).arg(&keys.channel).arg(broker.history_size).arg(seq);
+                pipe.add_command(publish);
+            }
+            Command::Presence { user, online } => {
+                pipe.cmd(if *online { "SADD" } else { "SREM" }).arg(&keys.mine).arg(&**user);
+                presence_changed = true;
+            }
+            Command::Announce { user, conn } => {
+                let message = format!("j{}\n{conn}\n{user}", broker.instance);
+                pipe.cmd("PUBLISH").arg(&keys.channel).arg(message);
+            }
+        }
+    }
+    if presence_changed {
+        broker.presence_changed(&mut pipe);
+    }
+    let replies: Vec<Value> = match pipe.query_async(commands).await {
+        Ok(replies) => replies,
+        Err(e) => {
+            let mut outbox = broker.outbox.borrow_mut();
+            for command in batch.into_iter().rev() {
+                outbox.push_front(command);
+            }
+            return Err(e.into());
+        }
+    };
+    for (command, reply) in batch.iter().zip(&replies) {
+        if let Command::Publish { from, .. } = command {
+            match reply {
+                Value::ServerError(e) => {
+                    warn!("cluster: Redis refused a chat message: {e:?}");
+                    broker.stats.borrow_mut().dropped += 1;
+                    let from = *from;
+                    shell.apply(|hub, now| hub.not_sent(now, from));
+                }
+                reply => {
+                    if *reply == Value::Int(0) {
+                        debug!("cluster: a resent message was already published");
+                    }
+                    broker.stats.borrow_mut().published += 1;
+                }
+            }
+        }
+    }
+    Ok(())
+}

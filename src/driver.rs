@@ -1,0 +1,217 @@
+//! The hub's driver: the one door into the hub, and the timers that run it.
+//!
+//! Every input reaches the hub through [`Shell::apply`] (or [`Shell::connect`], which also hands
+//! back the new queue): it reads the clock, calls the hub, lets the borrow end, and only then
+//! performs the effects (closing queues, appending to the history file, handing cluster effects
+//! to the broker) and re-arms the timer. The hub itself is private to this module; everything
+//! else reads it through [`Shell::hub`]. No borrow of the hub is held across an `.await`.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_lite::FutureExt;
+use log::{debug, warn};
+use smol::Timer;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::handshakes::Handshakes;
+use crate::history::HistoryFile;
+use crate::hub::{ConnId, Effect, Hub, Join, Now, Refused};
+use crate::metrics::{self, ShellCounters, Snapshot};
+use crate::outbox::OutboxRx;
+use crate::page::Page;
+use crate::protocol::CloseReason;
+
+/// Frames a connection's task reads before it yields to the executor. smol has no cooperative
+/// budget: without this, a reader with a backlog would broadcast hundreds of messages before any
+/// writer ran, and fill every receiver's queue. Measured with `tests/burst.rs` (10 senders × 200
+/// messages to 100 receivers, `send_queue` 256), three runs each in debug and release builds:
+/// with 64, 256 or no limit the burst cut off most clients as too slow (108 of 110 at 256); with
+/// 16 and with 4 it cut off none. The cluster broker hands messages from Redis to the hub in
+/// steps of the same size, for the same reason (`tests/burst.rs` runs over two instances too).
+pub const READ_BUDGET_FRAMES: usize = 16;
+/// How often `fsync: interval` syncs the history file.
+pub const HISTORY_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Reads both clocks. The only place the server asks the operating system for the time.
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn now() -> Now {
+    let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    Now { at: Instant::now(), unix_ms }
+}
+
+/// State shared by every task on the event loop.
+pub(crate) struct Shell {
+    /// Private: every input goes through [`Shell::apply`] (or [`Shell::connect`]), every read
+    /// through [`Shell::hub`]. Nothing else in the crate can reach the hub mutably.
+    hub: RefCell<Hub>,
+    pub(crate) verifier: Verifier,
+    pub(crate) config: Config,
+    /// Wakes the timer task when an input moved the hub's next deadline earlier.
+    rearm: async_channel::Sender<()>,
+    /// The deadline the timer task sleeps until.
+    armed: Cell<Instant>,
+    pub(crate) counters: ShellCounters,
+    /// Sockets still in their HTTP handshake.
+    pub(crate) handshakes: Rc<Handshakes>,
+    start_unix_secs: f64,
+    /// The history file, when `history.file` is set.
+    history: RefCell<Option<HistoryFile>>,
+    pub(crate) page: Page,
+    /// The link to the other instances, when `cluster` is set.
+    #[cfg(feature = "redis")]
+    pub(crate) broker: Option<crate::cluster::Broker>,
+}
+
+impl Shell {
+    /// The shell around `hub`, and the receiver [`drive_timers`] waits on.
+    pub(crate) fn new(
+        config: Config,
+        verifier: Verifier,
+        hub: Hub,
+        history: Option<HistoryFile>,
+        #[cfg(feature = "redis")] broker: Option<crate::cluster::Broker>,
+        start: Now,
+    ) -> (Shell, async_channel::Receiver<()>) {
+        let (rearm, rearm_rx) = async_channel::bounded(1);
+        let shell = Shell {
+            hub: RefCell::new(hub),
+            verifier,
+            handshakes: Rc::new(Handshakes::new(&config.limits, &config.trusted_proxies)),
+            config,
+            rearm,
+            armed: Cell::new(start.at),
+            counters: ShellCounters::default(),
+            start_unix_secs: start.unix_ms as f64 / 1000.0,
+            history: RefCell::new(history),
+            page: Page::new(),
+            #[cfg(feature = "redis")]
+            broker,
+        };
+        (shell, rearm_rx)
+    }
+
+    /// Feeds one input to the hub and performs its effects. The hub's borrow ends before any
+    /// effect runs: a removed connection is gone from the hub before its queue is closed.
+    pub(crate) fn apply(&self, step: impl FnOnce(&mut Hub, Now) -> Vec<Effect>) {
+        let effects = step(&mut self.hub.borrow_mut(), now());
+        self.perform(effects);
+    }
+
+    /// The hub, to read. Held only for the read: never across an `.await`.
+    pub(crate) fn hub(&self) -> std::cell::Ref<'_, Hub> {
+        self.hub.borrow()
+    }
+
+    fn perform(&self, effects: Vec<Effect>) {
+        let mut persisted = false;
+        let mut not_sent = Vec::new();
+        for effect in effects {
+            match effect {
+                // Persist effects come before the message can reach any socket: the connection
+                // tasks only write once this input is done and the executor runs them.
+                Effect::Persist { line } => {
+                    self.with_history(|file| file.append(&line));
+                    persisted = true;
+                }
+                Effect::Close { conn, outbox, reason } => {
+                    debug!("conn={conn} closing reason={}", reason.label());
+                    outbox.close(reason);
+                }
+                effect @ (Effect::Publish { .. }
+                | Effect::Presence { .. }
+                | Effect::Announce { .. }) => not_sent.extend(self.to_broker(effect)),
+            }
+        }
+        if persisted {
+            self.with_history(|file| file.flush());
+        }
+        for conn in not_sent {
+            self.apply(|hub, now| hub.not_sent(now, conn));
+        }
+        if self.hub.borrow().poll_timeout() < self.armed.get() {
+            let _ = self.rearm.try_send(());
+        }
+    }
+
+    /// Hands a cluster effect to the broker; returns the sender of a chat message that did not
+    /// fit in its outbox.
+    #[cfg(feature = "redis")]
+    fn to_broker(&self, effect: Effect) -> Option<ConnId> {
+        self.broker.as_ref()?.push(effect)
+    }
+
+    /// The hub asks for these only in a cluster, which needs the `redis` feature.
+    #[cfg(not(feature = "redis"))]
+    fn to_broker(&self, _effect: Effect) -> Option<ConnId> {
+        None
+    }
+
+    /// Runs an operation on the history file, if there is one, and logs a failure.
+    pub(crate) fn with_history(&self, op: impl FnOnce(&mut HistoryFile) -> io::Result<()>) {
+        if let Some(file) = self.history.borrow_mut().as_mut()
+            && let Err(e) = op(file)
+        {
+            warn!("history: cannot write {}: {e}", file.path().display());
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> String {
+        let hub = self.hub.borrow();
+        #[cfg(feature = "redis")]
+        let broker = self.broker.as_ref().map(crate::cluster::Broker::stats);
+        #[cfg(not(feature = "redis"))]
+        let broker = None;
+        metrics::render(&Snapshot {
+            stats: hub.stats(),
+            connections: hub.connection_count(),
+            online: hub.online(),
+            shown_online: hub.shown_online(),
+            broker,
+            history: hub.history_len(),
+            shell: &self.counters,
+            handshakes: &self.handshakes,
+            start_time_unix_secs: self.start_unix_secs,
+        })
+    }
+
+    /// Registers a new connection: like [`apply`](Self::apply), the hub's borrow ends before
+    /// the replaced connections are closed.
+    pub(crate) fn connect(&self, join: Join) -> Result<(ConnId, OutboxRx), Refused> {
+        let connected = self.hub.borrow_mut().connect(now(), join)?;
+        self.perform(connected.effects);
+        Ok((connected.conn, connected.outbox))
+    }
+
+    pub(crate) fn disconnect(&self, conn: ConnId, reason: CloseReason) {
+        self.apply(|hub, now| hub.disconnect(now, conn, reason));
+    }
+}
+
+/// `fsync: interval`: syncs the history file at most once a second, from the event loop.
+pub(crate) async fn sync_history_every_second(shell: Rc<Shell>) {
+    loop {
+        Timer::after(HISTORY_SYNC_INTERVAL).await;
+        shell.with_history(HistoryFile::sync);
+    }
+}
+
+/// Sleeps until the hub's next deadline (or until an input moves it earlier) and runs the hub's
+/// timers.
+pub(crate) async fn drive_timers(shell: Rc<Shell>, rearm: async_channel::Receiver<()>) {
+    loop {
+        let deadline = shell.hub.borrow().poll_timeout();
+        shell.armed.set(deadline);
+        let sleep = async {
+            Timer::at(deadline).await;
+        };
+        sleep
+            .or(async {
+                let _ = rearm.recv().await;
+            })
+            .await;
+        shell.apply(|hub, now| hub.handle_timeout(now));
+    }
+}
