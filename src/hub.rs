@@ -1023,6 +1023,8 @@ fn token_deadline(now: Now, exp_unix_secs: u64, leeway: Duration) -> Instant {
     now.at + Duration::from_millis(deadline_ms.saturating_sub(now.unix_ms))
 }
 
+#[doc(hidden)]
+pub mod sim;
 #[cfg(test)]
 mod tests;
 mod timers;

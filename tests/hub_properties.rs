@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use serde_json::Value;
+use shequ_chat::hub::sim::Sim;
 use shequ_chat::hub::{ConnId, Effect, Hub, HubConfig, Identity, Incoming, Join, Now};
 use shequ_chat::outbox::{Frame, OutboxRx};
 use shequ_chat::protocol::{ChatHead, CloseReason, ProtocolError};
@@ -105,7 +106,6 @@ fn config() -> HubConfig {
 
 struct Conn {
     user: String,
-    rx: OutboxRx,
     reader: bool,
     /// Ids of the chat messages the connection's writer has taken, in order.
     ids: Vec<u64>,
@@ -116,8 +116,8 @@ struct Conn {
 
 impl Conn {
     /// What the connection's writer does: take every queued frame. Ids must keep increasing.
-    fn take(&mut self) {
-        for id in chat_ids(&self.rx.drain()) {
+    fn take(&mut self, rx: &OutboxRx) {
+        for id in chat_ids(&rx.drain()) {
             if let Some(last) = self.ids.last() {
                 assert!(id > *last, "id {id} after {last}: out of order or twice");
             }
@@ -126,9 +126,13 @@ impl Conn {
     }
 }
 
+/// The hub on the shared simulator, and what the model expects of it.
 struct Model {
-    hub: Hub,
-    now: Now,
+    sim: Sim,
+    state: State,
+}
+
+struct State {
     start: Instant,
     conns: Vec<(ConnId, Conn)>,
     /// For each accepted message: the connections live from before it to after it.
@@ -146,15 +150,65 @@ struct Model {
     left_at: HashMap<String, Instant>,
 }
 
+/// A connection's queue, open or closed.
+fn rx(sim: &Sim, id: ConnId) -> &OutboxRx {
+    sim.open.get(&id).or_else(|| sim.closed.get(&id).map(|(_, rx)| rx)).expect("a queue")
+}
+
+impl State {
+    fn conn(&mut self, id: ConnId) -> &mut Conn {
+        &mut self.conns.iter_mut().find(|(c, _)| *c == id).unwrap().1
+    }
+
+    /// Follows the effects as the simulator performs them: who published, presence said once
+    /// per change, announcements, and the connections closed (their writer takes what was
+    /// queued before the close).
+    fn perform(&mut self, sim: &mut Sim, effects: Vec<Effect>) {
+        let closed = sim.perform_with(effects, |sim, effect| match effect {
+            Effect::Publish { from, head } => {
+                assert!(sim.open.contains_key(from), "published for a closed connection");
+                let user = self.conn(*from).user.clone();
+                *self.admitted.entry(user).or_default() += 1;
+                self.published.push_back(head.clone());
+            }
+            Effect::Presence { user, online } => {
+                let before = self.presence.insert(user.to_string(), *online);
+                assert_ne!(before.unwrap_or(false), *online, "{user}: presence said twice");
+            }
+            Effect::Announce { conn, .. } => self.announcements.push_back(*conn),
+            Effect::Close { .. } | Effect::Persist { .. } => {}
+        });
+        for id in closed {
+            let (reason, rx) = &sim.closed[&id];
+            let c = self.conn(id);
+            c.closed = Some(*reason);
+            c.take(rx);
+            let user = c.user.clone();
+            if !self.conns.iter().any(|(_, c)| c.user == user && c.closed.is_none()) {
+                self.left_at.insert(user, sim.now.at);
+            }
+        }
+    }
+
+    /// Connections that read keep their queues drained, as a live client's writer would.
+    fn readers_read(&mut self, sim: &Sim) {
+        for (id, c) in &mut self.conns {
+            if c.reader && c.closed.is_none() {
+                c.take(rx(sim, *id));
+            }
+        }
+    }
+
+    fn open_ids(&self) -> Vec<ConnId> {
+        self.conns.iter().filter(|(_, c)| c.closed.is_none()).map(|(id, _)| *id).collect()
+    }
+}
+
 impl Model {
     fn new(config: HubConfig) -> Model {
-        #[allow(clippy::disallowed_methods)] // the fake clock starts anywhere
-        let start = Instant::now();
-        let now = Now { at: start, unix_ms: 1_764_200_000_000 };
-        Model {
-            hub: Hub::new(config, now),
-            now,
-            start,
+        let sim = Sim::new(config, 1_764_200_000_000);
+        let state = State {
+            start: sim.now.at,
             conns: Vec::new(),
             owed: Vec::new(),
             admitted: HashMap::new(),
@@ -164,72 +218,47 @@ impl Model {
             announcements: VecDeque::new(),
             presence: HashMap::new(),
             left_at: HashMap::new(),
-        }
+        };
+        Model { sim, state }
     }
 
     fn pick(&self, i: usize) -> Option<ConnId> {
-        let open: Vec<ConnId> =
-            self.conns.iter().filter(|(_, c)| c.closed.is_none()).map(|(id, _)| *id).collect();
+        let open = self.state.open_ids();
         (!open.is_empty()).then(|| open[i % open.len()])
-    }
-
-    fn conn(&mut self, id: ConnId) -> &mut Conn {
-        &mut self.conns.iter_mut().find(|(c, _)| *c == id).unwrap().1
     }
 
     fn identity(&self, user: u8) -> Identity {
         Identity {
             user_id: format!("u{user}"),
             username: format!("user {user}"),
-            expires_unix_secs: self.now.unix_ms / 1000 + 3600,
+            expires_unix_secs: self.sim.now.unix_ms / 1000 + 3600,
         }
     }
 
-    fn perform(&mut self, effects: Vec<Effect>) {
-        for effect in effects {
-            match effect {
-                Effect::Close { conn, outbox, reason } => {
-                    let c = self.conn(conn);
-                    assert!(c.closed.is_none(), "connection {conn} closed twice");
-                    outbox.close(reason);
-                    c.closed = Some(reason);
-                    // The writer still delivers what was queued before the close.
-                    c.take();
-                    let user = c.user.clone();
-                    if !self.conns.iter().any(|(_, c)| c.user == user && c.closed.is_none()) {
-                        self.left_at.insert(user, self.now.at);
-                    }
-                }
-                Effect::Persist { .. } => {}
-                Effect::Publish { from, head } => {
-                    let user = self.conn(from).user.clone();
-                    assert!(self.conn(from).closed.is_none(), "published for a closed connection");
-                    *self.admitted.entry(user).or_default() += 1;
-                    self.published.push_back(head);
-                }
-                Effect::Presence { user, online } => {
-                    let before = self.presence.insert(user.to_string(), online);
-                    assert_ne!(before.unwrap_or(false), online, "{user}: presence said twice");
-                }
-                Effect::Announce { conn, .. } => self.announcements.push_back(conn),
-            }
-        }
+    /// Feeds one input through the simulator, the model following its effects.
+    fn apply(&mut self, step: impl FnOnce(&mut Hub, Now) -> Vec<Effect>) {
+        let effects = step(&mut self.sim.hub, self.sim.now);
+        self.state.perform(&mut self.sim, effects);
+    }
+
+    fn readers_read(&mut self) {
+        self.state.readers_read(&self.sim);
+    }
+
+    fn open_ids(&self) -> Vec<ConnId> {
+        self.state.open_ids()
     }
 
     /// Hands the hub one message from Redis, and records who was owed it.
     fn deliver(&mut self, id: u64, text: String) {
         let live_before = self.open_ids();
-        let effects = self.hub.deliver(self.now, id, text.clone().into());
-        self.perform(effects);
+        let frame = text.clone();
+        self.apply(|hub, now| hub.deliver(now, id, frame.into()));
         let live_after: HashSet<ConnId> = self.open_ids().into_iter().collect();
         let owed = live_before.into_iter().filter(|c| live_after.contains(c));
-        self.owed.push((id, owed.collect()));
-        self.delivered.push((id, text));
+        self.state.owed.push((id, owed.collect()));
+        self.state.delivered.push((id, text));
         self.readers_read();
-    }
-
-    fn open_ids(&self) -> Vec<ConnId> {
-        self.conns.iter().filter(|(_, c)| c.closed.is_none()).map(|(id, _)| *id).collect()
     }
 
     fn step(&mut self, op: Op) {
@@ -240,40 +269,38 @@ impl Model {
                     since: since.map(u64::from),
                     ip: IpAddr::from([127, 0, 0, 1]),
                 };
-                if let Ok(connected) = self.hub.connect(self.now, join) {
+                if let Ok(connected) = self.sim.hub.connect(self.sim.now, join) {
                     let conn = Conn {
                         user: format!("u{user}"),
-                        rx: connected.outbox,
                         reader,
                         ids: Vec::new(),
                         closed: None,
                         announced: false,
                     };
-                    self.conns.push((connected.conn, conn));
-                    self.left_at.remove(&format!("u{user}"));
-                    self.perform(connected.effects);
+                    self.sim.open.insert(connected.conn, connected.outbox);
+                    self.state.conns.push((connected.conn, conn));
+                    self.state.left_at.remove(&format!("u{user}"));
+                    self.state.perform(&mut self.sim, connected.effects);
                 }
             }
             Op::Disconnect(i) => {
                 if let Some(id) = self.pick(i) {
-                    let effects = self.hub.disconnect(self.now, id, CloseReason::Client);
-                    self.perform(effects);
+                    self.apply(|hub, now| hub.disconnect(now, id, CloseReason::Client));
                 }
             }
             Op::Chat(i) => {
                 if let Some(id) = self.pick(i) {
-                    let before = self.hub.last_message_id();
+                    let before = self.sim.hub.last_message_id();
                     let live_before = self.open_ids();
-                    let effects = self.hub.receive(self.now, id, Incoming::Chat("hi".into()));
-                    self.perform(effects);
-                    let after = self.hub.last_message_id();
+                    self.apply(|hub, now| hub.receive(now, id, Incoming::Chat("hi".into())));
+                    let after = self.sim.hub.last_message_id();
                     if after != before {
                         assert_eq!(after, before + 1);
-                        let user = self.conn(id).user.clone();
-                        *self.admitted.entry(user).or_default() += 1;
+                        let user = self.state.conn(id).user.clone();
+                        *self.state.admitted.entry(user).or_default() += 1;
                         let live_after: HashSet<ConnId> = self.open_ids().into_iter().collect();
                         let owed = live_before.into_iter().filter(|c| live_after.contains(c));
-                        self.owed.push((after, owed.collect()));
+                        self.state.owed.push((after, owed.collect()));
                     }
                 }
             }
@@ -286,42 +313,42 @@ impl Model {
             }
             Op::Drain(i) => {
                 if let Some(id) = self.pick(i) {
-                    self.conn(id).take();
+                    let queue = rx(&self.sim, id);
+                    self.state.conn(id).take(queue);
                 }
             }
             Op::RedisDelivers(n) => {
                 for _ in 0..n {
-                    let Some(head) = self.published.pop_front() else { break };
-                    self.redis_id += 1;
-                    self.deliver(self.redis_id, head.with_id(self.redis_id));
+                    let Some(head) = self.state.published.pop_front() else { break };
+                    self.state.redis_id += 1;
+                    let id = self.state.redis_id;
+                    self.deliver(id, head.with_id(id));
                 }
                 // Another instance's message; ids from Redis may skip.
-                self.redis_id += 2;
-                let head = ChatHead::new("elsewhere", "someone", "hi", self.now.unix_ms);
-                self.deliver(self.redis_id, head.with_id(self.redis_id));
+                self.state.redis_id += 2;
+                let id = self.state.redis_id;
+                let head = ChatHead::new("elsewhere", "someone", "hi", self.sim.now.unix_ms);
+                self.deliver(id, head.with_id(id));
             }
             Op::Redeliver(i) => {
-                if !self.delivered.is_empty() {
-                    let (id, text) = self.delivered[i % self.delivered.len()].clone();
-                    let effects = self.hub.deliver(self.now, id, text.into());
-                    self.perform(effects);
+                if !self.state.delivered.is_empty() {
+                    let (id, text) = self.state.delivered[i % self.state.delivered.len()].clone();
+                    self.apply(|hub, now| hub.deliver(now, id, text.into()));
                     self.readers_read();
                 }
             }
             Op::AnnounceBack => {
-                if let Some(conn) = self.announcements.pop_front() {
-                    let effects = self.hub.announced(self.now, conn);
-                    self.perform(effects);
-                    let c = self.conn(conn);
+                if let Some(conn) = self.state.announcements.pop_front() {
+                    self.apply(|hub, now| hub.announced(now, conn));
+                    let c = self.state.conn(conn);
                     c.announced = c.closed.is_none();
                 }
             }
             Op::Elsewhere(user) => {
                 let user = format!("u{user}");
                 let open_before = self.open_ids();
-                let effects = self.hub.joined_elsewhere(self.now, &user);
-                self.perform(effects);
-                for (id, c) in &self.conns {
+                self.apply(|hub, now| hub.joined_elsewhere(now, &user));
+                for (id, c) in &self.state.conns {
                     let older = c.user == user && c.announced;
                     assert!(!(older && c.closed.is_none()), "{id} survived a newer connection");
                     let newer = open_before.contains(id) && !older;
@@ -329,20 +356,14 @@ impl Model {
                 }
             }
             Op::Count(n) => {
-                let effects = self.hub.set_cluster_online(self.now, n.map(usize::from));
-                self.perform(effects);
+                self.apply(|hub, now| hub.set_cluster_online(now, n.map(usize::from)));
             }
             Op::Advance(ms) => {
-                let end = self.now.at + Duration::from_millis(u64::from(ms));
-                while self.hub.poll_timeout() <= end {
-                    let step = self.hub.poll_timeout().saturating_duration_since(self.now.at);
-                    self.now = self.now.after(step);
-                    let effects = self.hub.handle_timeout(self.now);
-                    self.perform(effects);
-                    self.readers_read();
-                }
-                let rest = end.saturating_duration_since(self.now.at);
-                self.now = self.now.after(rest);
+                let Model { sim, state } = self;
+                sim.advance_by(Duration::from_millis(u64::from(ms)), |sim, effects| {
+                    state.perform(sim, effects);
+                    state.readers_read(sim);
+                });
             }
         }
         self.readers_read();
@@ -350,44 +371,36 @@ impl Model {
 
     fn receive(&mut self, i: usize, incoming: Incoming) {
         if let Some(id) = self.pick(i) {
-            let effects = self.hub.receive(self.now, id, incoming);
-            self.perform(effects);
-        }
-    }
-
-    /// Connections that read keep their queues drained, as a live client's writer would.
-    fn readers_read(&mut self) {
-        for (_, c) in &mut self.conns {
-            if c.reader && c.closed.is_none() {
-                c.take();
-            }
+            self.apply(|hub, now| hub.receive(now, id, incoming));
         }
     }
 
     fn check(&self) {
-        self.hub.check_invariants();
-        let open = self.open_ids();
-        assert_eq!(self.hub.connection_count(), open.len());
-        let mut users: HashSet<&str> = self
+        let (sim, state) = (&self.sim, &self.state);
+        sim.check();
+        let mut users: HashSet<&str> = state
             .conns
             .iter()
             .filter(|(_, c)| c.closed.is_none())
             .map(|(_, c)| c.user.as_str())
             .collect();
         // A user whose last connection closed counts until the presence grace is over.
-        let in_grace = self.left_at.iter().filter(|(_, at)| self.now.at < **at + PRESENCE_GRACE);
+        let in_grace = state.left_at.iter().filter(|(_, at)| sim.now.at < **at + PRESENCE_GRACE);
         users.extend(in_grace.map(|(user, _)| user.as_str()));
-        assert_eq!(self.hub.online(), users.len(), "online = users connected or within the grace");
-        for (user, online) in &self.presence {
+        assert_eq!(sim.hub.online(), users.len(), "online = users connected or within the grace");
+        for (user, online) in &state.presence {
             assert_eq!(*online, users.contains(user.as_str()), "{user}: last presence effect");
         }
-        for (id, c) in &self.conns {
+        for (id, c) in &state.conns {
             if c.closed.is_some() {
-                assert!(c.rx.drain().is_empty(), "connection {id} got a frame after its close");
+                assert!(
+                    rx(sim, *id).drain().is_empty(),
+                    "connection {id} got a frame after its close"
+                );
             }
         }
-        let elapsed = self.now.at.duration_since(self.start).as_secs_f64();
-        for (user, n) in &self.admitted {
+        let elapsed = sim.now.at.duration_since(state.start).as_secs_f64();
+        for (user, n) in &state.admitted {
             let bound = f64::from(BURST) + RATE_PER_SEC * elapsed + 1e-9;
             assert!(*n as f64 <= bound, "{user} got {n} messages in {elapsed}s");
         }
@@ -396,18 +409,18 @@ impl Model {
     /// Every accepted message reached, exactly once, every connection live across it that was
     /// not later cut off as too slow.
     fn check_deliveries(&mut self) {
-        for (_, c) in &mut self.conns {
-            c.take();
+        let Model { sim, state } = self;
+        for (id, c) in &mut state.conns {
+            c.take(rx(sim, *id));
         }
-        let by_id: HashMap<ConnId, &Conn> = self.conns.iter().map(|(id, c)| (*id, c)).collect();
-        for (message, owed) in &self.owed {
+        let by_id: HashMap<ConnId, &Conn> = state.conns.iter().map(|(id, c)| (*id, c)).collect();
+        for (message, owed) in &state.owed {
             for conn in owed {
                 let c = by_id[conn];
-                let ids = &c.ids;
                 if c.closed == Some(CloseReason::TooSlow) {
                     continue;
                 }
-                let copies = ids.iter().filter(|id| *id == message).count();
+                let copies = c.ids.iter().filter(|id| *id == message).count();
                 assert_eq!(copies, 1, "message {message} reached connection {conn} {copies} times");
             }
         }

@@ -2,12 +2,12 @@
 #![no_main]
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use shequ_chat::hub::{ConnId, Effect, Hub, HubConfig, Identity, Incoming, Join, Now};
-use shequ_chat::outbox::OutboxRx;
+use shequ_chat::hub::sim::Sim;
+use shequ_chat::hub::{ConnId, HubConfig, Identity, Incoming, Join, Now};
 use shequ_chat::protocol::{CloseReason, ProtocolError};
 
 #[derive(Arbitrary, Debug)]
@@ -47,90 +47,54 @@ fn config() -> HubConfig {
 }
 
 fuzz_target!(|ops: Vec<Op>| {
-    let start = Now { at: Instant::now(), unix_ms: 1_764_200_000_000 };
-    let mut now = start;
-    let mut hub = Hub::new(config(), now);
-    let mut open: Vec<(ConnId, OutboxRx)> = Vec::new();
-    let mut closed: Vec<OutboxRx> = Vec::new();
+    // The shared simulator checks the hub's invariants and the queues after every event.
+    let mut sim = Sim::new(config(), 1_764_200_000_000);
     for op in ops {
-        let pick = |i: u8, open: &[(ConnId, OutboxRx)]| {
-            (!open.is_empty()).then(|| open[usize::from(i) % open.len()].0)
-        };
+        // Open connections in id order, so that a byte picks the same one every run.
+        let mut open: Vec<ConnId> = sim.open.keys().copied().collect();
+        open.sort_unstable();
+        let pick = |i: u8| (!open.is_empty()).then(|| open[usize::from(i) % open.len()]);
         let identity = |user: u8, ttl: u64, now: Now| Identity {
             user_id: format!("u{}", user % 6),
             username: "x".into(),
             expires_unix_secs: now.unix_ms / 1000 + ttl,
         };
-        let effects: Vec<Effect> = match op {
+        let receive = |sim: &mut Sim, i: u8, incoming: Incoming| {
+            if let Some(id) = pick(i) {
+                sim.apply(|hub, now| hub.receive(now, id, incoming));
+            }
+        };
+        match op {
             Op::Connect { user, since, ip } => {
                 let join = Join {
-                    identity: identity(user, 600, now),
+                    identity: identity(user, 600, sim.now),
                     since: since.map(u64::from),
                     ip: IpAddr::from([10, 0, 0, ip % 4]),
                 };
-                match hub.connect(now, join) {
-                    Ok(c) => {
-                        open.push((c.conn, c.outbox));
-                        c.effects
-                    }
-                    Err(_) => Vec::new(),
+                let _ = sim.connect(join);
+            }
+            Op::Disconnect(i) => {
+                if let Some(id) = pick(i) {
+                    sim.apply(|hub, now| hub.disconnect(now, id, CloseReason::Client));
                 }
             }
-            Op::Disconnect(i) => match pick(i, &open) {
-                Some(id) => hub.disconnect(now, id, CloseReason::Client),
-                None => Vec::new(),
-            },
-            Op::Chat(i, long) => match pick(i, &open) {
-                Some(id) => {
-                    let text = if long { "x".repeat(300) } else { "hi".into() };
-                    hub.receive(now, id, Incoming::Chat(text))
-                }
-                None => Vec::new(),
-            },
-            Op::Invalid(i) => match pick(i, &open) {
-                Some(id) => hub.receive(now, id, Incoming::Invalid(ProtocolError::InvalidJson)),
-                None => Vec::new(),
-            },
-            Op::Ping(i) => match pick(i, &open) {
-                Some(id) => hub.receive(now, id, Incoming::Ping),
-                None => Vec::new(),
-            },
-            Op::Alive(i) => match pick(i, &open) {
-                Some(id) => hub.receive(now, id, Incoming::Alive),
-                None => Vec::new(),
-            },
+            Op::Chat(i, long) => {
+                let text = if long { "x".repeat(300) } else { "hi".into() };
+                receive(&mut sim, i, Incoming::Chat(text));
+            }
+            Op::Invalid(i) => receive(&mut sim, i, Incoming::Invalid(ProtocolError::InvalidJson)),
+            Op::Ping(i) => receive(&mut sim, i, Incoming::Ping),
+            Op::Alive(i) => receive(&mut sim, i, Incoming::Alive),
             Op::Drain(i) => {
-                if !open.is_empty() {
-                    let n = open.len();
-                    open[usize::from(i) % n].1.drain();
+                if let Some(id) = pick(i) {
+                    sim.open[&id].drain();
                 }
-                Vec::new()
             }
-            Op::Refresh { conn, user, ttl } => match pick(conn, &open) {
-                Some(id) => {
-                    let fresh = identity(user, u64::from(ttl), now);
-                    hub.receive(now, id, Incoming::Refresh(Ok(fresh)))
-                }
-                None => Vec::new(),
-            },
-            Op::Advance(ms) => {
-                now = now.after(Duration::from_millis(u64::from(ms)));
-                hub.handle_timeout(now)
+            Op::Refresh { conn, user, ttl } => {
+                let fresh = identity(user, u64::from(ttl), sim.now);
+                receive(&mut sim, conn, Incoming::Refresh(Ok(fresh)));
             }
-        };
-        for effect in effects {
-            if let Effect::Close { conn, outbox, reason } = effect {
-                let at = open.iter().position(|(id, _)| *id == conn).expect("closing an open one");
-                let (_, rx) = open.remove(at);
-                outbox.close(reason);
-                rx.drain();
-                closed.push(rx);
-            }
-        }
-        hub.check_invariants();
-        assert_eq!(hub.connection_count(), open.len());
-        for rx in &closed {
-            assert!(rx.drain().is_empty(), "a frame after the close");
+            Op::Advance(ms) => sim.advance(Duration::from_millis(u64::from(ms))),
         }
     }
 });

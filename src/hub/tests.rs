@@ -2,12 +2,13 @@
 //! checks the hub's invariants and that no closed queue receives anything.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use std::net::IpAddr;
 
+use super::sim::Sim;
 use super::*;
 
 fn join(identity: Identity) -> Join {
@@ -40,33 +41,25 @@ fn config() -> HubConfig {
     }
 }
 
-struct Harness {
-    hub: Hub,
-    now: Now,
-    open: HashMap<ConnId, OutboxRx>,
-    closed: HashMap<ConnId, (CloseReason, OutboxRx)>,
-    persisted: Vec<String>,
-    /// Cluster effects, as the broker would get them.
-    published: Vec<(ConnId, ChatHead)>,
-    presence: Vec<(String, bool)>,
-    announced: Vec<(String, ConnId)>,
+/// The shared simulator (`hub/sim.rs`) with this file's helpers.
+struct Harness(Sim);
+
+impl std::ops::Deref for Harness {
+    type Target = Sim;
+    fn deref(&self) -> &Sim {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Harness {
+    fn deref_mut(&mut self) -> &mut Sim {
+        &mut self.0
+    }
 }
 
 impl Harness {
     fn new(config: HubConfig) -> Harness {
-        // The fake clock starts from an arbitrary instant; only differences matter.
-        #[allow(clippy::disallowed_methods)]
-        let now = Now { at: Instant::now(), unix_ms: START_UNIX_MS };
-        Harness {
-            hub: Hub::new(config, now),
-            now,
-            open: HashMap::new(),
-            closed: HashMap::new(),
-            persisted: Vec::new(),
-            published: Vec::new(),
-            presence: Vec::new(),
-            announced: Vec::new(),
-        }
+        Harness(Sim::new(config, START_UNIX_MS))
     }
 
     fn identity(&self, user: &str, ttl: Duration) -> Identity {
@@ -96,10 +89,7 @@ impl Harness {
         ip: IpAddr,
     ) -> Result<ConnId, Refused> {
         let identity = self.identity(user, Duration::from_secs(3600));
-        let connected = self.hub.connect(self.now, Join { identity, since, ip })?;
-        self.open.insert(connected.conn, connected.outbox);
-        self.perform(connected.effects);
-        Ok(connected.conn)
+        self.0.connect(Join { identity, since, ip })
     }
 
     fn connect(&mut self, user: &str) -> ConnId {
@@ -107,8 +97,7 @@ impl Harness {
     }
 
     fn receive(&mut self, conn: ConnId, incoming: Incoming) {
-        let effects = self.hub.receive(self.now, conn, incoming);
-        self.perform(effects);
+        self.apply(|hub, now| hub.receive(now, conn, incoming));
     }
 
     fn chat(&mut self, conn: ConnId, content: &str) {
@@ -116,63 +105,7 @@ impl Harness {
     }
 
     fn disconnect(&mut self, conn: ConnId) {
-        let effects = self.hub.disconnect(self.now, conn, CloseReason::Client);
-        self.perform(effects);
-    }
-
-    /// Moves the clock forward, firing every timer on the way at its own deadline.
-    fn advance(&mut self, d: Duration) {
-        let end = self.now.at + d;
-        loop {
-            let next = self.hub.poll_timeout();
-            if next > end {
-                break;
-            }
-            let step = next.saturating_duration_since(self.now.at);
-            self.now = self.now.after(step);
-            let effects = self.hub.handle_timeout(self.now);
-            self.perform(effects);
-        }
-        let rest = end.saturating_duration_since(self.now.at);
-        self.now = self.now.after(rest);
-    }
-
-    /// What the event loop does: close each removed connection's queue, after the hub call.
-    fn perform(&mut self, effects: Vec<Effect>) {
-        for effect in effects {
-            let (conn, outbox, reason) = match effect {
-                Effect::Close { conn, outbox, reason } => (conn, outbox, reason),
-                Effect::Persist { line } => {
-                    self.persisted.push(line.to_string());
-                    continue;
-                }
-                Effect::Publish { from, head } => {
-                    self.published.push((from, head));
-                    continue;
-                }
-                Effect::Presence { user, online } => {
-                    self.presence.push((user.to_string(), online));
-                    continue;
-                }
-                Effect::Announce { user, conn } => {
-                    self.announced.push((user.to_string(), conn));
-                    continue;
-                }
-            };
-            let rx = self.open.remove(&conn).expect("closing a connection that is open");
-            assert!(!self.closed.contains_key(&conn), "connection {conn} closed twice");
-            outbox.close(reason);
-            self.closed.insert(conn, (reason, rx));
-        }
-        self.check();
-    }
-
-    fn check(&self) {
-        self.hub.check_invariants();
-        assert_eq!(self.open.len(), self.hub.connection_count());
-        for (rx_reason, rx) in self.closed.values() {
-            assert_eq!(rx.closed(), Some(*rx_reason));
-        }
+        self.apply(|hub, now| hub.disconnect(now, conn, CloseReason::Client));
     }
 
     /// Frames queued for a connection, as JSON (`{"type":"ws_ping"}` for a WebSocket Ping).
@@ -559,11 +492,11 @@ fn idle_off_keeps_quiet_connections() {
 fn token_expiry_closes_and_refresh_extends() {
     let mut h = Harness::new(config());
     let identity = h.identity("u", Duration::from_secs(10));
-    let connected = h.hub.connect(h.now, join(identity)).unwrap();
+    let connected = h.0.hub.connect(h.0.now, join(identity)).unwrap();
     let a = connected.conn;
     h.open.insert(a, connected.outbox);
     let b_identity = h.identity("other", Duration::from_secs(5));
-    let connected = h.hub.connect(h.now, join(b_identity)).unwrap();
+    let connected = h.0.hub.connect(h.0.now, join(b_identity)).unwrap();
     let b = connected.conn;
     h.open.insert(b, connected.outbox);
 
@@ -620,7 +553,7 @@ fn shutdown_closes_everyone_once() {
     for i in 0..10 {
         h.connect(&i.to_string());
     }
-    let effects = h.hub.shutdown(h.now);
+    let effects = h.0.hub.shutdown(h.0.now);
     h.perform(effects);
     assert_eq!(h.closed.len(), 10);
     assert!(h.closed.values().all(|(r, _)| *r == CloseReason::Shutdown));
@@ -644,7 +577,7 @@ fn timeouts_called_early_or_twice_do_nothing() {
     let a = h.connect("a");
     h.frames(a);
     for _ in 0..3 {
-        let effects = h.hub.handle_timeout(h.now);
+        let effects = h.0.hub.handle_timeout(h.0.now);
         h.perform(effects);
     }
     assert!(h.frames(a).is_empty());
@@ -713,9 +646,9 @@ fn restored_history_continues_ids_and_persists_new_ones() {
     let old: Vec<(u64, Utf8Bytes)> = (40..=42)
         .map(|id| (id, Utf8Bytes::from(format!(r#"{{"type":"chat","id":{id}}}"#))))
         .collect();
-    let effects = h.hub.restore(h.now, old.clone());
+    let effects = h.0.hub.restore(h.0.now, old.clone());
     h.perform(effects);
-    let effects = h.hub.restore(h.now, old);
+    let effects = h.0.hub.restore(h.0.now, old);
     h.perform(effects);
     assert_eq!(h.hub.history_len(), 3, "restoring twice holds each message once");
     let c = h.connect_since("back", 40);
@@ -766,14 +699,14 @@ impl Harness {
     fn redis_numbers(&mut self, first_id: u64) {
         for (i, (_, head)) in std::mem::take(&mut self.published).into_iter().enumerate() {
             let id = first_id + i as u64;
-            let effects = self.hub.deliver(self.now, id, Utf8Bytes::from(head.with_id(id)));
+            let effects = self.0.hub.deliver(self.0.now, id, Utf8Bytes::from(head.with_id(id)));
             self.perform(effects);
         }
     }
 
     fn deliver_other(&mut self, id: u64, content: &str) {
         let frame = ChatHead::new("remote", "someone", content, self.now.unix_ms).with_id(id);
-        let effects = self.hub.deliver(self.now, id, Utf8Bytes::from(frame));
+        let effects = self.0.hub.deliver(self.0.now, id, Utf8Bytes::from(frame));
         self.perform(effects);
     }
 }
@@ -841,7 +774,7 @@ fn cluster_online_count_is_everyone_s_but_never_below_the_local_one() {
     let mut h = cluster();
     let a = h.connect("a");
     assert_eq!(h.frames(a)[0]["online"], 1);
-    let effects = h.hub.set_cluster_online(h.now, Some(7));
+    let effects = h.0.hub.set_cluster_online(h.0.now, Some(7));
     h.perform(effects);
     h.advance(Duration::from_secs(2));
     let counts: Vec<Value> = h.of_type(a, "online").iter().map(|f| f["count"].clone()).collect();
@@ -849,13 +782,13 @@ fn cluster_online_count_is_everyone_s_but_never_below_the_local_one() {
     let b = h.connect("b");
     assert_eq!(h.frames(b)[0]["online"], 7);
     // Redis lost: clients see the users here.
-    let effects = h.hub.set_cluster_online(h.now, None);
+    let effects = h.0.hub.set_cluster_online(h.0.now, None);
     h.perform(effects);
     h.advance(Duration::from_secs(2));
     let counts: Vec<Value> = h.of_type(b, "online").iter().map(|f| f["count"].clone()).collect();
     assert_eq!(counts.last(), Some(&Value::from(2)));
     // Redis has not counted a newcomer yet: the local count wins.
-    let effects = h.hub.set_cluster_online(h.now, Some(1));
+    let effects = h.0.hub.set_cluster_online(h.0.now, Some(1));
     h.perform(effects);
     assert_eq!(h.hub.shown_online(), 2);
 }
@@ -865,10 +798,10 @@ fn cluster_replacement_closes_only_connections_announced_before() {
     let mut h = cluster();
     let old = h.connect("u");
     assert_eq!(h.announced, vec![("u".to_string(), old)]);
-    let effects = h.hub.announced(h.now, old);
+    let effects = h.0.hub.announced(h.0.now, old);
     h.perform(effects);
     // `u` connected elsewhere after `old` was announced: `old` is older, and goes.
-    let effects = h.hub.joined_elsewhere(h.now, "u");
+    let effects = h.0.hub.joined_elsewhere(h.0.now, "u");
     h.perform(effects);
     assert_eq!(h.close_reason(old), Some(CloseReason::Replaced));
     assert_eq!(h.hub.online(), 0);
@@ -877,14 +810,14 @@ fn cluster_replacement_closes_only_connections_announced_before() {
     // A connection whose own announcement has not come back yet is newer than the one
     // announced elsewhere: it stays, and the other instance closes its own.
     let new = h.connect("u");
-    let effects = h.hub.joined_elsewhere(h.now, "u");
+    let effects = h.0.hub.joined_elsewhere(h.0.now, "u");
     h.perform(effects);
     assert!(h.close_reason(new).is_none());
     assert_eq!(h.hub.online(), 1);
     // Unknown users and connections are ignored.
-    let effects = h.hub.joined_elsewhere(h.now, "nobody");
+    let effects = h.0.hub.joined_elsewhere(h.0.now, "nobody");
     h.perform(effects);
-    let effects = h.hub.announced(h.now, old);
+    let effects = h.0.hub.announced(h.0.now, old);
     h.perform(effects);
 }
 
@@ -894,7 +827,7 @@ fn cluster_message_refused_by_a_full_outbox_tells_the_sender_without_a_violation
     let a = h.connect("a");
     h.frames(a);
     h.chat(a, "lost");
-    let effects = h.hub.not_sent(h.now, a);
+    let effects = h.0.hub.not_sent(h.0.now, a);
     h.perform(effects);
     let errors = h.of_type(a, "error");
     assert_eq!(errors.len(), 1);
