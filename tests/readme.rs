@@ -68,14 +68,18 @@ fn bash(line: &str) -> Command {
     c
 }
 
-/// Builds what README's `cargo run` lines run, so that their start is not a build.
-fn build(features: &[&str]) {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet"])
-        .args(features)
-        .status()
-        .expect("cargo");
-    assert!(status.success());
+/// Builds what a README `cargo run` line runs (its profile and features), so that its start is
+/// not a build.
+fn build_for(line: &str) {
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.args(["build", "--quiet"]);
+    if line.contains("--release") {
+        cargo.arg("--release");
+    }
+    if line.contains("--features redis") {
+        cargo.args(["--features", "redis"]);
+    }
+    assert!(cargo.status().expect("cargo").success(), "cargo build for {line}");
 }
 
 /// A README server, stopped with SIGTERM (killed if a test fails half-way).
@@ -176,7 +180,6 @@ impl Drop for Running {
 #[test]
 fn quick_start_check_config_and_token_work_as_written() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    build(&[]);
     let runs = cargo_runs();
     let quick_start = runs
         .iter()
@@ -186,6 +189,9 @@ fn quick_start_check_config_and_token_work_as_written() {
     let check = runs.iter().find(|c| c.contains("--check-config")).expect("a --check-config line");
     let token_line =
         runs.iter().find(|c| c.starts_with("TOKEN=$(")).expect("README's token command");
+    for line in [quick_start, check, token_line] {
+        build_for(line);
+    }
 
     let out = bash(check).output().unwrap();
     assert!(out.status.success(), "{check}: {}", String::from_utf8_lossy(&out.stderr));
@@ -247,7 +253,9 @@ fn the_cluster_commands_work_as_written() {
         return;
     }
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    build(&["--features", "redis"]);
+    for line in &instances {
+        build_for(line);
+    }
     let redis_addr: SocketAddr = "127.0.0.1:6379".parse().unwrap();
     let _redis = match TcpStream::connect_timeout(&redis_addr, Duration::from_secs(1)) {
         Ok(_) => None, // README assumes Debian's redis-server on its default port
