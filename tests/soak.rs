@@ -92,8 +92,10 @@ async fn wander(servers: &[&Server], user: usize, seed: u64, until: Instant) {
         }
         match event {
             Event::Frame(Some(Message::Text(t))) => last_id = chat_id(&t).unwrap_or(last_id),
+            // Replaced elsewhere, cut, or expired: the close frame ends it (sending after it
+            // would be a protocol error), or the socket just ends.
+            Event::Frame(Some(Message::Close(_)) | None) => client = None,
             Event::Frame(Some(_)) => {}
-            Event::Frame(None) => client = None, // replaced elsewhere, cut, or expired
             Event::Tick => match rng.u32(0..1000) {
                 0..550 => c.chat(&format!("{name} says {}", rng.u32(..))).await,
                 550..650 => {
@@ -217,6 +219,9 @@ fn soak_on(servers: &[&Server]) {
                             Event::Frame(Some(Message::Text(t))) => {
                                 let frame: Value = serde_json::from_str(&t).unwrap();
                                 observe(&frame, &mut ids, &mut online);
+                            }
+                            Event::Frame(Some(Message::Close(frame))) => {
+                                panic!("stayer {i} was closed: {frame:?}")
                             }
                             Event::Frame(Some(_)) => {}
                             Event::Frame(None) => panic!("stayer {i} was disconnected"),
