@@ -71,9 +71,10 @@ impl Handshakes {
 
     /// Admits a freshly accepted socket from `peer`, or says why it must be closed at once.
     pub fn admit(self: &Rc<Self>, peer: IpAddr) -> Result<Pending, HandshakeRefusal> {
+        let shared = self.max_per_ip > 0 && !self.exempt.contains(&peer);
         let refusal = if self.total.get() >= self.max_total {
             Some(HandshakeRefusal::Total)
-        } else if self.max_per_ip > 0 && !self.exempt.contains(&peer) {
+        } else if shared {
             let mut per_ip = self.per_ip.borrow_mut();
             let held = per_ip.entry(peer).or_insert(0);
             if *held >= self.max_per_ip {
@@ -91,8 +92,7 @@ impl Handshakes {
             return Err(refusal);
         }
         self.total.set(self.total.get() + 1);
-        let counted_per_ip = self.max_per_ip > 0 && !self.exempt.contains(&peer);
-        Ok(Pending { handshakes: self.clone(), ip: counted_per_ip.then_some(peer) })
+        Ok(Pending { handshakes: self.clone(), ip: shared.then_some(peer) })
     }
 
     /// Handshakes under way.
