@@ -569,6 +569,11 @@ impl Config {
         if cluster.prefix.is_empty() {
             return Err(invalid("cluster.prefix: must not be empty"));
         }
+        // The name goes into key names and channel messages (`cluster/wire.rs`).
+        let name_byte = |b: u8| b.is_ascii_alphanumeric() || b"_.:-".contains(&b);
+        if cluster.instance.len() > 64 || !cluster.instance.bytes().all(name_byte) {
+            return Err(invalid("cluster.instance: at most 64 of A-Z a-z 0-9 _ . : -"));
+        }
         let url = cluster.redis_url.as_str();
         let Some(rest) = url.strip_prefix("redis://") else {
             return Err(invalid(format!("cluster.redis_url: {url:?} must start with redis://")));
@@ -638,6 +643,18 @@ mod tests {
         let text = r#"{"auth": {"algorithm": "ES256"}}"#;
         let err = Config::parse(text).unwrap().validate().unwrap_err().to_string();
         assert!(err.contains("public_key_file"), "{err}");
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn an_instance_name_is_a_plain_word() {
+        for (name, ok) in [("", true), ("pi-4.b:1_x", true), ("a\nb", false), ("a b", false)] {
+            let cluster = format!(r#", "cluster": {{"instance": {}}}"#, serde_json::json!(name));
+            let result = Config::parse(&with_secret(&cluster)).unwrap().validate();
+            assert_eq!(result.is_ok(), ok, "{name:?}: {result:?}");
+        }
+        let long = format!(r#", "cluster": {{"instance": "{}"}}"#, "x".repeat(65));
+        assert!(Config::parse(&with_secret(&long)).unwrap().validate().is_err());
     }
 
     #[test]
