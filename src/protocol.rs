@@ -149,8 +149,8 @@ impl ServerMessage<'_> {
 
 /// A `chat` frame without its id: everything known when a message is accepted. The id goes last,
 /// appended by [`ChatHead::into_frame`] (or [`ChatHead::with_id`], which keeps the head); in a
-/// cluster, Redis appends it to the same bytes (see
-/// `cluster/`), so both paths send the same frame.
+/// cluster, Redis appends it to the same bytes (see `cluster/wire.rs`), so both paths send the
+/// same frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatHead(String);
 
@@ -188,6 +188,14 @@ impl ChatHead {
     /// The frame up to the id, as sent to Redis.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The id of a whole frame, read back from its last field (the inverse of
+    /// [`into_frame`](Self::into_frame)). `"id":` cannot occur unescaped in a string value, and
+    /// the last occurrence is the field itself.
+    pub fn id_of(frame: &str) -> Option<u64> {
+        let (_, id) = frame.strip_suffix('}')?.rsplit_once(r#""id":"#)?;
+        id.parse().ok()
     }
 }
 
@@ -335,6 +343,10 @@ mod tests {
             chat.with_id(17),
             r#"{"type":"chat","user_id":"42","username":"alice","content":"hi \"there\"","ts":1764200000000,"id":17}"#
         );
+        assert_eq!(ChatHead::id_of(&chat.with_id(17)), Some(17));
+        let tricky = ChatHead::new("1", "\"id\":3}", "\"id\":4}", 0).into_frame(5);
+        assert_eq!(ChatHead::id_of(&tricky), Some(5));
+        assert_eq!(ChatHead::id_of(r#"{"type":"chat","id":}"#), None);
         assert_eq!(ServerMessage::Pong.to_json(), r#"{"type":"pong"}"#);
         assert_eq!(ServerMessage::Online { count: 3 }.to_json(), r#"{"type":"online","count":3}"#);
     }

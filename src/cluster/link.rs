@@ -76,8 +76,7 @@ async fn session(
         catch_up(shell, broker, &mut commands).await?;
         // Presence is rewritten whole and announcements from before are stale: only chat
         // messages stay queued.
-        broker.outbox.borrow_mut().retain(|c| matches!(c, Command::Publish { .. }));
-        broker.presence_stale.set(false);
+        broker.outbox.borrow_mut().reconnected();
         rewrite_presence(shell, broker, &mut commands).await?;
         {
             let mut stats = broker.stats.borrow_mut();
@@ -173,7 +172,8 @@ async fn refresh_presence(
     broker: &Broker,
     commands: &mut MultiplexedConnection,
 ) -> Result<(), Lost> {
-    if broker.presence_stale.replace(false) {
+    let stale = broker.outbox.borrow_mut().take_presence_stale();
+    if stale {
         return rewrite_presence(shell, broker, commands).await;
     }
     broker.refresh_command().exec_async(commands).await?;
@@ -194,31 +194,14 @@ fn on_push(shell: &Shell, broker: &Broker, push: PushInfo) -> Result<bool, Lost>
         warn!("cluster: a channel message is not UTF-8; ignored");
         return Ok(false);
     };
-    let (kind, body) = text.split_at_checked(1).unwrap_or(("", ""));
-    match kind {
-        "c" => {
-            match body.split_once('\n').and_then(|(id, frame)| Some((id.parse().ok()?, frame))) {
-                Some((id, frame)) => deliver(shell, broker, id, frame.to_owned()),
-                None => warn!("cluster: a malformed chat message on the channel; ignored"),
-            }
+    match Event::parse(text) {
+        Ok(Event::Chat { id, frame }) => deliver(shell, broker, id, frame),
+        Ok(Event::Joined { instance, conn, .. }) if instance == broker.instance => {
+            shell.apply(|hub, now| hub.announced(now, conn));
         }
-        "j" => {
-            let mut parts = body.splitn(3, '\n');
-            if let (Some(instance), Some(conn), Some(user)) =
-                (parts.next(), parts.next(), parts.next())
-            {
-                if instance == broker.instance {
-                    if let Ok(conn) = conn.parse() {
-                        shell.apply(|hub, now| hub.announced(now, conn));
-                    }
-                } else {
-                    let user = user.to_owned();
-                    shell.apply(|hub, now| hub.joined_elsewhere(now, &user));
-                }
-            }
-        }
-        "p" => return Ok(true),
-        _ => debug!("cluster: unknown channel message {kind:?}; ignored"),
+        Ok(Event::Joined { user, .. }) => shell.apply(|hub, now| hub.joined_elsewhere(now, &user)),
+        Ok(Event::PresenceChanged { .. }) => return Ok(true),
+        Err(e) => warn!("cluster: {e} on the channel; ignored"),
     }
     Ok(false)
 }
@@ -250,32 +233,42 @@ async fn catch_up(
             .query_async(commands)
             .await?;
         tail.reverse();
-        let messages: Vec<(u64, Utf8Bytes)> = tail.into_iter().filter_map(entry).collect();
-        debug!("cluster: {} messages of history from Redis", messages.len());
+        debug!("cluster: {} messages of history from Redis", tail.len());
+        let messages =
+            tail.into_iter().filter_map(entry).map(|(id, frame)| (id, Utf8Bytes::from(frame)));
         shell.apply(|hub, now| hub.restore(now, messages));
-    } else {
-        let after: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg(format!("({last}-0"))
-            .arg("+")
-            .query_async(commands)
-            .await?;
-        for (i, (id, text)) in after.into_iter().filter_map(entry).enumerate() {
-            deliver(shell, broker, id, text.to_string());
-            if (i + 1) % READ_BUDGET_FRAMES == 0 {
-                future::yield_now().await;
-            }
+        return Ok(());
+    }
+    let after: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(format!("({last}-0"))
+        .arg("+")
+        .query_async(commands)
+        .await?;
+    deliver_all(shell, broker, after).await
+}
+
+/// Delivers history stream entries in order, [`READ_BUDGET_FRAMES`] at a time.
+async fn deliver_all(
+    shell: &Shell,
+    broker: &Broker,
+    entries: Vec<(String, Vec<String>)>,
+) -> Result<(), Lost> {
+    for (i, (id, text)) in entries.into_iter().filter_map(entry).enumerate() {
+        deliver(shell, broker, id, text);
+        if (i + 1) % READ_BUDGET_FRAMES == 0 {
+            future::yield_now().await;
         }
     }
     Ok(())
 }
 
 /// One history stream entry: `{id}-0` with the field `m`.
-fn entry((id, fields): (String, Vec<String>)) -> Option<(u64, Utf8Bytes)> {
+fn entry((id, fields): (String, Vec<String>)) -> Option<(u64, String)> {
     let id = id.split('-').next()?.parse().ok()?;
     let mut fields = fields.into_iter();
     (fields.next()? == "m").then_some(())?;
-    Some((id, Utf8Bytes::from(fields.next()?)))
+    fields.next().map(|frame| (id, frame))
 }
 
 /// Replaces this instance's presence set with the users connected now, and tells the others.
@@ -307,11 +300,7 @@ async fn flush(
     broker: &Broker,
     commands: &mut MultiplexedConnection,
 ) -> Result<(), Lost> {
-    let batch: Vec<Command> = {
-        let mut outbox = broker.outbox.borrow_mut();
-        let n = outbox.len().min(BATCH_MAX);
-        outbox.drain(..n).collect()
-    };
+    let batch = broker.outbox.borrow_mut().take(BATCH_MAX);
     let keys = &broker.keys;
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
@@ -329,8 +318,12 @@ async fn flush(
                 presence_changed = true;
             }
             Command::Announce { user, conn } => {
-                let message = format!("j{}\n{conn}\n{user}", broker.instance);
-                pipe.cmd("PUBLISH").arg(&keys.channel).arg(message);
+                let joined = Event::Joined {
+                    instance: broker.instance.clone(),
+                    conn: *conn,
+                    user: user.to_string(),
+                };
+                pipe.cmd("PUBLISH").arg(&keys.channel).arg(joined.encode());
             }
         }
     }
@@ -340,10 +333,7 @@ async fn flush(
     let replies: Vec<Value> = match pipe.query_async(commands).await {
         Ok(replies) => replies,
         Err(e) => {
-            let mut outbox = broker.outbox.borrow_mut();
-            for command in batch.into_iter().rev() {
-                outbox.push_front(command);
-            }
+            broker.outbox.borrow_mut().put_back(batch);
             return Err(e.into());
         }
     };

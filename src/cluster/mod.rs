@@ -10,6 +10,7 @@
 //!   id. [`PUBLISH_SCRIPT`] `INCR`s the id key, appends the id, `XADD`s the frame to the capped
 //!   history stream and `PUBLISH`es it. A script runs atomically, so the channel carries messages
 //!   in id order; every instance, this one included, hands what it hears to `Hub::deliver`.
+//!   What crosses the channel is [`wire::Event`], written and read in `wire.rs` alone.
 //! - **History.** On every (re)connect the broker reads the stream after the hub's last id (on a
 //!   fresh start, its tail) and delivers it before anything from the channel; `deliver` drops
 //!   ids it has seen. So a refresh recovers from the same history on any instance, and an
@@ -24,23 +25,18 @@
 //! - **Faults.** Without Redis the instance keeps serving its own users (connections, history,
 //!   replacement, the local online count); their chat messages wait in the outbox, at most
 //!   `cluster.outbox`, beyond which the sender gets an `unavailable` error and the message is
-//!   counted as dropped. The broker logs one warning, reports `shequ_chat_broker_up 0` and
+//!   counted as dropped ([`outbox`] holds the policy). The broker logs one warning, reports `shequ_chat_broker_up 0` and
 //!   reconnects with backoff. On reconnect it raises the id counter to at least the last id
 //!   seen (Redis may have come back empty), rewrites its presence set, catches up from the
 //!   stream, and sends the outbox. A batch whose reply was lost with the connection goes out
 //!   again; each message carries this instance's sequence number, and Redis skips those it has
 //!   published already, so a hung Redis that wakes up publishes nothing twice.
-//!
-//! The channel carries three kinds of text message: `c{id}\n{frame}` (chat), `j{instance}\n{conn}\n
-//! {user}` (a connection joined) and `p{instance}` (a presence set changed).
 
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::FutureExt;
@@ -55,7 +51,8 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 use crate::config::{Cluster, ConfigError};
 use crate::hub::{ConnId, Effect};
 use crate::metrics::BrokerStats;
-use crate::protocol::ChatHead;
+use outbox::{Command, Outbox, Pushed};
+use wire::Event;
 
 /// First pause before reconnecting to Redis; it doubles up to [`BACKOFF_MAX`].
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -73,7 +70,8 @@ pub const RECOUNT_INTERVAL: Duration = Duration::from_millis(100);
 pub const BATCH_MAX: usize = 1024;
 
 /// Numbers a chat message, keeps it in the history stream and publishes it, atomically, so that
-/// the channel carries ids in order. A message whose sequence number this instance has already
+/// the channel carries ids in order. The frame is the head and the id as
+/// `ChatHead::into_frame` writes them, and the channel message is the frame ([`wire`]). A message whose sequence number this instance has already
 /// published is skipped (returns 0): a batch whose reply was lost with the connection is sent
 /// again after the reconnect, and Redis may have run it the first time.
 /// KEYS: id counter, history stream, this instance's last sequence number.
@@ -87,7 +85,7 @@ local frame = ARGV[1] .. id .. '}'
 if tonumber(ARGV[3]) > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id .. '-0', 'm', frame)
 end
-redis.call('PUBLISH', ARGV[2], 'c' .. id .. '\n' .. frame)
+redis.call('PUBLISH', ARGV[2], frame)
 return id
 ";
 
@@ -158,25 +156,6 @@ type PushSink = Box<dyn Fn(PushInfo) -> Result<(), ()> + Send + Sync>;
 /// Reads and writes a connection's socket; ends when the connection is lost.
 type Driver = std::pin::Pin<Box<dyn Future<Output = ()>>>;
 
-/// What the hub asked of Redis, waiting in the outbox.
-#[derive(Debug)]
-enum Command {
-    /// `seq` numbers this instance's messages, in outbox order, for [`PUBLISH_SCRIPT`].
-    Publish {
-        from: ConnId,
-        head: ChatHead,
-        seq: u64,
-    },
-    Presence {
-        user: Rc<str>,
-        online: bool,
-    },
-    Announce {
-        user: Rc<str>,
-        conn: ConnId,
-    },
-}
-
 /// Redis key and channel names, all under `cluster.prefix`.
 struct Keys {
     id: String,
@@ -220,18 +199,13 @@ pub struct Broker {
     keys: Keys,
     instance: String,
     history_size: usize,
-    outbox_max: usize,
     presence_ttl: Duration,
     /// SHA-1 of each [`Lua`] script.
     hashes: [String; 4],
-    outbox: RefCell<VecDeque<Command>>,
+    outbox: RefCell<Outbox>,
     /// Wakes [`run`] when the outbox gains a command.
     wake: async_channel::Sender<()>,
     woken: async_channel::Receiver<()>,
-    /// A presence change was not sent; rewrite the whole set at the next refresh.
-    presence_stale: Cell<bool>,
-    /// The last sequence number given to a chat message.
-    last_seq: Cell<u64>,
     stats: RefCell<BrokerStats>,
 }
 
@@ -275,14 +249,11 @@ impl Broker {
             keys,
             instance,
             history_size,
-            outbox_max: config.outbox,
             presence_ttl: Duration::from_secs(config.presence_ttl_secs),
             hashes: Lua::ALL.map(|lua| Script::new(lua.code()).get_hash().to_owned()),
-            outbox: RefCell::new(VecDeque::new()),
+            outbox: RefCell::new(Outbox::new(config.outbox)),
             wake,
             woken,
-            presence_stale: Cell::new(false),
-            last_seq: Cell::new(0),
             stats: RefCell::new(BrokerStats::default()),
         })
     }
@@ -291,52 +262,29 @@ impl Broker {
         self.stats.borrow().clone()
     }
 
-    /// Queues an effect of the hub for Redis. Returns the sender of a chat message that did not
-    /// fit, to be told.
-    ///
-    /// While Redis is down, presence changes and announcements are not queued: the presence set
-    /// is rewritten whole on reconnect, and an announcement would be stale by then.
+    /// Queues an effect of the hub for Redis, by the [`outbox`] policy. Returns the sender of a
+    /// chat message that did not fit, to be told.
     pub fn push(&self, effect: Effect) -> Option<ConnId> {
         let up = self.stats.borrow().up;
-        let command = match effect {
-            Effect::Publish { from, head } => {
-                self.last_seq.set(self.last_seq.get() + 1);
-                Command::Publish { from, head, seq: self.last_seq.get() }
+        match self.outbox.borrow_mut().push(effect, up) {
+            Pushed::Queued => {
+                let _ = self.wake.try_send(());
+                None
             }
-            Effect::Presence { user, online } if up => Command::Presence { user, online },
-            Effect::Announce { user, conn } if up => Command::Announce { user, conn },
-            Effect::Presence { .. } => {
-                self.presence_stale.set(true);
-                return None;
+            Pushed::Refused(from) => {
+                self.stats.borrow_mut().dropped += 1;
+                Some(from)
             }
-            // Stale by the time Redis is back; and the shell handles the other two.
-            Effect::Announce { .. } | Effect::Close { .. } | Effect::Persist { .. } => return None,
-        };
-        let mut outbox = self.outbox.borrow_mut();
-        if outbox.len() >= self.outbox_max {
-            return match command {
-                Command::Publish { from, .. } => {
-                    self.stats.borrow_mut().dropped += 1;
-                    Some(from)
-                }
-                Command::Presence { .. } => {
-                    self.presence_stale.set(true);
-                    None
-                }
-                Command::Announce { .. } => None,
-            };
+            Pushed::Skipped => None,
         }
-        outbox.push_back(command);
-        let _ = self.wake.try_send(());
-        None
     }
 
     /// Ends a pipeline that changed this instance's presence set: refreshes its TTL (a set
     /// created by SADD has none yet) and tells every instance to count again.
     fn presence_changed(&self, pipe: &mut redis::Pipeline) {
         pipe.add_command(self.refresh_command()).ignore();
-        let notice = format!("p{}", self.instance);
-        pipe.cmd("PUBLISH").arg(&self.keys.channel).arg(notice).ignore();
+        let notice = Event::PresenceChanged { instance: self.instance.clone() };
+        pipe.cmd("PUBLISH").arg(&self.keys.channel).arg(notice.encode()).ignore();
     }
 
     /// Runs [`REFRESH_SCRIPT`] for this instance.
@@ -382,4 +330,6 @@ impl Broker {
 }
 
 mod link;
+pub mod outbox;
+pub mod wire;
 pub(crate) use link::run;
