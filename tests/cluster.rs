@@ -312,3 +312,28 @@ fn an_instance_started_before_redis_serves_and_joins_when_redis_comes() {
         }
     });
 }
+
+#[test]
+fn users_who_connected_before_their_instance_reached_redis_get_what_they_missed_live() {
+    let redis = Redis::start();
+    // B knows the password Redis asks for; A knows the next one, so it waits outside until then.
+    redis.run(&["CONFIG SET requirepass early-password"]);
+    let b = instance(&redis, "gap", json!({"cluster": {"password": "early-password"}}));
+    let mut a = Server::start(json!({"cluster": {
+        "redis_url": redis.url(), "prefix": "gap", "password": "late-password"
+    }}));
+    a.expect_warning("cluster: Redis at");
+    a.wait_for_log("cluster: Redis at");
+    smol::block_on(async {
+        let mut alice = a.connect("alice").await;
+        assert_eq!(alice.recv_type("welcome").await["online"], 1);
+        let mut bob = b.joined("bob").await;
+        bob.chat_and_see("while A was outside").await;
+
+        redis.run(&["AUTH early-password", "CONFIG SET requirepass late-password"]);
+        a.wait_for_log("cluster: connected to Redis");
+        assert_eq!(alice.recv_type("chat").await["content"], "while A was outside");
+        bob.chat_and_see("after").await;
+        assert_eq!(alice.recv_type("chat").await["content"], "after");
+    });
+}

@@ -211,8 +211,10 @@ fn deliver(shell: &Shell, broker: &Broker, id: u64, frame: String) {
     shell.apply(|hub, now| hub.deliver(now, id, Utf8Bytes::from(frame)));
 }
 
-/// Hands the hub what the history stream holds after its last id, as live messages; on the
-/// first connection since start, the stream's tail as history, without broadcasting it.
+/// Hands the hub what the history stream holds after its last id, as live messages. On the
+/// first connection since start, that is the stream's tail: kept as history when nobody is
+/// connected yet, and otherwise delivered live, so that users who connected before this
+/// instance reached Redis see what they missed.
 async fn catch_up(
     shell: &Shell,
     broker: &Broker,
@@ -234,10 +236,13 @@ async fn catch_up(
             .await?;
         tail.reverse();
         debug!("cluster: {} messages of history from Redis", tail.len());
-        let messages =
-            tail.into_iter().filter_map(entry).map(|(id, frame)| (id, Utf8Bytes::from(frame)));
-        shell.apply(|hub, now| hub.restore(now, messages));
-        return Ok(());
+        if shell.hub().connection_count() == 0 {
+            let messages =
+                tail.into_iter().filter_map(entry).map(|(id, frame)| (id, Utf8Bytes::from(frame)));
+            shell.apply(|hub, now| hub.restore(now, messages));
+            return Ok(());
+        }
+        return deliver_all(shell, broker, tail).await;
     }
     let after: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
         .arg(stream)

@@ -14,7 +14,8 @@
 //! - **History.** On every (re)connect the broker reads the stream after the hub's last id (on a
 //!   fresh start, its tail) and delivers it before anything from the channel; `deliver` drops
 //!   ids it has seen. So a refresh recovers from the same history on any instance, and an
-//!   instance that lost Redis for a while catches up, in order.
+//!   instance that lost Redis for a while catches up, in order. Users who connected before the
+//!   instance first reached Redis get what they missed live, like everyone after a reconnect.
 //! - **Presence.** Each instance keeps its users in the set `{prefix}:presence:{instance}` and
 //!   its deadline in the sorted set `{prefix}:instances`, both refreshed every third of
 //!   `presence_ttl_secs`. The online count is the size of the union of the live instances' sets

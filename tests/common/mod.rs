@@ -749,6 +749,18 @@ impl Redis {
         assert!(status.expect("run kill").success());
     }
 
+    /// Runs inline commands (one per line), each of which must answer `+OK`.
+    pub fn run(&self, commands: &[&str]) {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        for command in commands {
+            stream.write_all(format!("{command}\r\n").as_bytes()).unwrap();
+            let mut reply = [0u8; 5];
+            stream.read_exact(&mut reply).expect("a reply from redis-server");
+            assert_eq!(&reply, b"+OK\r\n", "{command}");
+        }
+    }
+
     fn ping(&self) -> Option<()> {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
