@@ -92,13 +92,12 @@ fn dev_config_prints_a_ready_url_and_production_prints_none() {
 
 #[test]
 fn the_page_on_a_phone_with_bad_tokens_and_after_the_idle_timeout() {
-    let server = Server::start(json!({
-        "log_level": "info",
-        "idle": {"timeout_secs": 2, "check_interval_secs": 1}
-    }));
+    let server = Server::start(json!({"log_level": "info"}));
+    let idle = Server::start(json!({"idle": {"timeout_secs": 2, "check_interval_secs": 1}}));
     let expired = sign_hs256(json!({"sub": "4", "exp": unix_now() - 3600}));
     let screenshot = screenshot_path("chat-phone-screenshot.png");
-    let stdout =
-        run_in_chromium("states.mjs", &server, &[&token("4", 3600), &expired], &screenshot);
+    let idle_base = format!("http://{}", idle.addr);
+    let args = [idle_base.as_str(), &token("4", 3600), &expired];
+    let stdout = run_in_chromium("states.mjs", &server, &args, &screenshot);
     assert!(stdout.contains("said in words, no retry"), "{stdout}");
 }

@@ -1,11 +1,12 @@
 // The page on a phone, with tokens it cannot use, and after the idle timeout, in real Chromium.
 // Exit code 0 when every check passed.
-// Usage: node states.mjs BASE_URL TOKEN EXPIRED_TOKEN PHONE_SCREENSHOT_PATH
-// The server behind BASE_URL closes idle connections after a second or two.
+// Usage: node states.mjs BASE_URL IDLE_BASE_URL TOKEN EXPIRED_TOKEN PHONE_SCREENSHOT_PATH
+// The server behind IDLE_BASE_URL closes idle connections after a second or two; the one behind
+// BASE_URL does not, so that nothing else here races the idle timeout.
 import assert from "node:assert/strict";
 import { TIMEOUT, launch } from "./launch.mjs";
 
-const [base, good, expired, screenshot] = process.argv.slice(2);
+const [base, idleBase, good, expired, screenshot] = process.argv.slice(2);
 
 // Counts the page's WebSocket attempts in window.__sockets, to see whether it retries.
 const countSockets = (page) => page.addInitScript(() => {
@@ -40,13 +41,18 @@ try {
   console.log(`phone layout: ${width} px wide, controls whole; screenshot: ${screenshot}`);
 
   // Idle timeout: a quiet notice, no reconnect until the user is back.
-  await page.locator("#status", { hasText: "Paused after a quiet while" }).waitFor();
-  const before = await page.evaluate(() => window.__sockets);
-  await page.waitForTimeout(3000); // longer than any retry backoff would wait
-  assert.equal(await page.evaluate(() => window.__sockets), before, "reconnected while idle");
-  await page.locator("#messages").tap();
-  await page.locator("#status", { hasText: "Connected as" }).waitFor();
-  assert.equal(await page.evaluate(() => window.__sockets), before + 1);
+  const idle = await phone.newPage();
+  idle.setDefaultTimeout(TIMEOUT);
+  await countSockets(idle);
+  await idle.goto(`${idleBase}/#token=${good}`);
+  await idle.locator("#status", { hasText: "Paused after a quiet while" }).waitFor();
+  const before = await idle.evaluate(() => window.__sockets);
+  await idle.waitForTimeout(3000); // longer than any retry backoff would wait
+  assert.equal(await idle.evaluate(() => window.__sockets), before, "reconnected while idle");
+  await idle.locator("#messages").tap();
+  await idle.locator("#status", { hasText: "Connected as" }).waitFor();
+  assert.equal(await idle.evaluate(() => window.__sockets), before + 1);
+  await idle.close();
   console.log("idle: paused, then back on a tap");
 
   // Tokens the server refuses: the reason in words, and no retry loop.
