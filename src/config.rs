@@ -413,9 +413,11 @@ impl Config {
     }
 
     /// Parses configuration text without reading files or the environment.
+    /// Reads a configuration: JSON, in which a line may end with a `//` comment.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        // serde_json names the unknown field and its line in the message.
-        serde_json::from_str(text).map_err(|e| invalid(e.to_string()))
+        // serde_json names the unknown field and its line in the message; comments become
+        // spaces, so lines and columns stay where the file has them.
+        serde_json::from_str(&blank_comments(text)).map_err(|e| invalid(e.to_string()))
     }
 
     fn resolve_secret_file(&mut self) -> Result<(), ConfigError> {
@@ -598,9 +600,44 @@ impl Config {
     }
 }
 
+/// `text` with every `//` comment outside a string replaced by spaces, up to the end of its line.
+fn blank_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped, mut in_comment) = (false, false, false);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_comment {
+            in_comment = c != '\n';
+            out.push(if in_comment { ' ' } else { c });
+            continue;
+        }
+        if in_string {
+            (in_string, escaped) = (escaped || c != '"', !escaped && c == '\\');
+        } else if c == '"' {
+            in_string = true;
+        } else if c == '/' && chars.peek() == Some(&'/') {
+            in_comment = true;
+            out.push(' ');
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn comments_are_allowed_at_the_end_of_a_line() {
+        let text = "{ // the chat\n  \"listen\": \"127.0.0.1:1\", // not a \"string\"\n  // a whole line\n  \"allowed_origins\": [\"https://a.example//x\", \"\\\\\"]\n}";
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:1");
+        assert_eq!(c.allowed_origins, ["https://a.example//x", "\\"]);
+        let err = Config::parse("{\n // fine\n \"nope\": 1}").unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+    }
 
     fn with_secret(extra: &str) -> String {
         format!(r#"{{"auth": {{"secret": "0123456789abcdef0123"}}{extra}}}"#)
