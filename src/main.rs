@@ -142,7 +142,8 @@ fn raise_open_files_limit(config: &Config) {
         return; // unlimited
     };
     let l = &config.limits;
-    let wanted = (l.max_connections + l.max_pending_handshakes) as u64 + SPARE_FDS;
+    // Summed in u64: on a 32-bit board two large limits could overflow a usize.
+    let wanted = l.max_connections as u64 + l.max_pending_handshakes as u64 + SPARE_FDS;
     if open_files < wanted {
         warn!(
             "the open files limit is {open_files}, below limits.max_connections + \

@@ -659,6 +659,29 @@ fn restored_history_continues_ids_and_persists_new_ones() {
     assert!(h.persisted[0].contains(r#""id":43"#));
 }
 
+/// On a 32-bit board (armv7) `usize` is 32 bits: ids, timestamps and `since` arithmetic must not
+/// pass through it. Runs there under qemu-user (`.ci/emulated`).
+#[test]
+fn ids_and_timestamps_beyond_32_bits_survive_replay() {
+    let mut h = Harness::new(config());
+    let first = u64::from(u32::MAX) + 10;
+    let old: Vec<(u64, Utf8Bytes)> = (first..first + 3)
+        .map(|id| (id, Utf8Bytes::from(format!(r#"{{"type":"chat","id":{id}}}"#))))
+        .collect();
+    let effects = h.0.hub.restore(h.0.now, old);
+    h.perform(effects);
+    let c = h.connect_since("back", first);
+    h.chat(c, "new");
+    let frames = h.frames(c);
+    assert_eq!(frames[0]["recovered"], true);
+    assert_eq!(chat_ids(&frames), vec![first + 1, first + 2, first + 3]);
+    let ts = frames.last().unwrap()["ts"].as_u64().unwrap();
+    assert_eq!(ts, START_UNIX_MS, "a millisecond timestamp is above u32::MAX: {ts}");
+    assert!(ts > u64::from(u32::MAX));
+    let far = h.connect_since("far", first - 1_000_000);
+    assert_eq!(h.frames(far)[0]["recovered"], false, "a gap of a million is too old");
+}
+
 #[test]
 fn history_off_replays_nothing() {
     let mut h = Harness::new(HubConfig { history_size: 0, history_on_join: 0, ..config() });
