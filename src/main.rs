@@ -71,6 +71,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
     })
 }
 
+/// What `--check-config` adds for a production config that lets any site's pages connect (the
+/// Debian package's config until it is edited).
+const NO_ORIGINS_NOTE: &str = "note: allowed_origins is empty, so pages of any site can open \
+    connections with a visitor's token; list your site's origin there";
+
 fn main() -> ExitCode {
     let command = match parse_args(std::env::args().skip(1)) {
         Ok(command) => command,
@@ -88,8 +93,11 @@ fn main() -> ExitCode {
             println!("shequ-chat {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Check { config } => Config::load(&config).map(|_| {
+        Command::Check { config } => Config::load(&config).map(|c| {
             println!("{}: ok", config.display());
+            if c.allowed_origins.is_empty() && !c.dev_login {
+                println!("{NO_ORIGINS_NOTE}");
+            }
         }),
         Command::Token { config, sub, name, ttl_secs } => Config::load(&config)
             .and_then(|c| auth::mint(&c.auth, &sub, name.as_deref(), ttl_secs))

@@ -61,6 +61,16 @@ fn shipped_configs_pass_the_check() {
     assert_eq!(t["metrics_listen"], "127.0.0.1:9100");
     assert!(t["limits"]["max_connections_per_ip"].as_u64() > Some(0));
     assert!(t["limits"]["max_pending_handshakes_per_ip"].as_u64() > Some(0));
+    // The Debian package's config (with comments) passes as installed, with the secret the
+    // package generates in the environment; the check says its origin list is still open.
+    let out = Command::new(env!("CARGO_BIN_EXE_shequ-chat"))
+        .args(["--check-config", "--config", "configs/debian.json"])
+        .env("SHEQU_CHAT_JWT_SECRET", "a-production-secret-from-the-environment")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("allowed_origins is empty"), "{stdout}");
 }
 
 #[test]
