@@ -9,6 +9,7 @@
 #![deny(clippy::await_holding_refcell_ref)]
 
 pub mod auth;
+pub mod channels;
 #[cfg(feature = "redis")]
 pub mod cluster;
 pub mod config;
