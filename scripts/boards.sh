@@ -1,5 +1,6 @@
 # The boards shequ-chat is built for, sourced by scripts/cross.sh, scripts/deb.sh and
-# .ci/emulated. `board ARCH` sets, for amd64, aarch64 (arm64) or armv7 (armhf):
+# .ci/emulated. `board ARCH` sets, for amd64, aarch64 (arm64), aarch64-musl (static) or armv7
+# (armhf):
 #   triple    the Rust target
 #   deb_arch  the Debian architecture
 #   qemu      the command that runs one of its programs here (empty for amd64); the same as the
@@ -14,11 +15,15 @@ board() {
     aarch64 | arm64)
       triple=aarch64-unknown-linux-gnu deb_arch=arm64 qemu="qemu-aarch64 -L /usr/aarch64-linux-gnu"
       packages=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user) ;;
+    aarch64-musl)
+      # Static: runs on any 64-bit ARM Linux, whatever its C library.
+      triple=aarch64-unknown-linux-musl deb_arch=arm64 qemu=qemu-aarch64
+      packages=(gcc-aarch64-linux-gnu qemu-user) ;;
     armv7 | armhf)
       triple=armv7-unknown-linux-gnueabihf deb_arch=armhf qemu="qemu-arm -L /usr/arm-linux-gnueabihf"
       packages=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross qemu-user) ;;
     *)
-      echo "unknown board architecture '$1': amd64, aarch64 or armv7" >&2
+      echo "unknown board architecture '$1': amd64, aarch64, aarch64-musl or armv7" >&2
       return 1 ;;
   esac
 }

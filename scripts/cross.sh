@@ -3,11 +3,11 @@
 # release profile strips). Installs the Rust target and Debian's cross linker when missing.
 # Prints the binary's path.
 #
-# Usage: scripts/cross.sh aarch64|armv7|amd64 [cargo build options, e.g. --features redis]
+# Usage: scripts/cross.sh aarch64|aarch64-musl|armv7|amd64 [cargo build options, e.g. --features redis]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/boards.sh
-board "${1:?usage: scripts/cross.sh aarch64|armv7|amd64 [cargo build options]}"
+board "${1:?usage: scripts/cross.sh aarch64|aarch64-musl|armv7|amd64 [cargo build options]}"
 shift
 if native_board; then
   cargo build --quiet --release --bin shequ-chat "$@"
