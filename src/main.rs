@@ -76,6 +76,13 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
 const NO_ORIGINS_NOTE: &str = "note: allowed_origins is empty, so pages of any site can open \
     connections with a visitor's token; list your site's origin there";
 
+/// Prints a line of the command's output. A reader that went away (`| head -1`) ends the output,
+/// not the process with a panic, as `println!` would.
+fn say(line: impl std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{line}");
+}
+
 fn main() -> ExitCode {
     let command = match parse_args(std::env::args().skip(1)) {
         Ok(command) => command,
@@ -86,22 +93,22 @@ fn main() -> ExitCode {
     };
     let result = match command {
         Command::Help => {
-            print!("{USAGE}");
+            say(USAGE.trim_end());
             Ok(())
         }
         Command::Version => {
-            println!("shequ-chat {}", env!("CARGO_PKG_VERSION"));
+            say(format_args!("shequ-chat {}", env!("CARGO_PKG_VERSION")));
             Ok(())
         }
         Command::Check { config } => Config::load(&config).map(|c| {
-            println!("{}: ok", config.display());
+            say(format_args!("{}: ok", config.display()));
             if c.allowed_origins.is_empty() && !c.dev_login {
-                println!("{NO_ORIGINS_NOTE}");
+                say(NO_ORIGINS_NOTE);
             }
         }),
         Command::Token { config, sub, name, ttl_secs } => Config::load(&config)
             .and_then(|c| auth::mint(&c.auth, &sub, name.as_deref(), ttl_secs))
-            .map(|token| println!("{token}")),
+            .map(say),
         Command::Run { config } => Config::load(&config).and_then(run),
     };
     match result {

@@ -151,3 +151,18 @@ fn secret_from_the_environment_wins() {
     });
     assert!(!server.log_lines().iter().any(|l| l.contains(SECRET)), "secret in the log");
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_output_without_a_panic() {
+    // `shequ-chat token … | head -c 20`: the reader is gone before the line is written.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_shequ-chat"))
+        .args(["token", "--config", "configs/dev.json", "--sub", "42"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
+}
