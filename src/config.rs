@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::channels::{ChannelsConfig, Policy};
+
 use crate::hub::HubConfig;
 
 /// The environment variable that holds the JWT secret; it wins over the file.
@@ -79,6 +81,8 @@ pub struct Config {
     /// Several instances as one chat, over Redis; absent runs alone. Needs a build with
     /// `--features redis`.
     pub cluster: Option<Cluster>,
+    /// Rooms and private conversations (`channels.rs`); absent: one room, as before channels.
+    pub channels: Option<ChannelsConfig>,
 }
 
 impl Default for Config {
@@ -100,6 +104,7 @@ impl Default for Config {
             history: History::default(),
             presence: Presence::default(),
             cluster: None,
+            channels: None,
         }
     }
 }
@@ -192,6 +197,10 @@ pub struct Limits {
     pub max_pending_handshakes_per_ip: usize,
     /// Bytes the WebSocket layer reads at once per connection (allocated per connection).
     pub read_buffer_bytes: usize,
+    /// Channels that exist at once (someone is in them, or they hold history).
+    pub max_channels: usize,
+    /// Channels one connection may be in at once.
+    pub max_channels_per_connection: usize,
 }
 
 impl Default for Limits {
@@ -210,6 +219,8 @@ impl Default for Limits {
             max_pending_handshakes: 1024,
             max_pending_handshakes_per_ip: 16,
             read_buffer_bytes: 1024,
+            max_channels: 10_000,
+            max_channels_per_connection: 32,
         }
     }
 }
@@ -550,6 +561,14 @@ impl Config {
         if let Some(cluster) = &self.cluster {
             self.validate_cluster(cluster)?;
         }
+        if l.max_channels == 0 || l.max_channels_per_connection == 0 {
+            return Err(invalid(
+                "limits.max_channels and limits.max_channels_per_connection: must be at least 1",
+            ));
+        }
+        if let Some(channels) = &self.channels {
+            Policy::new(channels, self.history.size).map_err(invalid)?;
+        }
         Ok(())
     }
 
@@ -692,6 +711,19 @@ mod tests {
         }
         let long = format!(r#", "cluster": {{"instance": "{}"}}"#, "x".repeat(65));
         assert!(Config::parse(&with_secret(&long)).unwrap().validate().is_err());
+    }
+
+    #[test]
+    fn a_channels_section_is_checked() {
+        let section = r#", "channels": {"default": "general",
+            "rules": [{"pattern": "general", "join": "public"}]}"#;
+        Config::parse(&with_secret(section)).unwrap().validate().unwrap();
+        let bad = with_secret(r#", "channels": {"rules": [{"pattern": "a*b", "join": "public"}]}"#);
+        let err = Config::parse(&bad).unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("channels.rules[0].pattern"), "{err}");
+        let none = with_secret(r#", "limits": {"max_channels_per_connection": 0}"#);
+        let err = Config::parse(&none).unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("max_channels_per_connection"), "{err}");
     }
 
     #[test]
