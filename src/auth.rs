@@ -11,6 +11,7 @@ use jwt_simple::JWTError;
 use jwt_simple::prelude::*;
 use serde_json::{Map, Value};
 
+use crate::channels::claimed_patterns;
 use crate::config::{Algorithm, AuthConfig, ConfigError};
 use crate::hub::Identity;
 
@@ -52,6 +53,8 @@ pub struct Verifier {
     audience: Option<String>,
     user_id_claim: String,
     username_claim: String,
+    /// The claim that lists a user's channels, when the config has a `channels` section.
+    channels_claim: Option<String>,
 }
 
 impl Verifier {
@@ -87,7 +90,13 @@ impl Verifier {
             audience: config.audience.clone(),
             user_id_claim: config.user_id_claim.clone(),
             username_claim: config.username_claim.clone(),
+            channels_claim: None,
         })
+    }
+
+    /// Reads the channels a user may join from the claim named `claim` (`channels.claim`).
+    pub fn with_channels_claim(self, claim: Option<&str>) -> Verifier {
+        Verifier { channels_claim: claim.map(str::to_owned), ..self }
     }
 
     /// Verifies a token at the given time (Unix seconds) and extracts the identity.
@@ -111,7 +120,11 @@ impl Verifier {
             _ => user_id.clone(),
         };
         let expires_unix_secs = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
-        Ok(Identity { user_id, username, expires_unix_secs })
+        let channels = self
+            .channels_claim
+            .as_ref()
+            .map_or_else(Vec::new, |claim| claimed_patterns(claims.get(claim)));
+        Ok(Identity { user_id, username, expires_unix_secs, channels })
     }
 
     fn check_signature(&self, token: &str, now_unix_secs: u64) -> Result<(), AuthError> {
@@ -348,6 +361,21 @@ mod tests {
         let bad_aud =
             sign(serde_json::json!({"sub": "1", "exp": NOW + 60, "iss": "site", "aud": "x"}));
         assert_eq!(v.verify(&bad_aud, NOW), Err(AuthError::Invalid("wrong audience")));
+    }
+
+    #[test]
+    fn the_channels_claim_is_read_only_when_configured() {
+        let token = sign(serde_json::json!({"sub": "1", "exp": NOW + 60,
+                                            "rooms": ["staff", "room:*", "bad name"]}));
+        let plain = Verifier::new(&hs_config()).unwrap();
+        assert!(plain.verify(&token, NOW).unwrap().channels.is_empty());
+        let with = Verifier::new(&hs_config()).unwrap().with_channels_claim(Some("rooms"));
+        let channels = with.verify(&token, NOW).unwrap().channels;
+        let expected: Vec<_> = ["staff", "room:*"]
+            .iter()
+            .map(|p| crate::channels::Pattern::parse(p).unwrap())
+            .collect();
+        assert_eq!(channels, expected);
     }
 
     #[test]

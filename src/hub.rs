@@ -73,6 +73,9 @@ pub struct Identity {
     pub username: String,
     /// The token's `exp`, in Unix seconds.
     pub expires_unix_secs: u64,
+    /// The channels the token's claim lists (`channels.claim`); empty without a `channels`
+    /// section.
+    pub channels: Vec<crate::channels::Pattern>,
 }
 
 /// The hub's settings, taken from the configuration file by `HubConfig::from(&Config)` in

@@ -50,7 +50,8 @@ pub fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ConfigError> {
-    let verifier = Verifier::new(&config.auth)?;
+    let verifier = Verifier::new(&config.auth)?
+        .with_channels_claim(config.channels.as_ref().map(|c| c.claim.as_str()));
     let cannot = |e: io::Error| ConfigError(format!("cannot use the listener: {e}"));
     let main = Async::new(listeners.main).map_err(cannot)?;
     let metrics_listener = listeners.metrics.map(Async::new).transpose().map_err(cannot)?;

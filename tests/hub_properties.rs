@@ -232,6 +232,7 @@ impl Model {
             user_id: format!("u{user}"),
             username: format!("user {user}"),
             expires_unix_secs: self.sim.now.unix_ms / 1000 + 3600,
+            channels: Vec::new(),
         }
     }
 

@@ -67,6 +67,7 @@ impl Harness {
             user_id: user.into(),
             username: format!("name-{user}"),
             expires_unix_secs: (self.now.unix_ms / 1000) + ttl.as_secs(),
+            channels: Vec::new(),
         }
     }
 
