@@ -58,6 +58,7 @@ fuzz_target!(|ops: Vec<Op>| {
             user_id: format!("u{}", user % 6),
             username: "x".into(),
             expires_unix_secs: now.unix_ms / 1000 + ttl,
+            channels: Vec::new(),
         };
         let receive = |sim: &mut Sim, i: u8, incoming: Incoming| {
             if let Some(id) = pick(i) {
