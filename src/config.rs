@@ -423,8 +423,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses configuration text without reading files or the environment.
-    /// Reads a configuration: JSON, in which a line may end with a `//` comment.
+    /// Parses configuration text (JSON, in which a line may end with a `//` comment) without
+    /// reading files or the environment.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         // serde_json names the unknown field and its line in the message; comments become
         // spaces, so lines and columns stay where the file has them.

@@ -26,8 +26,8 @@
 //! - **Faults.** Without Redis the instance keeps serving its own users (connections, history,
 //!   replacement, the local online count); their chat messages wait in the outbox, at most
 //!   `cluster.outbox`, beyond which the sender gets an `unavailable` error and the message is
-//!   counted as dropped ([`outbox`] holds the policy). The broker logs one warning, reports `shequ_chat_broker_up 0` and
-//!   reconnects with backoff. On reconnect it raises the id counter to at least the last id
+//!   counted as dropped ([`outbox`] holds the policy). The broker logs one warning, reports
+//!   `shequ_chat_broker_up 0` and reconnects with backoff. On reconnect it raises the id counter to at least the last id
 //!   seen (Redis may have come back empty), rewrites its presence set, catches up from the
 //!   stream, and sends the outbox. A batch whose reply was lost with the connection goes out
 //!   again; each message carries this instance's sequence number, and Redis skips those it has
@@ -72,9 +72,10 @@ pub const BATCH_MAX: usize = 1024;
 
 /// Numbers a chat message, keeps it in the history stream and publishes it, atomically, so that
 /// the channel carries ids in order. The frame is the head and the id as
-/// `ChatHead::into_frame` writes them, and the channel message is the frame ([`wire`]). A message whose sequence number this instance has already
-/// published is skipped (returns 0): a batch whose reply was lost with the connection is sent
-/// again after the reconnect, and Redis may have run it the first time.
+/// `ChatHead::into_frame` writes them, and the channel message is the frame ([`wire`]). A
+/// message whose sequence number this instance has already published is skipped (returns 0): a
+/// batch whose reply was lost with the connection is sent again after the reconnect, and Redis
+/// may have run it the first time.
 /// KEYS: id counter, history stream, this instance's last sequence number.
 /// ARGV: frame up to the id, channel, history size, the message's sequence number.
 pub const PUBLISH_SCRIPT: &str = r"

@@ -68,27 +68,20 @@ impl Outbox {
 
     /// Queues a hub effect, by the policy above. `up`: whether Redis is connected.
     pub fn push(&mut self, effect: Effect, up: bool) -> Pushed {
+        let full = self.commands.len() >= self.max;
         let command = match effect {
+            Effect::Publish { from, .. } if full => return Pushed::Refused(from),
             Effect::Publish { from, head } => {
-                if self.commands.len() >= self.max {
-                    return Pushed::Refused(from);
-                }
                 self.last_seq += 1;
                 Command::Publish { from, head, seq: self.last_seq }
             }
-            Effect::Presence { user, online } => {
-                if !up || self.commands.len() >= self.max {
-                    self.presence_stale = true;
-                    return Pushed::Skipped;
-                }
-                Command::Presence { user, online }
+            Effect::Presence { .. } if full || !up => {
+                self.presence_stale = true;
+                return Pushed::Skipped;
             }
-            Effect::Announce { user, conn } => {
-                if !up || self.commands.len() >= self.max {
-                    return Pushed::Skipped;
-                }
-                Command::Announce { user, conn }
-            }
+            Effect::Presence { user, online } => Command::Presence { user, online },
+            Effect::Announce { .. } if full || !up => return Pushed::Skipped,
+            Effect::Announce { user, conn } => Command::Announce { user, conn },
             // The shell performs these itself.
             Effect::Close { .. } | Effect::Persist { .. } => return Pushed::Skipped,
         };
