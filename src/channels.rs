@@ -120,6 +120,13 @@ pub struct Kind {
     pub read_only: bool,
 }
 
+impl Kind {
+    /// The one room of a server without a `channels` section.
+    pub fn room(history: usize) -> Kind {
+        Kind { join: JoinRule::Public, history, presence: true, max_members: 0, read_only: false }
+    }
+}
+
 /// Why a user may not join a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
@@ -179,6 +186,11 @@ impl Policy {
         Ok(Policy { default: config.default.clone(), ..policy })
     }
 
+    /// The longest history any channel keeps.
+    pub fn longest_history(&self) -> usize {
+        self.rules.iter().map(|(_, kind)| kind.history).fold(self.dm.history, usize::max)
+    }
+
     /// The channel of a connection that never joins one.
     pub fn default_channel(&self) -> Option<&str> {
         self.default.as_deref()
@@ -195,6 +207,15 @@ impl Policy {
             return None;
         }
         self.rules.iter().find(|(pattern, _)| pattern.matches(name)).map(|(_, kind)| kind)
+    }
+
+    /// What `name` is like, whoever asks: its rule's kind, or a private conversation's. For
+    /// history read back at start, whose channel must still exist under the current rules.
+    pub fn kind_of(&self, name: &str) -> Option<&Kind> {
+        match dm_members(name) {
+            Some(_) => Some(&self.dm),
+            None => self.rule(name),
+        }
     }
 
     /// Whether `user_id`, whose token's claim lists `claimed`, may join `name`; if so, what the

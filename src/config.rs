@@ -376,6 +376,13 @@ impl From<&Config> for HubConfig {
             history_on_join: c.history.on_join,
             persist_history: c.history.file.is_some(),
             cluster: c.cluster.is_some(),
+            // `Config::check` has refused a section that does not make a policy.
+            channels: c
+                .channels
+                .as_ref()
+                .and_then(|section| Policy::new(section, c.history.size).ok()),
+            max_channels: c.limits.max_channels,
+            max_channels_per_connection: c.limits.max_channels_per_connection,
         }
     }
 }
@@ -567,7 +574,21 @@ impl Config {
             ));
         }
         if let Some(channels) = &self.channels {
-            Policy::new(channels, self.history.size).map_err(invalid)?;
+            let policy = Policy::new(channels, self.history.size).map_err(invalid)?;
+            if policy.longest_history() >= l.send_queue {
+                return Err(invalid(format!(
+                    "channels.rules: a history of {} must be below limits.send_queue ({}): a \
+                     replay is queued whole",
+                    policy.longest_history(),
+                    l.send_queue
+                )));
+            }
+            if self.cluster.is_some() {
+                return Err(invalid(
+                    "channels: not available in a cluster yet; run one instance with channels, \
+                     or a cluster without them",
+                ));
+            }
         }
         Ok(())
     }

@@ -376,7 +376,9 @@ impl Pump<'_> {
 
     fn parse(&self, text: &str) -> Incoming {
         match parse_client(text, self.shell.config.limits.max_content_chars) {
-            Ok(ClientMessage::Chat { content }) => Incoming::Chat(content),
+            Ok(ClientMessage::Chat { content, channel }) => Incoming::Chat { content, channel },
+            Ok(ClientMessage::Join { channel, since }) => Incoming::Join { channel, since },
+            Ok(ClientMessage::Leave { channel }) => Incoming::Leave(channel),
             Ok(ClientMessage::Ping) => Incoming::Ping,
             Ok(ClientMessage::Auth { token }) => {
                 let result = self.shell.verifier.verify(&token, now().unix_ms / 1000);

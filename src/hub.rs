@@ -32,7 +32,7 @@
 //! ([`Hub::joined_elsewhere`]). The broker that talks to Redis lives in `cluster/`; the hub only
 //! sees events.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -40,10 +40,14 @@ use std::time::{Duration, Instant};
 use async_tungstenite::tungstenite::Utf8Bytes;
 use log::debug;
 
+use self::channel::{Channel, Member, Replay};
 use self::timers::{Timer, TimerTable};
 
+use crate::channels::{Kind, Pattern, Policy, dm_members};
 use crate::outbox::{Frame, OutboxRx, OutboxTx, outbox};
-use crate::protocol::{ChatHead, CloseReason, ProtocolError, ServerMessage};
+use crate::protocol::{
+    ChannelError, ChatHead, CloseReason, PROTOCOL_CHANNELS, ProtocolError, ServerMessage,
+};
 
 /// Identifies one connection for its whole life; never reused.
 pub type ConnId = u64;
@@ -110,6 +114,12 @@ pub struct HubConfig {
     pub persist_history: bool,
     /// Part of a cluster: see the module documentation.
     pub cluster: bool,
+    /// The `channels` section; `None`: one room, and frames without `channel` fields.
+    pub channels: Option<Policy>,
+    /// Channels alive at once.
+    pub max_channels: usize,
+    /// Channels one connection may be in.
+    pub max_channels_per_connection: usize,
 }
 
 /// What the event loop must do after an input.
@@ -163,8 +173,17 @@ pub struct Connected {
 /// A frame from a client, already parsed by the event loop.
 #[derive(Debug)]
 pub enum Incoming {
-    /// A valid chat message.
-    Chat(String),
+    /// A valid chat message, to the channel it names or else to the default channel.
+    Chat {
+        content: String,
+        channel: Option<String>,
+    },
+    /// `join`, with the last message id the client saw in the channel.
+    Join {
+        channel: String,
+        since: Option<u64>,
+    },
+    Leave(String),
     /// The app-level `ping`.
     Ping,
     /// An `auth` message, with the result of checking its token.
@@ -196,6 +215,12 @@ pub struct Stats {
     pub recoveries_too_old: u64,
     /// Cluster: connections closed because their user connected to another instance.
     pub replaced_elsewhere: u64,
+    /// Channels joined, on connect or by `join`.
+    pub joins: u64,
+    /// Channels left by `leave`.
+    pub leaves: u64,
+    /// `join`, `leave` and `chat` frames refused for a reason of their channel.
+    pub channel_refusals: u64,
 }
 
 #[derive(Debug)]
@@ -217,6 +242,11 @@ struct Conn {
     /// Cluster: this connection's [`Effect::Announce`] came back from Redis, so any later
     /// announcement for the same user is newer than this connection.
     announced: bool,
+    /// The channels it is in (at most `max_channels_per_connection`: a scan is cheaper than a
+    /// set at that size).
+    channels: Vec<Rc<str>>,
+    /// The channels its token's claim covers (updated by a refreshed token).
+    claims: Box<[Pattern]>,
 }
 
 /// What the hub keeps per user id, beyond the user's connections: the rate limiter and the
@@ -234,15 +264,8 @@ struct User {
     leaving_at: Option<Instant>,
 }
 
-#[derive(Debug)]
-struct Presence {
-    /// The count in the last `online` frame.
-    last_sent: usize,
-    last_sent_at: Option<Instant>,
-    /// A `welcome` since the last `online` frame carried a count other than `last_sent`: the
-    /// next flush must go out even if the count has come back to `last_sent`.
-    welcome_differs: bool,
-}
+/// The room's name among the channels when there is no `channels` section.
+const ROOM: &str = "";
 
 /// The state machine. See the module documentation.
 #[derive(Debug)]
@@ -256,10 +279,18 @@ pub struct Hub {
     /// broker is down.
     cluster_online: Option<usize>,
     next_conn: ConnId,
+    /// Ids are one sequence across all channels.
     last_message_id: u64,
-    /// The last `history_size` chat messages, oldest first, as broadcast.
-    history: VecDeque<(u64, Utf8Bytes)>,
-    presence: Presence,
+    /// Every live channel by name; without a `channels` section, only the room ([`ROOM`]).
+    channels: HashMap<Rc<str>, Channel>,
+    /// Channels whose count may need an `online` frame (each once: [`Channel::dirty`]).
+    dirty: Vec<Rc<str>>,
+    /// When the last flush sent `online` frames: flushes are at least `presence_interval`
+    /// apart, each sending one frame per channel whose count changed.
+    presence_sent_at: Option<Instant>,
+    /// The most frames a queue may hold: `send_queue` for live traffic, plus one replay (which
+    /// is queued whole, when the queue is below `send_queue`).
+    queue_bound: usize,
     /// Token deadlines, earliest first.
     expiries: BTreeSet<(Instant, ConnId)>,
     /// Open connections per client address.
@@ -270,6 +301,8 @@ pub struct Hub {
     beats: BTreeSet<(Instant, ConnId)>,
     /// Users whose departure is held for the presence grace, earliest first.
     departures: BTreeSet<(Instant, Rc<str>)>,
+    /// The same per channel: (deadline, channel, user).
+    channel_departures: BTreeSet<(Instant, Rc<str>, Rc<str>)>,
     /// When users who have left and whose limiter state has run out are next forgotten (every
     /// ping interval; always armed).
     next_sweep: Instant,
@@ -283,9 +316,18 @@ impl Hub {
         if config.idle_timeout.is_some() {
             timers.set(Timer::IdleCheck, now.at + config.idle_check_interval);
         }
+        let longest_history = match &config.channels {
+            Some(policy) => policy.longest_history(),
+            None => config.history_size,
+        };
+        let mut channels = HashMap::new();
+        if config.channels.is_none() {
+            channels.insert(Rc::from(ROOM), Channel::new(Kind::room(config.history_size)));
+        }
         Hub {
             next_sweep: now.at + config.ping_interval,
             timers,
+            queue_bound: config.send_queue + longest_history + 1,
             config,
             conns: HashMap::new(),
             users: HashMap::new(),
@@ -293,12 +335,14 @@ impl Hub {
             cluster_online: None,
             next_conn: 1,
             last_message_id: 0,
-            history: VecDeque::new(),
-            presence: Presence { last_sent: 0, last_sent_at: None, welcome_differs: false },
+            channels,
+            dirty: Vec::new(),
+            presence_sent_at: None,
             expiries: BTreeSet::new(),
             ips: HashMap::new(),
             beats: BTreeSet::new(),
             departures: BTreeSet::new(),
+            channel_departures: BTreeSet::new(),
             stats: Stats::default(),
         }
     }
@@ -361,6 +405,7 @@ impl Hub {
         let (tx, rx) = outbox();
         let expires = token_deadline(now, identity.expires_unix_secs, self.config.token_leeway);
         let username: Rc<str> = identity.username.into();
+        let claims = identity.channels.into_boxed_slice();
         let replaced = !effects.is_empty();
         let user = self.users.get_mut(&user_key).expect("inserted above");
         user.conns.push(conn);
@@ -386,6 +431,8 @@ impl Hub {
                 expires,
                 ip,
                 announced: false,
+                channels: Vec::new(),
+                claims,
             },
         );
         self.expiries.insert((expires, conn));
@@ -407,23 +454,290 @@ impl Hub {
             existing > 0,
             self.conns.len()
         );
-        let (recovered, replay) = self.replay_from(since);
+        self.welcome(now, conn, since, &mut effects);
+        self.presence_if_changed(now, &mut effects);
+        Ok(Connected { conn, outbox: rx, effects })
+    }
+
+    /// Joins a new connection to its first channels and queues `welcome` and what follows it.
+    /// Without channels, that is the room: `welcome` carries its count, and its history follows.
+    /// With channels: the default channel, whose count and history go with `welcome` as the
+    /// room's did (so a client written for one room keeps working), then each exact name in the
+    /// token's claim, each with a `joined` frame and its history. `since` serves every one of
+    /// them: ids are one sequence, and a connection receives them in order.
+    fn welcome(&mut self, now: Now, conn: ConnId, since: Option<u64>, effects: &mut Vec<Effect>) {
+        let (home, wanted): (Option<String>, Vec<String>) = match &self.config.channels {
+            None => (Some(ROOM.into()), Vec::new()),
+            Some(policy) => {
+                let claimed = self.conns[&conn].claims.iter().filter_map(|p| match p {
+                    Pattern::Exact(name) => Some(name.clone()),
+                    Pattern::Prefix(_) => None,
+                });
+                (policy.default_channel().map(String::from), claimed.collect())
+            }
+        };
+        let home = home.and_then(|name| self.enter(conn, &name).ok());
+        let mut joined = Vec::new();
+        for name in wanted {
+            if home.as_deref() == Some(name.as_str()) {
+                continue;
+            }
+            match self.enter(conn, &name) {
+                Ok(key) => joined.push(key),
+                // A claim naming a channel that is full, unknown or one too many: the token
+                // still lets the user in, and `welcome` lists what was joined.
+                Err(error) => debug!("conn={conn} not joined to {name}: {}", error.code()),
+            }
+        }
+        let replay = home.as_ref().map(|key| self.replay(key, since));
+        let online = home.as_ref().and_then(|key| self.shown_count(key));
         let c = &self.conns[&conn];
+        let channels_mode = self.config.channels.is_some();
         let welcome = ServerMessage::Welcome {
             user_id: &c.user,
             username: &c.username,
-            online: self.shown_online(),
-            recovered,
+            online,
+            recovered: replay.and_then(|r| r.recovered),
+            protocol: channels_mode.then_some(PROTOCOL_CHANNELS),
+            channels: channels_mode.then(|| home.iter().chain(&joined).map(|k| &**k).collect()),
         };
         c.outbox.push(Frame::Text(welcome.to_json().into()));
-        for (_, text) in self.history.range(replay..) {
-            c.outbox.push(Frame::Text(text.clone()));
+        if let (Some(key), Some(replay)) = (&home, replay) {
+            self.queue_replay(conn, key, replay);
+            self.shown_to_joiner(key);
         }
-        if self.shown_online() != self.presence.last_sent {
-            self.presence.welcome_differs = true;
+        for key in joined {
+            self.answer_join(now, conn, &key, since, effects);
         }
-        self.presence_if_changed(now, &mut effects);
-        Ok(Connected { conn, outbox: rx, effects })
+    }
+
+    /// Puts the connection in the channel `name` (creating it), if the rules and limits allow;
+    /// returns the channel's key. Already in it: nothing changes. Queues nothing.
+    fn enter(&mut self, conn: ConnId, name: &str) -> Result<Rc<str>, ChannelError> {
+        let Some(c) = self.conns.get(&conn) else {
+            return Err(ChannelError::NotJoined);
+        };
+        if let Some(key) = c.channels.iter().find(|k| ***k == *name) {
+            return Ok(key.clone());
+        }
+        let key = match self.channels.get_key_value(name) {
+            Some((key, channel)) => {
+                self.check_access(name, c)?;
+                let new_user = !channel.users.contains_key(&c.user);
+                let max = channel.kind.max_members;
+                if new_user && max > 0 && channel.users.len() >= max {
+                    return Err(ChannelError::ChannelFull);
+                }
+                key.clone()
+            }
+            None => {
+                let kind = self.check_access(name, c)?.clone();
+                if self.channels.len() >= self.config.max_channels {
+                    return Err(ChannelError::ServerFull);
+                }
+                let key: Rc<str> = name.into();
+                self.channels.insert(key.clone(), Channel::new(kind));
+                key
+            }
+        };
+        if c.channels.len() >= self.config.max_channels_per_connection {
+            self.free_if_unused(&key);
+            return Err(ChannelError::TooManyChannels);
+        }
+        let user = c.user.clone();
+        let c = self.conns.get_mut(&conn).expect("looked up above");
+        c.channels.push(key.clone());
+        let channel = self.channels.get_mut(&key).expect("found or created above");
+        channel.members.insert(conn);
+        let member =
+            channel.users.entry(user.clone()).or_insert(Member { conns: 0, leaving_at: None });
+        member.conns += 1;
+        let back_within_grace = member.leaving_at.take();
+        let newcomer = member.conns == 1 && back_within_grace.is_none();
+        if let Some(at) = back_within_grace {
+            self.channel_departures.remove(&(at, key.clone(), user));
+        }
+        if newcomer {
+            self.mark_dirty(&key);
+        }
+        self.stats.joins += 1;
+        Ok(key)
+    }
+
+    /// Whether the connection's user may join `name`; what the channel is like. Without a
+    /// `channels` section only the room exists, and anyone may be in it.
+    fn check_access(&self, name: &str, c: &Conn) -> Result<&Kind, ChannelError> {
+        let Some(policy) = &self.config.channels else {
+            return match self.channels.get(name) {
+                Some(room) if name == ROOM => Ok(&room.kind),
+                _ => Err(ChannelError::NoSuchChannel),
+            };
+        };
+        policy.access(name, &c.user, &c.claims).map_err(|denied| match denied {
+            crate::channels::Denied::NoSuchChannel => ChannelError::NoSuchChannel,
+            crate::channels::Denied::Forbidden => ChannelError::Forbidden,
+        })
+    }
+
+    /// Takes the connection out of a channel. A user whose last connection in it left by
+    /// `leave` is gone from it at once; one whose connection closed (`closing`) still counts
+    /// for the presence grace, so that a page refresh changes nobody's count.
+    fn exit(&mut self, now: Now, conn: ConnId, user: &Rc<str>, key: &Rc<str>, closing: bool) {
+        let grace = self.config.presence_grace;
+        let Some(channel) = self.channels.get_mut(key) else {
+            return;
+        };
+        channel.members.remove(&conn);
+        let Some(member) = channel.users.get_mut(user) else {
+            return;
+        };
+        member.conns = member.conns.saturating_sub(1);
+        if member.conns == 0 {
+            if closing && !grace.is_zero() {
+                let at = now.at + grace;
+                member.leaving_at = Some(at);
+                self.channel_departures.insert((at, key.clone(), user.clone()));
+            } else {
+                channel.users.remove(user);
+                self.mark_dirty(key);
+            }
+        }
+        self.free_if_unused(key);
+    }
+
+    /// Frees a channel that nobody is in, nobody is leaving and that holds no history. The room
+    /// of a server without channels is never freed.
+    fn free_if_unused(&mut self, key: &str) {
+        let unused = self.channels.get(key).is_some_and(Channel::is_unused);
+        if unused && self.config.channels.is_some() {
+            self.channels.remove(key);
+        }
+    }
+
+    /// The channel's count may have changed: the next flush looks at it.
+    fn mark_dirty(&mut self, key: &Rc<str>) {
+        if let Some(channel) = self.channels.get_mut(key)
+            && !channel.dirty
+        {
+            channel.dirty = true;
+            self.dirty.push(key.clone());
+        }
+    }
+
+    /// The `online` count of a channel (`None` for one without presence): its distinct users;
+    /// for the room in a cluster, everyone's (never fewer than are here).
+    fn shown_count(&self, key: &str) -> Option<usize> {
+        let channel = self.channels.get(key)?;
+        if !channel.kind.presence {
+            return None;
+        }
+        let here = channel.users.len();
+        Some(if key == ROOM { self.cluster_online.unwrap_or(0).max(here) } else { here })
+    }
+
+    /// A `welcome` or `joined` just showed the channel's count to a joiner: if it differs
+    /// from what the last `online` frame said, the next flush must tell everyone.
+    fn shown_to_joiner(&mut self, key: &Rc<str>) {
+        let shown = self.shown_count(key);
+        if let Some(channel) = self.channels.get_mut(key)
+            && shown.is_some_and(|n| n != channel.last_sent)
+        {
+            channel.welcome_differs = true;
+            self.mark_dirty(key);
+        }
+    }
+
+    /// What a connection joining the channel now is owed after `since`, counted.
+    fn replay(&mut self, key: &str, since: Option<u64>) -> Replay {
+        let on_join = self.config.history_on_join;
+        let replay =
+            self.channels.get(key).map_or(Replay { recovered: None, from: 0 }, |channel| {
+                channel.replay_from(since, self.last_message_id, on_join)
+            });
+        match replay.recovered {
+            Some(true) => self.stats.recoveries_recovered += 1,
+            Some(false) => self.stats.recoveries_too_old += 1,
+            None => {}
+        }
+        replay
+    }
+
+    /// Queues the channel's history from `replay.from` on.
+    fn queue_replay(&self, conn: ConnId, key: &str, replay: Replay) {
+        if let (Some(c), Some(channel)) = (self.conns.get(&conn), self.channels.get(key)) {
+            for (_, text) in channel.history.range(replay.from..) {
+                c.outbox.push(Frame::Text(text.clone()));
+            }
+        }
+    }
+
+    /// Queues `joined` and the history after `since`, in this one step: no live message of the
+    /// channel can come between them. A replay is queued whole, and only to a queue below
+    /// `send_queue`; a connection whose queue is full is closed as too slow, as a broadcast
+    /// would close it.
+    fn answer_join(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        key: &Rc<str>,
+        since: Option<u64>,
+        effects: &mut Vec<Effect>,
+    ) {
+        let full = self.conns.get(&conn).is_some_and(|c| c.outbox.len() >= self.config.send_queue);
+        if full {
+            self.remove(now, conn, CloseReason::TooSlow, effects);
+            return;
+        }
+        let replay = self.replay(key, since);
+        let joined = ServerMessage::Joined {
+            channel: key,
+            online: self.shown_count(key),
+            recovered: replay.recovered,
+        };
+        if let Some(c) = self.conns.get(&conn) {
+            c.outbox.push(Frame::Text(joined.to_json().into()));
+        }
+        self.queue_replay(conn, key, replay);
+        self.shown_to_joiner(key);
+    }
+
+    /// The channel a chat frame goes to: the one it names, which the connection must be in, or
+    /// without a name the default channel (the room without channels).
+    fn chat_target(&self, c: &Conn, named: Option<String>) -> Result<Rc<str>, ProtocolError> {
+        let name = match (named, &self.config.channels) {
+            // Without channels a `channel` field is ignored, as every unknown field is.
+            (_, None) => ROOM.to_string(),
+            (Some(name), Some(_)) => name,
+            (None, Some(policy)) => match policy.default_channel() {
+                Some(default) => default.to_string(),
+                None => {
+                    return Err(ProtocolError::InvalidMessage("a chat message needs \"channel\""));
+                }
+            },
+        };
+        let Some(key) = c.channels.iter().find(|k| ***k == *name) else {
+            let error = match self.check_access(&name, c) {
+                Err(ChannelError::NoSuchChannel) => ChannelError::NoSuchChannel,
+                _ => ChannelError::NotJoined,
+            };
+            return Err(ProtocolError::Channel(error, name));
+        };
+        if self.channels.get(&**key).is_some_and(|ch| ch.kind.read_only) {
+            return Err(ProtocolError::Channel(ChannelError::ReadOnly, name));
+        }
+        Ok(key.clone())
+    }
+
+    /// Answers a refused channel frame with its `error`; counted, and not a violation (a page
+    /// may ask for a channel it has lost, or one that filled up).
+    fn refuse(&mut self, now: Now, conn: ConnId, error: ProtocolError, effects: &mut Vec<Effect>) {
+        if matches!(error, ProtocolError::Channel(..)) {
+            self.stats.channel_refusals += 1;
+            self.send_error(now, conn, &error, effects);
+        } else {
+            self.stats.invalid_messages += 1;
+            self.violation(now, conn, error, effects);
+        }
     }
 
     /// Whether [`connect`](Self::connect) would take a connection of `user` from `ip` now,
@@ -465,9 +779,7 @@ impl Hub {
         let mut effects = Vec::new();
         if id > self.last_message_id {
             self.last_message_id = id;
-            self.remember(id, text.clone());
-            self.stats.deliveries += self.broadcast(now, Frame::Text(text), &mut effects);
-            self.stats.messages_broadcast += 1;
+            self.record(ROOM, id, text, now, &mut effects);
             self.presence_if_changed(now, &mut effects);
         }
         effects
@@ -477,6 +789,7 @@ impl Hub {
     /// (Redis is unreachable) and clients should see this instance's count.
     pub fn set_cluster_online(&mut self, now: Now, count: Option<usize>) -> Vec<Effect> {
         self.cluster_online = count;
+        self.mark_dirty(&Rc::from(ROOM));
         let mut effects = Vec::new();
         self.presence_if_changed(now, &mut effects);
         effects
@@ -533,14 +846,51 @@ impl Hub {
         match incoming {
             Incoming::Alive => {}
             Incoming::Ping => self.send_to(now, conn, ServerMessage::Pong.to_json(), &mut effects),
-            Incoming::Chat(content) => {
+            Incoming::Chat { content, channel } => {
                 c.last_chat = now.at;
                 let user = c.user.clone();
-                if self.take_token(&user, now) {
-                    self.broadcast_chat(now, conn, &content, &mut effects);
-                } else {
-                    self.stats.rate_limited += 1;
-                    self.violation(now, conn, ProtocolError::RateLimited, &mut effects);
+                let c = &self.conns[&conn];
+                match self.chat_target(c, channel) {
+                    Err(error) => self.refuse(now, conn, error, &mut effects),
+                    Ok(key) if self.take_token(&user, now) => {
+                        self.broadcast_chat(now, conn, &key, &content, &mut effects);
+                    }
+                    Ok(_) => {
+                        self.stats.rate_limited += 1;
+                        self.violation(now, conn, ProtocolError::RateLimited, &mut effects);
+                    }
+                }
+            }
+            Incoming::Join { .. } | Incoming::Leave(_) if self.config.channels.is_none() => {
+                // As before channels: an unknown type.
+                self.stats.invalid_messages += 1;
+                self.violation(now, conn, ProtocolError::UnsupportedType, &mut effects);
+            }
+            Incoming::Join { channel, since } => match self.enter(conn, &channel) {
+                Ok(key) => self.answer_join(now, conn, &key, since, &mut effects),
+                Err(error) => {
+                    let error = ProtocolError::Channel(error, channel);
+                    self.refuse(now, conn, error, &mut effects);
+                }
+            },
+            Incoming::Leave(channel) => {
+                let key = c
+                    .channels
+                    .iter()
+                    .position(|k| **k == *channel)
+                    .map(|i| c.channels.swap_remove(i));
+                match key {
+                    Some(key) => {
+                        let user = c.user.clone();
+                        self.exit(now, conn, &user, &key, false);
+                        self.stats.leaves += 1;
+                        let left = ServerMessage::Left { channel: &key }.to_json();
+                        self.send_to(now, conn, left, &mut effects);
+                    }
+                    None => {
+                        let error = ProtocolError::Channel(ChannelError::NotJoined, channel);
+                        self.refuse(now, conn, error, &mut effects);
+                    }
                 }
             }
             Incoming::Invalid(error) => {
@@ -552,6 +902,7 @@ impl Hub {
                     token_deadline(now, identity.expires_unix_secs, self.config.token_leeway);
                 self.expiries.remove(&(c.expires, conn));
                 c.expires = expires;
+                c.claims = identity.channels.into_boxed_slice();
                 self.expiries.insert((expires, conn));
             }
             Incoming::Refresh(result) => {
@@ -596,6 +947,19 @@ impl Hub {
             }
             self.depart(user, &mut effects);
         }
+        while let Some((at, key, user)) = self.channel_departures.first().cloned() {
+            if at > now.at {
+                break;
+            }
+            self.channel_departures.pop_first();
+            if let Some(channel) = self.channels.get_mut(&key)
+                && channel.users.get(&user).is_some_and(|m| m.leaving_at == Some(at))
+            {
+                channel.users.remove(&user);
+                self.mark_dirty(&key);
+                self.free_if_unused(&key);
+            }
+        }
         if self.timers.is_due(Timer::PresenceFlush, now.at) {
             self.flush_presence(now, &mut effects);
         }
@@ -611,6 +975,7 @@ impl Hub {
             self.expiries.first().map(|&(at, _)| at),
             self.beats.first().map(|&(at, _)| at),
             self.departures.first().map(|(at, _)| *at),
+            self.channel_departures.first().map(|(at, _, _)| *at),
         ]
         .into_iter()
         .flatten()
@@ -620,65 +985,81 @@ impl Hub {
         next
     }
 
-    /// The history a new connection gets: `recovered`, and the index in the history to replay
-    /// from. `recovered` is `None` without
-    /// `since`, `Some(true)` when every message after `since` is still held (possibly none), and
-    /// `Some(false)` when some are not, or `since` is from the future (ids from an earlier run
-    /// without a history file).
-    fn replay_from(&mut self, since: Option<u64>) -> (Option<bool>, usize) {
-        let last = self.last_message_id;
-        let held = self.history.len();
-        let oldest = self.history.front().map_or(last + 1, |(id, _)| *id);
-        let recent = held - self.config.history_on_join.min(held);
-        match since {
-            None => (None, recent),
-            Some(since) if since <= last && since + 1 >= oldest => {
-                self.stats.recoveries_recovered += 1;
-                let skip = usize::try_from(since + 1 - oldest).unwrap_or(usize::MAX);
-                (Some(true), skip.min(held))
-            }
-            Some(_) => {
-                self.stats.recoveries_too_old += 1;
-                (Some(false), recent)
-            }
-        }
-    }
-
     /// The id of the last chat message broadcast (0 before the first).
     pub fn last_message_id(&self) -> u64 {
         self.last_message_id
     }
 
-    /// Chat messages held for replay.
+    /// Chat messages held for replay, in all channels.
     pub fn history_len(&self) -> usize {
-        self.history.len()
+        self.channels.values().map(|channel| channel.history.len()).sum()
+    }
+
+    /// Live channels (with a member, a user within the grace, or history).
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Every message held for replay, in id order: what the history file keeps when it is
+    /// compacted.
+    pub fn held_history(&self) -> Vec<Utf8Bytes> {
+        let mut held: Vec<&(u64, Utf8Bytes)> =
+            self.channels.values().flat_map(|channel| &channel.history).collect();
+        held.sort_unstable_by_key(|(id, _)| *id);
+        held.into_iter().map(|(_, text)| text.clone()).collect()
     }
 
     /// Fills the history from a previous run, or in a cluster from Redis, (oldest first) and
     /// continues ids after the last. Nothing is broadcast: for start-up. Ids not above the last
-    /// one held are skipped, so restoring twice does not duplicate.
+    /// one held are skipped, so restoring twice does not duplicate. With channels each frame
+    /// goes to the channel it names; a frame of a channel that no rule covers any more, or
+    /// beyond `limits.max_channels`, is dropped. Whatever came before the first message of a
+    /// channel may have been compacted away, so a `since` before it does not recover.
     pub fn restore(
         &mut self,
         _now: Now,
         messages: impl IntoIterator<Item = (u64, Utf8Bytes)>,
     ) -> Vec<Effect> {
         for (id, text) in messages {
-            if id > self.last_message_id {
-                self.last_message_id = id;
-                self.remember(id, text);
+            if id <= self.last_message_id {
+                continue;
             }
+            self.last_message_id = id;
+            let Some(key) = self.restored_channel(&text) else {
+                debug!("history: message {id} belongs to no channel here; dropped");
+                continue;
+            };
+            if let Some(channel) = self.channels.get_mut(&key) {
+                if channel.history.is_empty() {
+                    channel.forgotten_up_to = channel.forgotten_up_to.max(id - 1);
+                }
+                channel.remember(id, text);
+            }
+            self.free_if_unused(&key);
         }
         Vec::new()
     }
 
-    fn remember(&mut self, id: u64, text: Utf8Bytes) {
-        if self.config.history_size == 0 {
-            return;
+    /// The channel a restored frame goes to (created if need be).
+    fn restored_channel(&mut self, text: &str) -> Option<Rc<str>> {
+        let Some(policy) = &self.config.channels else {
+            return Some(Rc::from(ROOM));
+        };
+        #[derive(serde::Deserialize)]
+        struct Head {
+            channel: String,
         }
-        if self.history.len() == self.config.history_size {
-            self.history.pop_front();
+        let name = serde_json::from_str::<Head>(text).ok()?.channel;
+        if let Some((key, _)) = self.channels.get_key_value(name.as_str()) {
+            return Some(key.clone());
         }
-        self.history.push_back((id, text));
+        let kind = policy.kind_of(&name)?.clone();
+        if self.channels.len() >= self.config.max_channels {
+            return None;
+        }
+        let key: Rc<str> = name.into();
+        self.channels.insert(key.clone(), Channel::new(kind));
+        Some(key)
     }
 
     /// Removes every connection, to be closed with [`CloseReason::Shutdown`].
@@ -733,6 +1114,9 @@ impl Hub {
                 self.ips.remove(&c.ip);
             }
         }
+        for key in &c.channels {
+            self.exit(now, conn, &c.user, key, true);
+        }
         if let Some(user) = self.users.get_mut(&c.user) {
             user.conns.retain(|&id| id != conn);
             if user.conns.is_empty() && !successor {
@@ -784,21 +1168,36 @@ impl Hub {
         error: &ProtocolError,
         effects: &mut Vec<Effect>,
     ) {
-        let json = ServerMessage::Error { code: error.code(), message: &error.message() }.to_json();
+        let json = ServerMessage::Error {
+            code: error.code(),
+            message: &error.message(),
+            channel: error.channel(),
+        }
+        .to_json();
         self.send_to(now, conn, json, effects);
     }
 
-    /// Queues one frame for every connection. The bytes are shared, not copied. A receiver whose
-    /// queue is full is closed ([`CloseReason::TooSlow`]) rather than skipped, so no one loses
-    /// messages silently.
+    /// Queues one frame for every member of a channel: O(members), whatever else the hub
+    /// holds. The bytes are shared, not copied. A receiver whose queue is full is closed
+    /// ([`CloseReason::TooSlow`]) rather than skipped, so no one loses messages silently.
     /// Returns how many receivers it was queued for.
-    fn broadcast(&mut self, now: Now, frame: Frame, effects: &mut Vec<Effect>) -> u64 {
-        let send_queue = self.config.send_queue;
-        self.remove_where(now, |c| c.outbox.len() >= send_queue, CloseReason::TooSlow, effects);
-        for c in self.conns.values() {
-            c.outbox.push(frame.clone());
+    fn broadcast(&mut self, now: Now, key: &str, frame: Frame, effects: &mut Vec<Effect>) -> u64 {
+        let Some(channel) = self.channels.get(key) else {
+            return 0;
+        };
+        let mut full = Vec::new();
+        for conn in &channel.members {
+            if let Some(c) = self.conns.get(conn)
+                && !c.outbox.push_below(frame.clone(), self.config.send_queue)
+            {
+                full.push(*conn);
+            }
         }
-        self.conns.len() as u64
+        let queued = channel.members.len() - full.len();
+        for conn in full {
+            self.remove(now, conn, CloseReason::TooSlow, effects);
+        }
+        queued as u64
     }
 
     /// Removes every connection for which `pred` holds.
@@ -816,10 +1215,19 @@ impl Hub {
         }
     }
 
-    /// An accepted chat message: broadcast with the next id, or in a cluster, published.
-    fn broadcast_chat(&mut self, now: Now, from: ConnId, content: &str, effects: &mut Vec<Effect>) {
+    /// An accepted chat message: broadcast to its channel with the next id, or in a cluster,
+    /// published.
+    fn broadcast_chat(
+        &mut self,
+        now: Now,
+        from: ConnId,
+        key: &Rc<str>,
+        content: &str,
+        effects: &mut Vec<Effect>,
+    ) {
         let c = &self.conns[&from];
-        let head = ChatHead::new(&c.user, &c.username, content, now.unix_ms);
+        let channel = self.config.channels.is_some().then_some(&**key);
+        let head = ChatHead::new(channel, &c.user, &c.username, content, now.unix_ms);
         if self.config.cluster {
             effects.push(Effect::Publish { from, head });
             return;
@@ -829,9 +1237,52 @@ impl Hub {
         if self.config.persist_history {
             effects.push(Effect::Persist { line: text.clone() });
         }
-        self.remember(self.last_message_id, text.clone());
-        self.stats.deliveries += self.broadcast(now, Frame::Text(text), effects);
+        self.record(key, self.last_message_id, text, now, effects);
+        if let Some((a, b)) = dm_members(key) {
+            let sender = self.conns[&from].user.clone();
+            let other = if *sender == *a { b } else { a };
+            self.notify_dm(now, key, other, from, effects);
+        }
+    }
+
+    /// Keeps a message in its channel's history and broadcasts it to the channel's members.
+    fn record(&mut self, key: &str, id: u64, text: Utf8Bytes, now: Now, effects: &mut Vec<Effect>) {
+        if let Some(channel) = self.channels.get_mut(key) {
+            channel.remember(id, text.clone());
+        }
+        self.stats.deliveries += self.broadcast(now, key, Frame::Text(text), effects);
         self.stats.messages_broadcast += 1;
+    }
+
+    /// A private conversation has a new message: `dm` to each connection of the other user that
+    /// is not in it, so that the page can show the conversation and join it.
+    fn notify_dm(
+        &mut self,
+        now: Now,
+        key: &str,
+        other: &str,
+        from: ConnId,
+        effects: &mut Vec<Effect>,
+    ) {
+        let Some(user) = self.users.get(other) else {
+            return;
+        };
+        let members = self.channels.get(key).map(|channel| &channel.members);
+        let outside: Vec<ConnId> = user
+            .conns
+            .iter()
+            .copied()
+            .filter(|conn| members.is_none_or(|m| !m.contains(conn)))
+            .collect();
+        if outside.is_empty() {
+            return;
+        }
+        let c = &self.conns[&from];
+        let notice =
+            ServerMessage::Dm { channel: key, user_id: &c.user, username: &c.username }.to_json();
+        for conn in outside {
+            self.send_to(now, conn, notice.clone(), effects);
+        }
     }
 
     /// Refills the user's bucket for the time passed and takes one token if there is one.
@@ -926,14 +1377,26 @@ impl Hub {
         }
     }
 
-    /// The online count may have changed: send it now if the last `online` frame is old enough,
-    /// or schedule one frame for when it is.
-    fn presence_changed(&mut self, now: Now, effects: &mut Vec<Effect>) {
-        if self.timers.is_armed(Timer::PresenceFlush) {
+    /// Some channel's count may have changed: if one really differs from its last `online`
+    /// frame, flush now when the last flush is old enough, or arm the flush for when it is.
+    /// While the flush is armed this does nothing: the flush looks at every dirty channel.
+    fn presence_if_changed(&mut self, now: Now, effects: &mut Vec<Effect>) {
+        if self.dirty.is_empty() || self.timers.is_armed(Timer::PresenceFlush) {
             return;
         }
-        let due =
-            self.presence.last_sent_at.map_or(now.at, |at| at + self.config.presence_interval);
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.retain(|key| {
+            let differs = self.presence_differs(key);
+            if !differs && let Some(channel) = self.channels.get_mut(key) {
+                channel.dirty = false;
+            }
+            differs
+        });
+        self.dirty = dirty;
+        if self.dirty.is_empty() {
+            return;
+        }
+        let due = self.presence_sent_at.map_or(now.at, |at| at + self.config.presence_interval);
         if now.at >= due {
             self.flush_presence(now, effects);
         } else {
@@ -941,21 +1404,37 @@ impl Hub {
         }
     }
 
-    fn presence_if_changed(&mut self, now: Now, effects: &mut Vec<Effect>) {
-        if self.shown_online() != self.presence.last_sent || self.presence.welcome_differs {
-            self.presence_changed(now, effects);
+    /// Whether the channel's count is not what its last `online` frame (or a `welcome` or
+    /// `joined` since) said.
+    fn presence_differs(&self, key: &str) -> bool {
+        match (self.shown_count(key), self.channels.get(key)) {
+            (Some(shown), Some(channel)) => shown != channel.last_sent || channel.welcome_differs,
+            _ => false,
         }
     }
 
+    /// Sends one `online` frame to each dirty channel whose count differs.
     fn flush_presence(&mut self, now: Now, effects: &mut Vec<Effect>) {
         self.timers.stop(Timer::PresenceFlush);
-        let online = self.shown_online();
-        if online != self.presence.last_sent || self.presence.welcome_differs {
-            self.presence.welcome_differs = false;
-            self.presence.last_sent = online;
-            self.presence.last_sent_at = Some(now.at);
-            let json = ServerMessage::Online { count: online }.to_json();
-            self.broadcast(now, Frame::Text(json.into()), effects);
+        let mut sent = false;
+        for key in std::mem::take(&mut self.dirty) {
+            let differs = self.presence_differs(&key);
+            let shown = self.shown_count(&key);
+            let Some(channel) = self.channels.get_mut(&key) else {
+                continue;
+            };
+            channel.dirty = false;
+            if let (true, Some(count)) = (differs, shown) {
+                channel.welcome_differs = false;
+                channel.last_sent = count;
+                let name = self.config.channels.is_some().then_some(&*key);
+                let json = ServerMessage::Online { channel: name, count }.to_json();
+                self.broadcast(now, &key, Frame::Text(json.into()), effects);
+                sent = true;
+            }
+        }
+        if sent {
+            self.presence_sent_at = Some(now.at);
         }
     }
 
@@ -998,9 +1477,54 @@ impl Hub {
         for (id, c) in &self.conns {
             assert!(self.expiries.contains(&(c.expires, *id)));
             assert!(self.beats.contains(&(c.beat_at, *id)));
-            assert!(c.outbox.len() <= self.config.send_queue, "queue over its bound");
+            assert!(c.outbox.len() <= self.queue_bound, "queue over its bound");
+            assert!(c.channels.len() <= self.config.max_channels_per_connection);
+            for (i, key) in c.channels.iter().enumerate() {
+                assert!(!c.channels[..i].contains(key), "{id} in {key} twice");
+                let channel = self.channels.get(key).expect("a connection's channel is live");
+                assert!(channel.members.contains(id), "{id} missing from {key}'s members");
+                assert!(channel.users.get(&c.user).is_some_and(|m| m.conns > 0));
+            }
         }
         assert!(self.conns.len() <= self.config.max_connections);
+        self.check_channels();
+    }
+
+    fn check_channels(&self) {
+        assert!(self.channels.len() <= self.config.max_channels.max(1), "too many channels");
+        let mut leaving = 0;
+        for (key, channel) in &self.channels {
+            if self.config.channels.is_some() {
+                assert!(!channel.is_unused(), "unused channel {key:?} kept");
+            } else {
+                assert_eq!(&**key, ROOM, "only the room without channels");
+            }
+            assert!(channel.history.len() <= channel.kind.history);
+            assert!(
+                channel.history.iter().zip(channel.history.iter().skip(1)).all(|(a, b)| a.0 < b.0)
+            );
+            let mut per_user: HashMap<&str, u32> = HashMap::new();
+            for conn in &channel.members {
+                let c = self.conns.get(conn).expect("a member is a live connection");
+                assert!(c.channels.contains(key), "{conn} is a member of {key:?} it does not list");
+                *per_user.entry(&c.user).or_default() += 1;
+            }
+            for (user, member) in &channel.users {
+                assert_eq!(
+                    member.conns,
+                    per_user.get(&**user).copied().unwrap_or(0),
+                    "{user} in {key:?}"
+                );
+                assert_eq!(member.conns == 0, member.leaving_at.is_some(), "{user} in {key:?}");
+                if let Some(at) = member.leaving_at {
+                    leaving += 1;
+                    assert!(self.channel_departures.contains(&(at, key.clone(), user.clone())));
+                }
+            }
+            assert_eq!(channel.dirty, self.dirty.contains(key), "{key:?}'s dirty flag");
+        }
+        assert_eq!(self.channel_departures.len(), leaving, "one departure per leaving member");
+        assert_eq!(self.dirty.len(), self.channels.values().filter(|c| c.dirty).count());
     }
 }
 
@@ -1026,6 +1550,7 @@ fn token_deadline(now: Now, exp_unix_secs: u64, leeway: Duration) -> Instant {
     now.at + Duration::from_millis(deadline_ms.saturating_sub(now.unix_ms))
 }
 
+mod channel;
 #[doc(hidden)]
 pub mod sim;
 #[cfg(test)]

@@ -87,6 +87,18 @@ impl OutboxTx {
         shared.wake();
     }
 
+    /// Queues a frame if fewer than `bound` are waiting (one look at the queue, for the
+    /// broadcast loop); returns whether it did.
+    pub fn push_below(&self, frame: Frame, bound: usize) -> bool {
+        let mut shared = self.shared.borrow_mut();
+        if shared.frames.len() >= bound {
+            return false;
+        }
+        shared.frames.push_back(frame);
+        shared.wake();
+        true
+    }
+
     /// Closes the queue. Frames already queued are still written, then the close frame, except
     /// for a client that is too slow: its backlog is what made it too slow, so it is dropped.
     pub fn close(self, reason: CloseReason) {

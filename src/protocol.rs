@@ -9,8 +9,12 @@ use serde_json::Value;
 /// A client frame that parsed and passed validation.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientMessage {
-    /// `{"type":"chat","content":"…"}`
-    Chat { content: String },
+    /// `{"type":"chat","content":"…"}`, with `"channel"` when the server has channels.
+    Chat { content: String, channel: Option<String> },
+    /// `{"type":"join","channel":"…","since":17}` (`since` optional).
+    Join { channel: String, since: Option<u64> },
+    /// `{"type":"leave","channel":"…"}`
+    Leave { channel: String },
     /// `{"type":"ping"}`, answered with `{"type":"pong"}`.
     Ping,
     /// `{"type":"auth","token":"…"}`: a fresh token for the same user.
@@ -36,6 +40,52 @@ pub enum ProtocolError {
     AuthFailed(&'static str),
     /// Cluster: Redis is unreachable and the queue of messages waiting for it is full.
     Unavailable,
+    /// A `join`, `leave` or `chat` refused for a reason of the channel it names.
+    Channel(ChannelError, String),
+}
+
+/// Why a channel refused a frame; the `error` frame names the channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelError {
+    /// Not a channel name, or no rule covers it.
+    NoSuchChannel,
+    /// A rule covers it, but not for this user.
+    Forbidden,
+    /// The channel has `max_members` users.
+    ChannelFull,
+    /// Members read; only the server posts.
+    ReadOnly,
+    /// The connection is in `limits.max_channels_per_connection` channels.
+    TooManyChannels,
+    /// The server holds `limits.max_channels` channels.
+    ServerFull,
+    /// A chat to a channel the connection has not joined.
+    NotJoined,
+}
+
+impl ChannelError {
+    pub fn code(self) -> &'static str {
+        match self {
+            ChannelError::NoSuchChannel => "no_such_channel",
+            ChannelError::Forbidden => "forbidden",
+            ChannelError::ChannelFull => "channel_full",
+            ChannelError::ReadOnly => "read_only",
+            ChannelError::TooManyChannels | ChannelError::ServerFull => "too_many_channels",
+            ChannelError::NotJoined => "not_joined",
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            ChannelError::NoSuchChannel => "no channel of that name can be joined here",
+            ChannelError::Forbidden => "your token does not allow this channel",
+            ChannelError::ChannelFull => "the channel has as many members as it may",
+            ChannelError::ReadOnly => "only the site posts to this channel",
+            ChannelError::TooManyChannels => "this connection is in as many channels as it may be",
+            ChannelError::ServerFull => "the server holds as many channels as it may",
+            ChannelError::NotJoined => "join the channel before posting to it",
+        }
+    }
 }
 
 impl ProtocolError {
@@ -50,6 +100,15 @@ impl ProtocolError {
             ProtocolError::BinaryUnsupported => "binary_unsupported",
             ProtocolError::AuthFailed(_) => "auth_failed",
             ProtocolError::Unavailable => "unavailable",
+            ProtocolError::Channel(error, _) => error.code(),
+        }
+    }
+
+    /// The channel an `error` frame names, for errors about one.
+    pub fn channel(&self) -> Option<&str> {
+        match self {
+            ProtocolError::Channel(_, channel) => Some(channel),
+            _ => None,
         }
     }
 
@@ -68,6 +127,7 @@ impl ProtocolError {
             ProtocolError::Unavailable => {
                 "the chat cannot reach its other servers right now; try again shortly".into()
             }
+            ProtocolError::Channel(error, _) => error.message().into(),
         }
     }
 }
@@ -87,17 +147,52 @@ pub fn parse_client(text: &str, max_content_chars: usize) -> Result<ClientMessag
         "chat" => match fields.remove("content") {
             Some(Value::String(content)) => {
                 validate_content(&content, max_content_chars)?;
-                Ok(ClientMessage::Chat { content })
+                let channel = match fields.remove("channel") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(channel)) => Some(channel),
+                    Some(_) => {
+                        return Err(ProtocolError::InvalidMessage("\"channel\" must be a string"));
+                    }
+                };
+                Ok(ClientMessage::Chat { content, channel })
             }
             Some(_) => Err(ProtocolError::InvalidMessage("\"content\" must be a string")),
             None => Err(ProtocolError::InvalidMessage("a chat message needs \"content\"")),
         },
+        "join" => {
+            let channel = channel_field(&mut fields, "a join message needs a string \"channel\"")?;
+            let since = match fields.remove("since") {
+                None | Some(Value::Null) => None,
+                Some(Value::Number(n)) => match n.as_u64() {
+                    Some(since) => Some(since),
+                    None => return Err(ProtocolError::InvalidMessage(SINCE_SHAPE)),
+                },
+                Some(_) => return Err(ProtocolError::InvalidMessage(SINCE_SHAPE)),
+            };
+            Ok(ClientMessage::Join { channel, since })
+        }
+        "leave" => {
+            let channel = channel_field(&mut fields, "a leave message needs a string \"channel\"")?;
+            Ok(ClientMessage::Leave { channel })
+        }
         "ping" => Ok(ClientMessage::Ping),
         "auth" => match fields.remove("token") {
             Some(Value::String(token)) => Ok(ClientMessage::Auth { token }),
             _ => Err(ProtocolError::InvalidMessage("an auth message needs a string \"token\"")),
         },
         _ => Err(ProtocolError::UnsupportedType),
+    }
+}
+
+const SINCE_SHAPE: &str = "\"since\" must be a whole number of 0 or more";
+
+fn channel_field(
+    fields: &mut serde_json::Map<String, Value>,
+    missing: &'static str,
+) -> Result<String, ProtocolError> {
+    match fields.remove("channel") {
+        Some(Value::String(channel)) => Ok(channel),
+        _ => Err(ProtocolError::InvalidMessage(missing)),
     }
 }
 
@@ -122,23 +217,59 @@ pub fn validate_content(content: &str, max_chars: usize) -> Result<(), ProtocolE
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage<'a> {
+    /// The first frame. Without channels: `online` and `recovered` are the room's, and the
+    /// last two fields are absent. With channels: `online` and `recovered` are the default
+    /// channel's (absent when the connection is not in one), `protocol` is
+    /// [`PROTOCOL_CHANNELS`] and `channels` lists the channels joined on connect.
     Welcome {
         user_id: &'a str,
         username: &'a str,
-        online: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        online: Option<usize>,
         /// Only when the client sent `since`.
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        protocol: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channels: Option<Vec<&'a str>>,
     },
+    /// A channel's distinct users; without channels, the room's.
     Online {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
         count: usize,
+    },
+    /// The answer to `join` (and to each channel joined on connect but the default one).
+    Joined {
+        channel: &'a str,
+        /// Absent for a channel whose rule has `presence: false`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        online: Option<usize>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+    },
+    Left {
+        channel: &'a str,
+    },
+    /// A private conversation has a message for a user whose connection is not in it.
+    Dm {
+        channel: &'a str,
+        user_id: &'a str,
+        username: &'a str,
     },
     Pong,
     Error {
         code: &'static str,
         message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
     },
 }
+
+/// The `protocol` field of `welcome` on a server with channels. A `welcome` without it comes
+/// from a server with one room.
+pub const PROTOCOL_CHANNELS: u32 = 2;
 
 impl ServerMessage<'_> {
     pub fn to_json(&self) -> String {
@@ -155,16 +286,25 @@ impl ServerMessage<'_> {
 pub struct ChatHead(String);
 
 impl ChatHead {
-    pub fn new(user_id: &str, username: &str, content: &str, ts: u64) -> ChatHead {
+    /// `channel` is `None` on a server without channels: the frame has no `channel` field.
+    pub fn new(
+        channel: Option<&str>,
+        user_id: &str,
+        username: &str,
+        content: &str,
+        ts: u64,
+    ) -> ChatHead {
         #[derive(Serialize)]
         struct Body<'a> {
             r#type: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            channel: Option<&'a str>,
             user_id: &'a str,
             username: &'a str,
             content: &'a str,
             ts: u64,
         }
-        let body = Body { r#type: "chat", user_id, username, content, ts };
+        let body = Body { r#type: "chat", channel, user_id, username, content, ts };
         // As for `ServerMessage`, this cannot fail; the closing brace comes back in `into_frame`.
         let mut head = serde_json::to_string(&body).unwrap_or_else(|_| "{".into());
         head.pop();
@@ -294,7 +434,7 @@ mod tests {
     fn good_messages_parse() {
         assert_eq!(
             parse(r#"{"type":"chat","content":"hi"}"#),
-            Ok(ClientMessage::Chat { content: "hi".into() })
+            Ok(ClientMessage::Chat { content: "hi".into(), channel: None })
         );
         assert_eq!(parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping));
         assert_eq!(
@@ -303,7 +443,7 @@ mod tests {
         );
         assert_eq!(
             parse("{\"type\":\"chat\",\"content\":\"a\\nb\\tc\"}"),
-            Ok(ClientMessage::Chat { content: "a\nb\tc".into() })
+            Ok(ClientMessage::Chat { content: "a\nb\tc".into(), channel: None })
         );
     }
 
@@ -322,6 +462,32 @@ mod tests {
         assert_eq!(code(r#"{"type":"chat","content":"01234567890"}"#), "too_long");
         assert_eq!(code(r#"{"type":"dance"}"#), "unsupported_type");
         assert_eq!(code(r#"{"type":"auth"}"#), "invalid_message");
+        assert_eq!(code(r#"{"type":"chat","content":"x","channel":5}"#), "invalid_message");
+        assert_eq!(code(r#"{"type":"join"}"#), "invalid_message");
+        assert_eq!(code(r#"{"type":"join","channel":"x","since":-1}"#), "invalid_message");
+        assert_eq!(code(r#"{"type":"join","channel":"x","since":1.5}"#), "invalid_message");
+        assert_eq!(code(r#"{"type":"join","channel":"x","since":"1"}"#), "invalid_message");
+        assert_eq!(code(r#"{"type":"leave","channel":7}"#), "invalid_message");
+    }
+
+    #[test]
+    fn channel_frames_parse() {
+        assert_eq!(
+            parse(r#"{"type":"chat","channel":"a","content":"hi"}"#),
+            Ok(ClientMessage::Chat { content: "hi".into(), channel: Some("a".into()) })
+        );
+        assert_eq!(
+            parse(r#"{"type":"join","channel":"a","since":17}"#),
+            Ok(ClientMessage::Join { channel: "a".into(), since: Some(17) })
+        );
+        assert_eq!(
+            parse(r#"{"type":"join","channel":"a"}"#),
+            Ok(ClientMessage::Join { channel: "a".into(), since: None })
+        );
+        assert_eq!(
+            parse(r#"{"type":"leave","channel":"a"}"#),
+            Ok(ClientMessage::Leave { channel: "a".into() })
+        );
     }
 
     #[test]
@@ -338,17 +504,51 @@ mod tests {
 
     #[test]
     fn server_frames_have_the_documented_shape() {
-        let chat = ChatHead::new("42", "alice", "hi \"there\"", 1764200000000);
+        let chat = ChatHead::new(None, "42", "alice", "hi \"there\"", 1764200000000);
         assert_eq!(
             chat.with_id(17),
             r#"{"type":"chat","user_id":"42","username":"alice","content":"hi \"there\"","ts":1764200000000,"id":17}"#
         );
         assert_eq!(ChatHead::id_of(&chat.with_id(17)), Some(17));
-        let tricky = ChatHead::new("1", "\"id\":3}", "\"id\":4}", 0).into_frame(5);
+        let tricky = ChatHead::new(None, "1", "\"id\":3}", "\"id\":4}", 0).into_frame(5);
         assert_eq!(ChatHead::id_of(&tricky), Some(5));
         assert_eq!(ChatHead::id_of(r#"{"type":"chat","id":}"#), None);
         assert_eq!(ServerMessage::Pong.to_json(), r#"{"type":"pong"}"#);
-        assert_eq!(ServerMessage::Online { count: 3 }.to_json(), r#"{"type":"online","count":3}"#);
+        assert_eq!(
+            ServerMessage::Online { channel: None, count: 3 }.to_json(),
+            r#"{"type":"online","count":3}"#
+        );
+        let in_channel = ChatHead::new(Some("forum:1"), "42", "alice", "hi", 5).into_frame(6);
+        assert_eq!(
+            in_channel,
+            r#"{"type":"chat","channel":"forum:1","user_id":"42","username":"alice","content":"hi","ts":5,"id":6}"#
+        );
+        assert_eq!(
+            ServerMessage::Online { channel: Some("x"), count: 3 }.to_json(),
+            r#"{"type":"online","channel":"x","count":3}"#
+        );
+        let welcome = ServerMessage::Welcome {
+            user_id: "1",
+            username: "a",
+            online: Some(2),
+            recovered: None,
+            protocol: None,
+            channels: None,
+        };
+        assert_eq!(
+            welcome.to_json(),
+            r#"{"type":"welcome","user_id":"1","username":"a","online":2}"#
+        );
+        let error = ProtocolError::Channel(ChannelError::ReadOnly, "news".into());
+        let frame = ServerMessage::Error {
+            code: error.code(),
+            message: &error.message(),
+            channel: error.channel(),
+        };
+        assert_eq!(
+            frame.to_json(),
+            r#"{"type":"error","code":"read_only","message":"only the site posts to this channel","channel":"news"}"#
+        );
     }
 
     #[test]

@@ -101,6 +101,9 @@ fn config() -> HubConfig {
         history_on_join: 4,
         persist_history: false,
         cluster: false,
+        channels: None,
+        max_channels: 100,
+        max_channels_per_connection: 8,
     }
 }
 
@@ -293,7 +296,9 @@ impl Model {
                 if let Some(id) = self.pick(i) {
                     let before = self.sim.hub.last_message_id();
                     let live_before = self.open_ids();
-                    self.apply(|hub, now| hub.receive(now, id, Incoming::Chat("hi".into())));
+                    self.apply(|hub, now| {
+                        hub.receive(now, id, Incoming::Chat { content: "hi".into(), channel: None })
+                    });
                     let after = self.sim.hub.last_message_id();
                     if after != before {
                         assert_eq!(after, before + 1);
@@ -328,7 +333,7 @@ impl Model {
                 // Another instance's message; ids from Redis may skip.
                 self.state.redis_id += 2;
                 let id = self.state.redis_id;
-                let head = ChatHead::new("elsewhere", "someone", "hi", self.sim.now.unix_ms);
+                let head = ChatHead::new(None, "elsewhere", "someone", "hi", self.sim.now.unix_ms);
                 self.deliver(id, head.with_id(id));
             }
             Op::Redeliver(i) => {

@@ -325,6 +325,9 @@ fn the_configuration_table_names_every_field_and_only_real_ones() {
     if let Ok(c) = cluster {
         flatten("", &serde_json::to_value(c).unwrap(), &mut fields);
     }
+    // So is the channels section.
+    let channels = Config::parse(r#"{"auth": {"secret": "0123456789abcdef"}, "channels": {}}"#);
+    flatten("", &serde_json::to_value(channels.unwrap()).unwrap(), &mut fields);
     let text = readme();
     let section = text.split("## Configuration").nth(1).expect("a Configuration section");
     let table: Vec<String> = section
@@ -343,11 +346,15 @@ fn the_configuration_table_names_every_field_and_only_real_ones() {
     }
 }
 
-/// `a.b` paths of every leaf, and of the sections that are `null` by default (`cluster`).
+/// `a.b` paths of every leaf, and of the sections that are `null` by default (`cluster`,
+/// `channels`).
 fn flatten(prefix: &str, value: &Value, out: &mut Vec<String>) {
     match value {
         Value::Object(map) if !map.is_empty() => {
-            if !prefix.is_empty() && !out.contains(&prefix.to_string()) && prefix == "cluster" {
+            if !prefix.is_empty()
+                && !out.contains(&prefix.to_string())
+                && ["cluster", "channels"].contains(&prefix)
+            {
                 out.push(prefix.to_string());
             }
             for (k, v) in map {

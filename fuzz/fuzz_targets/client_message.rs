@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use shequ_chat::protocol::{ClientMessage, parse_client, validate_content};
 
 fuzz_target!(|text: &str| {
-    if let Ok(ClientMessage::Chat { content }) = parse_client(text, 2000) {
+    if let Ok(ClientMessage::Chat { content, .. }) = parse_client(text, 2000) {
         assert!(validate_content(&content, 2000).is_ok());
         assert!(!content.trim().is_empty());
         assert!(content.chars().count() <= 2000);

@@ -43,6 +43,9 @@ fn config() -> HubConfig {
         history_on_join: 3,
         persist_history: true,
         cluster: false,
+        channels: None,
+        max_channels: 100,
+        max_channels_per_connection: 8,
     }
 }
 
@@ -81,7 +84,7 @@ fuzz_target!(|ops: Vec<Op>| {
             }
             Op::Chat(i, long) => {
                 let text = if long { "x".repeat(300) } else { "hi".into() };
-                receive(&mut sim, i, Incoming::Chat(text));
+                receive(&mut sim, i, Incoming::Chat { content: text, channel: None });
             }
             Op::Invalid(i) => receive(&mut sim, i, Incoming::Invalid(ProtocolError::InvalidJson)),
             Op::Ping(i) => receive(&mut sim, i, Incoming::Ping),

@@ -129,7 +129,7 @@ mod tests {
     use super::*;
 
     fn chat(from: ConnId) -> Effect {
-        Effect::Publish { from, head: ChatHead::new("u", "u", "x", 0) }
+        Effect::Publish { from, head: ChatHead::new(None, "u", "u", "x", 0) }
     }
 
     fn presence(user: &str, online: bool) -> Effect {

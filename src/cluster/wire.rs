@@ -91,7 +91,7 @@ mod tests {
 
     #[test]
     fn every_event_reads_back_as_written() {
-        let frame = ChatHead::new("42", "alice", "hi", 1_764_200_000_000).into_frame(17);
+        let frame = ChatHead::new(None, "42", "alice", "hi", 1_764_200_000_000).into_frame(17);
         round_trip(Event::Chat { id: 17, frame });
         round_trip(Event::Joined { instance: "a".into(), conn: 7, user: "42".into() });
         round_trip(Event::PresenceChanged { instance: "0123abcd".into() });
@@ -101,7 +101,7 @@ mod tests {
 
     #[test]
     fn a_chat_message_is_the_frame_clients_get() {
-        let frame = ChatHead::new("1", "bob", "x", 5).into_frame(u64::MAX);
+        let frame = ChatHead::new(None, "1", "bob", "x", 5).into_frame(u64::MAX);
         let event = Event::parse(frame.clone()).unwrap();
         assert_eq!(event, Event::Chat { id: u64::MAX, frame: frame.clone() });
         assert_eq!(event.encode(), frame);
@@ -110,7 +110,7 @@ mod tests {
     /// What `PUBLISH_SCRIPT` publishes: `ARGV[1] .. id .. '}'`, with `ARGV[1]` the head.
     #[test]
     fn the_script_s_frame_parses() {
-        let head = ChatHead::new("1", "bob", r#"{"id":5}"#, 5);
+        let head = ChatHead::new(None, "1", "bob", r#"{"id":5}"#, 5);
         let published = format!("{}{}{}", head.as_str(), 99, '}');
         assert_eq!(Event::parse(published.clone()), Ok(Event::Chat { id: 99, frame: published }));
     }

@@ -38,6 +38,9 @@ fn config() -> HubConfig {
         history_on_join: 5,
         persist_history: false,
         cluster: false,
+        channels: None,
+        max_channels: 100,
+        max_channels_per_connection: 8,
     }
 }
 
@@ -102,7 +105,7 @@ impl Harness {
     }
 
     fn chat(&mut self, conn: ConnId, content: &str) {
-        self.receive(conn, Incoming::Chat(content.into()));
+        self.receive(conn, Incoming::Chat { content: content.into(), channel: None });
     }
 
     fn disconnect(&mut self, conn: ConnId) {
@@ -171,7 +174,7 @@ fn replacement_closes_old_first_and_keeps_the_count() {
 
     // The old connection's task ends later; the hub no longer knows it.
     h.disconnect(old);
-    h.receive(old, Incoming::Chat("ghost".into()));
+    h.receive(old, Incoming::Chat { content: "ghost".into(), channel: None });
     assert_eq!(h.hub.online(), 2);
     assert!(h.of_type(watcher, "chat").is_empty());
 }
@@ -729,7 +732,7 @@ impl Harness {
     }
 
     fn deliver_other(&mut self, id: u64, content: &str) {
-        let frame = ChatHead::new("remote", "someone", content, self.now.unix_ms).with_id(id);
+        let frame = ChatHead::new(None, "remote", "someone", content, self.now.unix_ms).with_id(id);
         let effects = self.0.hub.deliver(self.0.now, id, Utf8Bytes::from(frame));
         self.perform(effects);
     }
