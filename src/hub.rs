@@ -609,8 +609,12 @@ impl Hub {
     /// of a server without channels is never freed.
     fn free_if_unused(&mut self, key: &str) {
         let unused = self.channels.get(key).is_some_and(Channel::is_unused);
-        if unused && self.config.channels.is_some() {
-            self.channels.remove(key);
+        if unused
+            && self.config.channels.is_some()
+            && let Some(channel) = self.channels.remove(key)
+            && channel.dirty
+        {
+            self.dirty.retain(|k| **k != *key);
         }
     }
 

@@ -861,3 +861,5 @@ fn cluster_message_refused_by_a_full_outbox_tells_the_sender_without_a_violation
     assert_eq!(errors[0]["code"], "unavailable");
     assert!(h.close_reason(a).is_none(), "not the sender's fault: no violation");
 }
+
+mod channels;
