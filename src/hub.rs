@@ -870,13 +870,25 @@ impl Hub {
                 self.stats.invalid_messages += 1;
                 self.violation(now, conn, ProtocolError::UnsupportedType, &mut effects);
             }
-            Incoming::Join { channel, since } => match self.enter(conn, &channel) {
-                Ok(key) => self.answer_join(now, conn, &key, since, &mut effects),
-                Err(error) => {
-                    let error = ProtocolError::Channel(error, channel);
-                    self.refuse(now, conn, error, &mut effects);
+            Incoming::Join { channel, since } => {
+                let was_member = c.channels.iter().any(|k| **k == *channel);
+                match self.enter(conn, &channel) {
+                    // Already in it: only an explicit `since` asks for a replay.
+                    Ok(key) if since.is_none() && was_member => {
+                        let joined = ServerMessage::Joined {
+                            channel: &key,
+                            online: self.shown_count(&key),
+                            recovered: None,
+                        };
+                        self.send_to(now, conn, joined.to_json(), &mut effects);
+                    }
+                    Ok(key) => self.answer_join(now, conn, &key, since, &mut effects),
+                    Err(error) => {
+                        let error = ProtocolError::Channel(error, channel);
+                        self.refuse(now, conn, error, &mut effects);
+                    }
                 }
-            },
+            }
             Incoming::Leave(channel) => {
                 let key = c
                     .channels
@@ -997,6 +1009,18 @@ impl Hub {
     /// Chat messages held for replay, in all channels.
     pub fn history_len(&self) -> usize {
         self.channels.values().map(|channel| channel.history.len()).sum()
+    }
+
+    /// Whether the connection is in the channel (the room: `""`). For tests.
+    #[doc(hidden)]
+    pub fn is_member(&self, conn: ConnId, channel: &str) -> bool {
+        self.channels.get(channel).is_some_and(|c| c.members.contains(&conn))
+    }
+
+    /// Channels that hold at least one message. For tests.
+    #[doc(hidden)]
+    pub fn channels_with_history(&self) -> usize {
+        self.channels.values().filter(|c| !c.history.is_empty()).count()
     }
 
     /// Live channels (with a member, a user within the grace, or history).

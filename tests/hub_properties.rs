@@ -2,7 +2,9 @@
 //! disconnects, reads and time jumps, with the invariants checked after every event. In cluster
 //! mode, Redis is played by the model: it numbers published messages, delivers them (and other
 //! instances' messages, and duplicates, as a catch-up after a reconnect would), echoes
-//! announcements and reports counts.
+//! announcements and reports counts. With channels, connections also join and leave channels of
+//! every rule kind and chat in them; every accepted message must reach exactly the connections
+//! that were members of its channel when it was accepted, once, in order.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use serde_json::Value;
+use shequ_chat::channels::{ChannelsConfig, Pattern, Policy};
 use shequ_chat::hub::sim::Sim;
 use shequ_chat::hub::{ConnId, Effect, Hub, HubConfig, Identity, Incoming, Join, Now};
 use shequ_chat::outbox::{Frame, OutboxRx};
@@ -50,6 +53,62 @@ enum Op {
     Elsewhere(u8),
     /// Cluster: Redis counted the users (or is unreachable).
     Count(Option<u8>),
+    /// Channels: join one of [`CHANNELS`]; `since` only when the connection has seen nothing
+    /// of it (else it resumes after the last it saw, as the page does), and none when it is in it.
+    Join {
+        conn: usize,
+        channel: usize,
+        since: Option<u8>,
+    },
+    Leave {
+        conn: usize,
+        channel: usize,
+    },
+    Say {
+        conn: usize,
+        channel: usize,
+    },
+}
+
+/// The channels the model uses: one of each rule kind, a private conversation, a name no rule
+/// covers.
+const CHANNELS: [&str; 10] = [
+    "general", "forum:0", "forum:1", "forum:2", "staff", "news", "quiet:0", "room:0", "dm:u0:u1",
+    "nowhere",
+];
+
+fn channels_config() -> HubConfig {
+    let section: ChannelsConfig = serde_json::from_str(
+        r#"{
+          "default": "general",
+          "rules": [
+            {"pattern": "general",  "join": "public"},
+            {"pattern": "forum:*",  "join": "public", "history": 5},
+            {"pattern": "staff",    "join": "claim"},
+            {"pattern": "news",     "join": "public", "read_only": true},
+            {"pattern": "quiet:*",  "join": "public", "presence": false, "history": 0},
+            {"pattern": "room:*",   "join": "public", "max_members": 2}
+          ]
+        }"#,
+    )
+    .unwrap();
+    HubConfig {
+        channels: Some(Policy::new(&section, 16).unwrap()),
+        max_channels: 6,
+        max_channels_per_connection: 4,
+        ..config()
+    }
+}
+
+fn channel_op() -> impl Strategy<Value = Op> {
+    let channel = 0..CHANNELS.len();
+    prop_oneof![
+        6 => op(),
+        3 => (any::<usize>(), channel.clone(), proptest::option::of(0u8..30))
+            .prop_map(|(conn, channel, since)| Op::Join { conn, channel, since }),
+        1 => (any::<usize>(), channel.clone()).prop_map(|(conn, channel)| Op::Leave { conn, channel }),
+        4 => (any::<usize>(), channel).prop_map(|(conn, channel)| Op::Say { conn, channel }),
+    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -112,18 +171,21 @@ struct Conn {
     reader: bool,
     /// Ids of the chat messages the connection's writer has taken, in order.
     ids: Vec<u64>,
+    /// The last id taken per channel (`""` without channels).
+    last: HashMap<String, u64>,
     closed: Option<CloseReason>,
     /// Cluster: its announcement came back.
     announced: bool,
 }
 
 impl Conn {
-    /// What the connection's writer does: take every queued frame. Ids must keep increasing.
+    /// What the connection's writer does: take every queued frame. Ids must keep increasing in
+    /// each channel (a channel joined later replays ids older than another's live ones).
     fn take(&mut self, rx: &OutboxRx) {
-        for id in chat_ids(&rx.drain()) {
-            if let Some(last) = self.ids.last() {
-                assert!(id > *last, "id {id} after {last}: out of order or twice");
-            }
+        for (channel, id) in chat_ids(&rx.drain()) {
+            let last = self.last.entry(channel).or_default();
+            assert!(id > *last, "id {id} after {last}: out of order or twice");
+            *last = id;
             self.ids.push(id);
         }
     }
@@ -235,7 +297,12 @@ impl Model {
             user_id: format!("u{user}"),
             username: format!("user {user}"),
             expires_unix_secs: self.sim.now.unix_ms / 1000 + 3600,
-            channels: Vec::new(),
+            // Even users may read staff.
+            channels: if user % 2 == 0 {
+                vec![Pattern::parse("staff").unwrap()]
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -278,6 +345,7 @@ impl Model {
                         user: format!("u{user}"),
                         reader,
                         ids: Vec::new(),
+                        last: HashMap::new(),
                         closed: None,
                         announced: false,
                     };
@@ -292,22 +360,27 @@ impl Model {
                     self.apply(|hub, now| hub.disconnect(now, id, CloseReason::Client));
                 }
             }
-            Op::Chat(i) => {
-                if let Some(id) = self.pick(i) {
-                    let before = self.sim.hub.last_message_id();
-                    let live_before = self.open_ids();
-                    self.apply(|hub, now| {
-                        hub.receive(now, id, Incoming::Chat { content: "hi".into(), channel: None })
-                    });
-                    let after = self.sim.hub.last_message_id();
-                    if after != before {
-                        assert_eq!(after, before + 1);
-                        let user = self.state.conn(id).user.clone();
-                        *self.state.admitted.entry(user).or_default() += 1;
-                        let live_after: HashSet<ConnId> = self.open_ids().into_iter().collect();
-                        let owed = live_before.into_iter().filter(|c| live_after.contains(c));
-                        self.state.owed.push((after, owed.collect()));
-                    }
+            Op::Chat(i) => self.say(i, None),
+            Op::Say { conn, channel } => self.say(conn, Some(CHANNELS[channel])),
+            Op::Join { conn, channel, since } => {
+                if let Some(id) = self.pick(conn) {
+                    let channel = CHANNELS[channel];
+                    // A member asking again with `since` asks for a resync, and gets what is
+                    // still on its way once more; the page never does that.
+                    let member = self.sim.hub.is_member(id, channel);
+                    // A page joins after reading what it had (up to its `left`).
+                    let queue = rx(&self.sim, id);
+                    self.state.conn(id).take(queue);
+                    let seen = self.state.conn(id).last.get(channel).copied();
+                    let since = if member { None } else { seen.or(since.map(u64::from)) };
+                    let channel = channel.to_string();
+                    self.apply(|hub, now| hub.receive(now, id, Incoming::Join { channel, since }));
+                }
+            }
+            Op::Leave { conn, channel } => {
+                if let Some(id) = self.pick(conn) {
+                    let channel = CHANNELS[channel].to_string();
+                    self.apply(|hub, now| hub.receive(now, id, Incoming::Leave(channel)));
                 }
             }
             Op::Invalid(i) => self.receive(i, Incoming::Invalid(ProtocolError::InvalidJson)),
@@ -375,6 +448,32 @@ impl Model {
         self.readers_read();
     }
 
+    /// A chat message from a connection; if accepted, it is owed to the members of its channel
+    /// (the default one without a name; the room without channels) that are still open after it.
+    fn say(&mut self, i: usize, channel: Option<&str>) {
+        let Some(id) = self.pick(i) else { return };
+        let target = match (channel, self.sim.hub.is_member(id, "")) {
+            (_, true) => "",
+            (Some(name), false) => name,
+            (None, false) => "general",
+        };
+        let members_before: Vec<ConnId> =
+            self.open_ids().into_iter().filter(|c| self.sim.hub.is_member(*c, target)).collect();
+        let before = self.sim.hub.last_message_id();
+        let incoming = Incoming::Chat { content: "hi".into(), channel: channel.map(String::from) };
+        self.apply(|hub, now| hub.receive(now, id, incoming));
+        let after = self.sim.hub.last_message_id();
+        if after != before {
+            assert_eq!(after, before + 1);
+            assert!(members_before.contains(&id), "a message from outside {target:?} accepted");
+            let user = self.state.conn(id).user.clone();
+            *self.state.admitted.entry(user).or_default() += 1;
+            let live_after: HashSet<ConnId> = self.open_ids().into_iter().collect();
+            let owed = members_before.into_iter().filter(|c| live_after.contains(c));
+            self.state.owed.push((after, owed.collect()));
+        }
+    }
+
     fn receive(&mut self, i: usize, incoming: Incoming) {
         if let Some(id) = self.pick(i) {
             self.apply(|hub, now| hub.receive(now, id, incoming));
@@ -433,7 +532,8 @@ impl Model {
     }
 }
 
-fn chat_ids(frames: &[Frame]) -> Vec<u64> {
+/// The channel (`""` without one) and id of each chat frame.
+fn chat_ids(frames: &[Frame]) -> Vec<(String, u64)> {
     frames
         .iter()
         .filter_map(|f| match f {
@@ -441,7 +541,7 @@ fn chat_ids(frames: &[Frame]) -> Vec<u64> {
             Frame::Ping => None,
         })
         .filter(|v| v["type"] == "chat")
-        .map(|v| v["id"].as_u64().unwrap())
+        .map(|v| (v["channel"].as_str().unwrap_or("").to_string(), v["id"].as_u64().unwrap()))
         .collect()
 }
 
@@ -456,6 +556,37 @@ proptest! {
             model.check();
         }
         model.check_deliveries();
+    }
+
+    #[test]
+    fn channel_hub_invariants_hold_for_any_sequence(
+        ops in proptest::collection::vec(channel_op(), 1..200)
+    ) {
+        let mut model = Model::new(channels_config());
+        for op in ops {
+            model.step(op);
+            model.check();
+        }
+        model.check_deliveries();
+    }
+
+    /// Whatever joins and leaves happened, once every connection has closed and the grace is
+    /// over, only channels that hold history are left: nothing leaks.
+    #[test]
+    fn channels_are_freed_when_nobody_is_in_them(
+        ops in proptest::collection::vec(channel_op(), 1..200)
+    ) {
+        let mut model = Model::new(HubConfig { max_channels: 100, ..channels_config() });
+        for op in ops {
+            model.step(op);
+        }
+        for id in model.open_ids() {
+            model.apply(|hub, now| hub.disconnect(now, id, CloseReason::Client));
+        }
+        model.step(Op::Advance(10_000));
+        prop_assert_eq!(model.sim.hub.connection_count(), 0);
+        let with_history = model.sim.hub.channels_with_history();
+        prop_assert_eq!(model.sim.hub.channel_count(), with_history);
     }
 
     #[test]

@@ -333,9 +333,8 @@ fn a_private_conversation_is_for_its_two_users_and_tells_the_other() {
 #[test]
 fn restored_history_goes_to_each_frame_s_channel() {
     let mut h = Harness::new(forum());
-    let frame = |channel: &str, id: u64| {
-        ChatHead::new(Some(channel), "x", "x", "m", 0).into_frame(id)
-    };
+    let frame =
+        |channel: &str, id: u64| ChatHead::new(Some(channel), "x", "x", "m", 0).into_frame(id);
     let restored = vec![
         (1, frame("forum:1", 1)),
         (2, frame("general", 2)),
@@ -348,8 +347,7 @@ fn restored_history_goes_to_each_frame_s_channel() {
     h.apply(|hub, now| hub.restore(now, restored.into_iter().map(|(id, f)| (id, f.into()))));
     assert_eq!(h.hub.last_message_id(), 7);
     assert_eq!(h.hub.history_len(), 4, "forum:1 keeps 3, general 1, `gone` has no rule");
-    let held: Vec<u64> =
-        h.hub.held_history().iter().map(|t| ChatHead::id_of(t).unwrap()).collect();
+    let held: Vec<u64> = h.hub.held_history().iter().map(|t| ChatHead::id_of(t).unwrap()).collect();
     assert_eq!(held, vec![2, 5, 6, 7]);
     let a = h.connect("a");
     h.frames(a);
