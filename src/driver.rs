@@ -127,6 +127,7 @@ impl Shell {
         }
         if persisted {
             self.with_history(|file| file.flush());
+            self.compact_history(true);
         }
         for conn in not_sent {
             self.apply(|hub, now| hub.not_sent(now, conn));
@@ -147,6 +148,20 @@ impl Shell {
     #[cfg(not(feature = "redis"))]
     fn to_broker(&self, _effect: Effect) -> Option<ConnId> {
         None
+    }
+
+    /// Rewrites the history file with the history the hub holds (each channel's last N, in id
+    /// order) when it holds more: at start (`growing` false), as soon as it does; while running,
+    /// once it holds twice what is kept (or twice `history.size`), so that rewriting costs O(1)
+    /// per message.
+    pub(crate) fn compact_history(&self, growing: bool) {
+        let held = self.hub.borrow().history_len();
+        let limit = if growing { 2 * held.max(self.config.history.size).max(1) } else { held };
+        let due = self.history.borrow().as_ref().is_some_and(|file| file.lines() > limit);
+        if due {
+            let keep = self.hub.borrow().held_history();
+            self.with_history(|file| file.compact(&keep));
+        }
     }
 
     /// Runs an operation on the history file, if there is one, and logs a failure.

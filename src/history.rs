@@ -3,10 +3,12 @@
 //!
 //! On start the file is read back; a torn last line (a crash in the middle of a write) is logged
 //! and cut off. Appends go through a buffer that the event loop flushes once per input (one
-//! `write` call); `fsync` follows `history.fsync`. When the file holds twice the history it is
-//! rewritten with just the history (write to a temporary file, sync, rename).
+//! `write` call); `fsync` follows `history.fsync`. With channels each line carries its channel.
+//!
+//! The file does not decide what to keep: the hub does (each channel's last N). When the file
+//! holds twice what the hub keeps, the event loop rewrites it with just the hub's history
+//! ([`HistoryFile::compact`]: write to a temporary file, sync, rename).
 
-use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -21,9 +23,6 @@ pub struct HistoryFile {
     path: PathBuf,
     writer: BufWriter<File>,
     fsync: Fsync,
-    /// The last `keep` lines, for compaction (shared bytes, not copies).
-    recent: VecDeque<Utf8Bytes>,
-    keep: usize,
     /// Lines in the file now.
     lines: usize,
     /// Written to the OS but not yet synced to disk.
@@ -33,16 +32,15 @@ pub struct HistoryFile {
 /// What was read back from a history file.
 pub struct Loaded {
     pub file: HistoryFile,
-    /// The last `keep` messages, oldest first, with their ids.
+    /// Every message in the file, oldest first, with their ids.
     pub messages: Vec<(u64, Utf8Bytes)>,
     /// Whether a torn last line was cut off.
     pub repaired: bool,
 }
 
 impl HistoryFile {
-    /// Opens (or creates) the file, repairs a torn last line, and returns the last `keep`
-    /// messages.
-    pub fn open(path: &Path, fsync: Fsync, keep: usize) -> io::Result<Loaded> {
+    /// Opens (or creates) the file, repairs a torn last line, and returns its messages.
+    pub fn open(path: &Path, fsync: Fsync) -> io::Result<Loaded> {
         let mut file = OpenOptions::new().read(true).append(true).create(true).open(path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
@@ -58,22 +56,14 @@ impl HistoryFile {
             );
         }
         file.seek(SeekFrom::End(0))?;
-        let lines = entries.len();
-        let skip = entries.len().saturating_sub(keep);
-        let messages: Vec<(u64, Utf8Bytes)> = entries.into_iter().skip(skip).collect();
-        let mut history = HistoryFile {
+        let history = HistoryFile {
             path: path.to_path_buf(),
             writer: BufWriter::new(file),
             fsync,
-            recent: messages.iter().map(|(_, text)| text.clone()).collect(),
-            keep,
-            lines,
+            lines: entries.len(),
             unsynced: false,
         };
-        if history.lines > history.keep {
-            history.compact()?;
-        }
-        Ok(Loaded { file: history, messages, repaired })
+        Ok(Loaded { file: history, messages: entries, repaired })
     }
 
     /// Appends one line to the buffer. With `fsync: always` it is written and synced before this
@@ -82,18 +72,11 @@ impl HistoryFile {
         self.writer.write_all(line.as_bytes())?;
         self.writer.write_all(b"\n")?;
         self.lines += 1;
-        if self.recent.len() == self.keep {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(line.clone());
         if self.fsync == Fsync::Always {
             self.writer.flush()?;
             self.writer.get_ref().sync_data()?;
         } else {
             self.unsynced = true;
-        }
-        if self.lines >= 2 * self.keep.max(1) {
-            self.compact()?;
         }
         Ok(())
     }
@@ -114,12 +97,17 @@ impl HistoryFile {
         Ok(())
     }
 
-    /// Rewrites the file with only the recent lines.
-    fn compact(&mut self) -> io::Result<()> {
+    /// Lines in the file.
+    pub fn lines(&self) -> usize {
+        self.lines
+    }
+
+    /// Rewrites the file with only `keep`, the history the hub holds, oldest first.
+    pub fn compact(&mut self, keep: &[Utf8Bytes]) -> io::Result<()> {
         self.writer.flush()?;
         let tmp = self.path.with_extension("jsonl.tmp");
-        let mut out = Vec::with_capacity(self.recent.iter().map(|l| l.len() + 1).sum());
-        for line in &self.recent {
+        let mut out = Vec::with_capacity(keep.iter().map(|l| l.len() + 1).sum());
+        for line in keep {
             out.extend_from_slice(line.as_bytes());
             out.push(b'\n');
         }
@@ -131,7 +119,7 @@ impl HistoryFile {
         std::fs::rename(&tmp, &self.path)?;
         let file = OpenOptions::new().append(true).open(&self.path)?;
         self.writer = BufWriter::new(file);
-        self.lines = self.recent.len();
+        self.lines = keep.len();
         self.unsynced = false;
         Ok(())
     }
@@ -197,13 +185,13 @@ mod tests {
     #[test]
     fn appends_survive_reopening() {
         let path = temp("reopen");
-        let mut loaded = HistoryFile::open(&path, Fsync::Always, 10).unwrap();
+        let mut loaded = HistoryFile::open(&path, Fsync::Always).unwrap();
         assert!(loaded.messages.is_empty());
         for id in 1..=3 {
             loaded.file.append(&line(id)).unwrap();
         }
         drop(loaded);
-        let loaded = HistoryFile::open(&path, Fsync::Always, 10).unwrap();
+        let loaded = HistoryFile::open(&path, Fsync::Always).unwrap();
         let ids: Vec<u64> = loaded.messages.iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, vec![1, 2, 3]);
         assert_eq!(loaded.messages[2].1, line(3));
@@ -214,7 +202,7 @@ mod tests {
     fn torn_last_line_is_cut_off() {
         let path = temp("torn");
         std::fs::write(&path, format!("{}\n{}\n{{\"type\":\"ch", line(1), line(2))).unwrap();
-        let loaded = HistoryFile::open(&path, Fsync::Interval, 10).unwrap();
+        let loaded = HistoryFile::open(&path, Fsync::Interval).unwrap();
         assert!(loaded.repaired);
         assert_eq!(loaded.messages.len(), 2);
         let text = std::fs::read_to_string(&path).unwrap();
@@ -222,20 +210,21 @@ mod tests {
     }
 
     #[test]
-    fn grows_to_twice_the_history_then_compacts() {
+    fn compaction_keeps_what_it_is_given_and_appends_go_on_after_it() {
         let path = temp("compact");
-        let mut file = HistoryFile::open(&path, Fsync::Never, 5).unwrap().file;
+        let mut file = HistoryFile::open(&path, Fsync::Never).unwrap().file;
         for id in 1..=10 {
             file.append(&line(id)).unwrap();
         }
-        file.sync().unwrap();
+        assert_eq!(file.lines(), 10);
+        file.compact(&[line(3), line(7), line(9)]).unwrap();
+        assert_eq!(file.lines(), 3);
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text.lines().count(), 5, "{text}");
-        assert!(text.starts_with(line(6).as_str()));
+        assert_eq!(text, format!("{}\n{}\n{}\n", line(3), line(7), line(9)));
         file.append(&line(11)).unwrap();
         file.sync().unwrap();
-        let loaded = HistoryFile::open(&path, Fsync::Never, 5).unwrap();
+        let loaded = HistoryFile::open(&path, Fsync::Never).unwrap();
         let ids: Vec<u64> = loaded.messages.iter().map(|(id, _)| *id).collect();
-        assert_eq!(ids, vec![7, 8, 9, 10, 11]);
+        assert_eq!(ids, vec![3, 7, 9, 11]);
     }
 }

@@ -60,7 +60,7 @@ pub fn run(
     let hub = Hub::new(HubConfig::from(&config), start);
     let (history, restored) = match &config.history.file {
         Some(path) => {
-            let loaded = HistoryFile::open(path, config.history.fsync, config.history.size)
+            let loaded = HistoryFile::open(path, config.history.fsync)
                 .map_err(|e| ConfigError(format!("history.file {}: {e}", path.display())))?;
             info!("history: {} messages from {}", loaded.messages.len(), path.display());
             (Some(loaded.file), loaded.messages)
@@ -84,6 +84,8 @@ pub fn run(
     );
     let shell = Rc::new(shell);
     shell.apply(|hub, now| hub.restore(now, restored));
+    // The file may hold more than the hub keeps (a smaller history, a channel without a rule).
+    shell.compact_history(false);
     // Logged once everything is loaded: from this line on, the server answers.
     let addr = |l: &Async<TcpListener>| l.get_ref().local_addr().map(|a| a.to_string());
     info!(

@@ -298,7 +298,7 @@ impl Model {
             username: format!("user {user}"),
             expires_unix_secs: self.sim.now.unix_ms / 1000 + 3600,
             // Even users may read staff.
-            channels: if user % 2 == 0 {
+            channels: if user.is_multiple_of(2) {
                 vec![Pattern::parse("staff").unwrap()]
             } else {
                 Vec::new()
