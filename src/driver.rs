@@ -186,6 +186,7 @@ impl Shell {
             shown_online: hub.shown_online(),
             broker,
             history: hub.history_len(),
+            channels: hub.channel_count(),
             shell: &self.counters,
             handshakes: &self.handshakes,
             start_time_unix_secs: self.start_unix_secs,

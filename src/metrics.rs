@@ -66,6 +66,7 @@ pub struct Snapshot<'a> {
     pub shown_online: usize,
     pub broker: Option<BrokerStats>,
     pub history: usize,
+    pub channels: usize,
     pub shell: &'a ShellCounters,
     pub handshakes: &'a Handshakes,
     pub start_time_unix_secs: f64,
@@ -119,10 +120,23 @@ pub fn render(s: &Snapshot<'_>) -> String {
             "Frames refused as invalid (bad JSON, shape, content, type, binary, auth).",
             st.invalid_messages,
         ),
+        ("shequ_chat_channel_joins_total", "Channels joined, on connect or by join.", st.joins),
+        ("shequ_chat_channel_leaves_total", "Channels left by leave.", st.leaves),
+        (
+            "shequ_chat_channel_refusals_total",
+            "join, leave and chat frames refused for a reason of their channel.",
+            st.channel_refusals,
+        ),
     ] {
         out.single(name, "counter", help, value);
     }
     out.single("shequ_chat_history_messages", "gauge", "Chat messages held for replay.", s.history);
+    out.single(
+        "shequ_chat_channels",
+        "gauge",
+        "Live channels (someone in them, or history); the room without channels.",
+        s.channels,
+    );
     if let Some(b) = &s.broker {
         render_broker(&mut out, b, st, s.shown_online);
     }
