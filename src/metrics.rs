@@ -284,11 +284,13 @@ mod tests {
             shown_online: 3,
             broker: Some(BrokerStats { up: true, dropped: 4, ..BrokerStats::default() }),
             history: 0,
+            channels: 5,
             shell: &shell,
             handshakes: &handshakes,
             start_time_unix_secs: 1.5,
         });
         assert!(text.contains("shequ_chat_deliveries_total 7\n"));
+        assert!(text.contains("shequ_chat_channels 5\n"));
         assert!(text.contains("shequ_chat_auth_failures_total{reason=\"origin\"} 1\n"));
         assert!(text.contains("shequ_chat_refusals_total{reason=\"origin\"} 1\n"));
         assert!(text.contains("shequ_chat_refusals_total{reason=\"capacity\"} 1\n"));
