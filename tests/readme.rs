@@ -37,15 +37,25 @@ fn readme() -> String {
 /// The commands in README's fenced blocks of `lang`, one per command: continuation lines
 /// (ending in `\`) joined, comments after `#` kept (bash ignores them).
 fn blocks(lang: &str) -> Vec<String> {
+    // A `json` block is one example; an `sh` block is one command per line (`\` continues it).
+    let whole = lang == "json";
     let mut out = Vec::new();
     let mut inside = false;
     let mut pending = String::new();
     for line in readme().lines() {
         if let Some(tag) = line.strip_prefix("```") {
+            if inside && whole {
+                out.push(std::mem::take(&mut pending));
+            }
             inside = !inside && tag == lang;
             continue;
         }
         if !inside {
+            continue;
+        }
+        if whole {
+            pending.push_str(line);
+            pending.push('\n');
             continue;
         }
         pending.push_str(line.trim_end_matches('\\'));

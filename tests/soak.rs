@@ -3,7 +3,10 @@
 //! (`SHEQU_SOAK_SEED`) that reproduces the run. At the end: the clients that stayed connected got
 //! every message exactly once and in order, the online count is the truth, the log has no panic,
 //! and the server's memory is back where it was once warm (no leak). With `--features redis` it
-//! runs over two instances too, each connect (a refresh included) landing on either.
+//! runs over two instances too, each connect (a refresh included) landing on either. With
+//! channels, everyone is in the default channel and one topic, chats in both, and rejoins its
+//! topic with `since` after each refresh; every stayer of a channel got the same messages of it,
+//! each once and in order.
 //!
 //! `SHEQU_SOAK_SECS=600 cargo test --release --test soak -- --nocapture`
 
@@ -37,13 +40,32 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// Records a stayer's frame: chat ids in order, and the latest online count.
-fn observe(frame: &Value, ids: &mut Vec<u64>, online: &mut u64) {
+/// The topics of the soak with channels, beside the default channel.
+const TOPICS: [&str; 4] = ["topic:0", "topic:1", "topic:2", "topic:3"];
+
+/// What a stayer saw: chat ids in order per channel (`""` without channels), and the latest
+/// online count of the default channel.
+#[derive(Default)]
+struct Seen {
+    ids: std::collections::BTreeMap<String, Vec<u64>>,
+    online: u64,
+}
+
+/// Records a stayer's frame.
+fn observe(frame: &Value, seen: &mut Seen) {
+    let channel = frame["channel"].as_str().unwrap_or("");
     match frame["type"].as_str() {
-        Some("chat") => ids.extend(frame["id"].as_u64()),
-        Some("online") => *online = frame["count"].as_u64().unwrap_or(*online),
+        Some("chat") => seen.ids.entry(channel.into()).or_default().extend(frame["id"].as_u64()),
+        Some("online") if !channel.starts_with("topic:") => {
+            seen.online = frame["count"].as_u64().unwrap_or(seen.online)
+        }
         _ => {}
     }
+}
+
+/// Joins `topic` (with `since` when given), as a page does after connecting.
+async fn join_topic(c: &mut Client, topic: &str, since: Option<u64>) {
+    c.send_json(json!({"type": "join", "channel": topic, "since": since})).await;
 }
 
 fn chat_id(text: &str) -> Option<u64> {
@@ -67,10 +89,11 @@ async fn next_event(c: &mut Client, at: Instant) -> Event {
 }
 
 /// A user who connects, chats, refreshes, goes quiet, leaves and returns at random, each time on
-/// one of `servers` at random.
-async fn wander(servers: &[&Server], user: usize, seed: u64, until: Instant) {
+/// one of `servers` at random. With channels, in a topic too.
+async fn wander(servers: &[&Server], user: usize, seed: u64, until: Instant, channels: bool) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let name = format!("wanderer{user}");
+    let topic = channels.then(|| TOPICS[rng.usize(..TOPICS.len())]);
     let mut last_id = 0u64;
     let mut client: Option<Client> = None;
     // The next thing this user does; frames arriving in between do not postpone it.
@@ -82,6 +105,9 @@ async fn wander(servers: &[&Server], user: usize, seed: u64, until: Instant) {
             let server = servers[rng.usize(..servers.len())];
             if let Ok(mut c) = Client::connect(server.addr, &query, &[]).await {
                 c.recv_type("welcome").await;
+                if let Some(topic) = topic {
+                    join_topic(&mut c, topic, Some(last_id)).await;
+                }
                 client = Some(c);
             }
             continue;
@@ -97,13 +123,27 @@ async fn wander(servers: &[&Server], user: usize, seed: u64, until: Instant) {
             Event::Frame(Some(Message::Close(_)) | None) => client = None,
             Event::Frame(Some(_)) => {}
             Event::Tick => match rng.u32(0..1000) {
-                0..550 => c.chat(&format!("{name} says {}", rng.u32(..))).await,
+                0..550 => {
+                    let content = format!("{name} says {}", rng.u32(..));
+                    match topic.filter(|_| rng.bool()) {
+                        Some(topic) => {
+                            c.send_json(
+                                json!({"type": "chat", "channel": topic, "content": content}),
+                            )
+                            .await;
+                        }
+                        None => c.chat(&content).await,
+                    }
+                }
                 550..650 => {
                     // A page refresh: the new connection replaces the old one.
                     let query = format!("token={}&since={last_id}", token(&name, 3600));
                     let server = servers[rng.usize(..servers.len())];
                     if let Ok(mut fresh) = Client::connect(server.addr, &query, &[]).await {
                         fresh.recv_type("welcome").await;
+                        if let Some(topic) = topic {
+                            join_topic(&mut fresh, topic, Some(last_id)).await;
+                        }
                         client = Some(fresh);
                     }
                 }
@@ -137,7 +177,21 @@ fn soak_config() -> Value {
 #[test]
 fn soak() {
     let server = Server::start(soak_config());
-    soak_on(&[&server]);
+    soak_on(&[&server], false);
+}
+
+#[test]
+fn soak_with_channels() {
+    let mut config = soak_config();
+    merge(
+        &mut config,
+        json!({"channels": {"default": "general", "rules": [
+            {"pattern": "general", "join": "public"},
+            {"pattern": "topic:*", "join": "public", "history": 100}
+        ]}}),
+    );
+    let server = Server::start(config);
+    soak_on(&[&server], true);
 }
 
 #[cfg(feature = "redis")]
@@ -151,11 +205,16 @@ fn soak_over_two_instances() {
     for server in [&a, &b] {
         server.wait_for_log("cluster: connected to Redis");
     }
-    soak_on(&[&a, &b]);
+    soak_on(&[&a, &b], false);
 }
 
-/// Stayers are spread over `servers`; wanderers land on any of them at each connect.
-fn soak_on(servers: &[&Server]) {
+/// One soak at a time: each loads the machine on its own, and its memory check reads one server.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Stayers are spread over `servers`; wanderers land on any of them at each connect. With
+/// `channels`, stayer `i` is in topic `i % 4` besides the default channel.
+fn soak_on(servers: &[&Server], channels: bool) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let secs = env_u64("SHEQU_SOAK_SECS", 30);
     let seed = env_u64("SHEQU_SOAK_SEED", 7);
     eprintln!(
@@ -177,11 +236,17 @@ fn soak_on(servers: &[&Server]) {
         for i in 0..STAYERS {
             let mut c = servers[i % servers.len()].connect(&format!("stayer{i}")).await;
             c.recv_type("welcome").await;
+            if channels {
+                join_topic(&mut c, TOPICS[i % TOPICS.len()], None).await;
+                c.recv_type("joined").await;
+            }
             stayers.push(c);
         }
         let wanderers: Vec<_> = (0..WANDERERS)
             .map(|i| {
-                ex.spawn(async move { wander(servers, i, seed * 1000 + i as u64, until).await })
+                ex.spawn(async move {
+                    wander(servers, i, seed * 1000 + i as u64, until, channels).await
+                })
             })
             .collect();
         let memory = {
@@ -207,8 +272,8 @@ fn soak_on(servers: &[&Server]) {
             .map(|(i, mut c)| {
                 ex.spawn(async move {
                     let mut rng = fastrand::Rng::with_seed(seed + i as u64);
-                    let mut ids = Vec::new();
-                    let mut online = 0;
+                    let mut seen = Seen::default();
+                    let topic = TOPICS[i % TOPICS.len()];
                     let mut next_tick = Instant::now();
                     while Instant::now() < until {
                         let event = next_event(&mut c, next_tick).await;
@@ -218,17 +283,21 @@ fn soak_on(servers: &[&Server]) {
                         match event {
                             Event::Frame(Some(Message::Text(t))) => {
                                 let frame: Value = serde_json::from_str(&t).unwrap();
-                                observe(&frame, &mut ids, &mut online);
+                                observe(&frame, &mut seen);
                             }
                             Event::Frame(Some(Message::Close(frame))) => {
                                 panic!("stayer {i} was closed: {frame:?}")
                             }
                             Event::Frame(Some(_)) => {}
                             Event::Frame(None) => panic!("stayer {i} was disconnected"),
+                            Event::Tick if channels && rng.bool() => {
+                                let chat = json!({"type": "chat", "channel": topic, "content": "steady"});
+                                c.send_json(chat).await;
+                            }
                             Event::Tick => c.chat("steady").await,
                         }
                     }
-                    (c, ids, online)
+                    (c, seen)
                 })
             })
             .collect();
@@ -241,27 +310,50 @@ fn soak_on(servers: &[&Server]) {
             stayers.push(r.await);
         }
 
-        // Quiet now. A last message marks the end; every stayer must have 1..=its id.
+        // Quiet now. A last message marks the end of each channel: the default one (or the
+        // room), and with channels each topic, from its first stayer.
         stayers[0].0.chat("the end").await;
-        let mut last = 0;
-        for (c, ids, online) in &mut stayers {
-            loop {
+        if channels {
+            for (i, topic) in TOPICS.iter().enumerate() {
+                let end = json!({"type": "chat", "channel": topic, "content": "the end"});
+                stayers[i].0.send_json(end).await;
+            }
+        }
+        let ends = if channels { 2 } else { 1 };
+        for (c, seen) in &mut stayers {
+            let mut ended = 0;
+            while ended < ends {
                 let frame = c.recv().await;
-                observe(&frame, ids, online);
-                if frame["content"] == "the end" {
-                    last = *ids.last().unwrap();
-                    break;
+                observe(&frame, seen);
+                ended += usize::from(frame["content"] == "the end");
+            }
+        }
+        let mut messages = 0;
+        let mut by_channel: std::collections::BTreeMap<&str, &Vec<u64>> = Default::default();
+        for (i, (_, seen)) in stayers.iter().enumerate() {
+            for (channel, ids) in &seen.ids {
+                assert!(ids.windows(2).all(|w| w[0] < w[1]), "stayer {i}: {channel:?} out of order or twice");
+                match by_channel.get(channel.as_str()) {
+                    Some(first) => {
+                        assert_eq!(ids.len(), first.len(), "stayer {i}: count in {channel:?}");
+                        assert!(ids == *first, "stayer {i} missed or repeated a message in {channel:?}");
+                    }
+                    None => {
+                        messages += ids.len();
+                        by_channel.insert(channel, ids);
+                    }
                 }
             }
         }
-        let expected: Vec<u64> = (1..=last).collect();
-        for (i, (_, ids, _)) in stayers.iter().enumerate() {
-            assert_eq!(ids.len(), expected.len(), "stayer {i}: count");
-            assert!(ids == &expected, "stayer {i} missed or repeated a message");
+        let last = by_channel.values().filter_map(|ids| ids.last()).copied().max().unwrap();
+        if !channels {
+            let expected: Vec<u64> = (1..=last).collect();
+            assert!(by_channel[""] == &expected, "the room's messages are 1..={last}");
         }
+        let channels_seen = by_channel.len();
         // Only the stayers are online, and the server knows it. (The `online` frame that said so
         // may have come before the last message.)
-        if stayers[0].2 != STAYERS as u64 {
+        if stayers[0].1.online != STAYERS as u64 {
             stayers[0].0.await_online(STAYERS as u64).await;
         }
         // Alone, the server's own count; in a cluster, every instance's view of all of them,
@@ -274,8 +366,11 @@ fn soak_on(servers: &[&Server]) {
         for server in servers {
             server.await_metric(name, STAYERS as f64);
         }
-        eprintln!("soak: {last} messages; every stayer got each exactly once");
-        for (c, _, _) in stayers {
+        eprintln!(
+            "soak: {messages} messages in {} channels (last id {last}); every stayer got each of its channels' exactly once",
+            channels_seen
+        );
+        for (c, _) in stayers {
             c.close().await;
         }
     }));
