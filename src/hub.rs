@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use async_tungstenite::tungstenite::Utf8Bytes;
 use log::debug;
 
-use self::channel::{Channel, Member, Replay};
+use self::channel::{Channel, Replay};
 use self::timers::{Timer, TimerTable};
 
 use crate::channels::{Kind, Pattern, Policy, dm_members};
@@ -282,7 +282,7 @@ pub struct Hub {
     /// Ids are one sequence across all channels.
     last_message_id: u64,
     /// Every live channel by name; without a `channels` section, only the room ([`ROOM`]).
-    channels: HashMap<Rc<str>, Channel>,
+    channels: HashMap<Rc<str>, Box<Channel>>,
     /// Channels whose count may need an `online` frame (each once: [`Channel::dirty`]).
     dirty: Vec<Rc<str>>,
     /// When the last flush sent `online` frames: flushes are at least `presence_interval`
@@ -303,6 +303,10 @@ pub struct Hub {
     departures: BTreeSet<(Instant, Rc<str>)>,
     /// The same per channel: (deadline, channel, user).
     channel_departures: BTreeSet<(Instant, Rc<str>, Rc<str>)>,
+    /// The deadline of each (channel, user) in `channel_departures`, to cancel it when the user
+    /// joins again. Kept apart from [`Channel::users`] so that a member costs a count, not a
+    /// deadline, while nobody is leaving.
+    channel_leaving: HashMap<(Rc<str>, Rc<str>), Instant>,
     /// When users who have left and whose limiter state has run out are next forgotten (every
     /// ping interval; always armed).
     next_sweep: Instant,
@@ -322,7 +326,8 @@ impl Hub {
         };
         let mut channels = HashMap::new();
         if config.channels.is_none() {
-            channels.insert(Rc::from(ROOM), Channel::new(Kind::room(config.history_size)));
+            channels
+                .insert(Rc::from(ROOM), Box::new(Channel::new(Kind::room(config.history_size))));
         }
         Hub {
             next_sweep: now.at + config.ping_interval,
@@ -343,6 +348,7 @@ impl Hub {
             beats: BTreeSet::new(),
             departures: BTreeSet::new(),
             channel_departures: BTreeSet::new(),
+            channel_leaving: HashMap::new(),
             stats: Stats::default(),
         }
     }
@@ -536,7 +542,7 @@ impl Hub {
                     return Err(ChannelError::ServerFull);
                 }
                 let key: Rc<str> = name.into();
-                self.channels.insert(key.clone(), Channel::new(kind));
+                self.channels.insert(key.clone(), Box::new(Channel::new(kind)));
                 key
             }
         };
@@ -549,13 +555,16 @@ impl Hub {
         c.channels.push(key.clone());
         let channel = self.channels.get_mut(&key).expect("found or created above");
         channel.members.insert(conn);
-        let member =
-            channel.users.entry(user.clone()).or_insert(Member { conns: 0, leaving_at: None });
-        member.conns += 1;
-        let back_within_grace = member.leaving_at.take();
-        let newcomer = member.conns == 1 && back_within_grace.is_none();
-        if let Some(at) = back_within_grace {
-            self.channel_departures.remove(&(at, key.clone(), user));
+        let conns = channel.users.entry(user.clone()).or_insert(0);
+        *conns += 1;
+        let first = *conns == 1;
+        let pair = (key.clone(), user);
+        // Back within the grace: still counted, nothing to tell anyone.
+        let returning = if first { self.channel_leaving.remove(&pair) } else { None };
+        let newcomer = first && returning.is_none();
+        if let Some(at) = returning {
+            let (key, user) = pair;
+            self.channel_departures.remove(&(at, key, user));
         }
         if newcomer {
             self.mark_dirty(&key);
@@ -588,14 +597,14 @@ impl Hub {
             return;
         };
         channel.members.remove(&conn);
-        let Some(member) = channel.users.get_mut(user) else {
+        let Some(conns) = channel.users.get_mut(user) else {
             return;
         };
-        member.conns = member.conns.saturating_sub(1);
-        if member.conns == 0 {
+        *conns = conns.saturating_sub(1);
+        if *conns == 0 {
             if closing && !grace.is_zero() {
                 let at = now.at + grace;
-                member.leaving_at = Some(at);
+                self.channel_leaving.insert((key.clone(), user.clone()), at);
                 self.channel_departures.insert((at, key.clone(), user.clone()));
             } else {
                 channel.users.remove(user);
@@ -608,7 +617,7 @@ impl Hub {
     /// Frees a channel that nobody is in, nobody is leaving and that holds no history. The room
     /// of a server without channels is never freed.
     fn free_if_unused(&mut self, key: &str) {
-        let unused = self.channels.get(key).is_some_and(Channel::is_unused);
+        let unused = self.channels.get(key).is_some_and(|c| c.is_unused());
         if unused
             && self.config.channels.is_some()
             && let Some(channel) = self.channels.remove(key)
@@ -968,9 +977,13 @@ impl Hub {
                 break;
             }
             self.channel_departures.pop_first();
-            if let Some(channel) = self.channels.get_mut(&key)
-                && channel.users.get(&user).is_some_and(|m| m.leaving_at == Some(at))
-            {
+            let pair = (key, user);
+            if self.channel_leaving.get(&pair) != Some(&at) {
+                continue;
+            }
+            self.channel_leaving.remove(&pair);
+            let (key, user) = pair;
+            if let Some(channel) = self.channels.get_mut(&key) {
                 channel.users.remove(&user);
                 self.mark_dirty(&key);
                 self.free_if_unused(&key);
@@ -1086,7 +1099,7 @@ impl Hub {
             return None;
         }
         let key: Rc<str> = name.into();
-        self.channels.insert(key.clone(), Channel::new(kind));
+        self.channels.insert(key.clone(), Box::new(Channel::new(kind)));
         Some(key)
     }
 
@@ -1511,7 +1524,7 @@ impl Hub {
                 assert!(!c.channels[..i].contains(key), "{id} in {key} twice");
                 let channel = self.channels.get(key).expect("a connection's channel is live");
                 assert!(channel.members.contains(id), "{id} missing from {key}'s members");
-                assert!(channel.users.get(&c.user).is_some_and(|m| m.conns > 0));
+                assert!(channel.users.get(&c.user).is_some_and(|n| *n > 0));
             }
         }
         assert!(self.conns.len() <= self.config.max_connections);
@@ -1537,21 +1550,23 @@ impl Hub {
                 assert!(c.channels.contains(key), "{conn} is a member of {key:?} it does not list");
                 *per_user.entry(&c.user).or_default() += 1;
             }
-            for (user, member) in &channel.users {
+            for (user, conns) in &channel.users {
                 assert_eq!(
-                    member.conns,
+                    *conns,
                     per_user.get(&**user).copied().unwrap_or(0),
                     "{user} in {key:?}"
                 );
-                assert_eq!(member.conns == 0, member.leaving_at.is_some(), "{user} in {key:?}");
-                if let Some(at) = member.leaving_at {
+                let at = self.channel_leaving.get(&(key.clone(), user.clone()));
+                assert_eq!(*conns == 0, at.is_some(), "{user} in {key:?}");
+                if let Some(at) = at {
                     leaving += 1;
-                    assert!(self.channel_departures.contains(&(at, key.clone(), user.clone())));
+                    assert!(self.channel_departures.contains(&(*at, key.clone(), user.clone())));
                 }
             }
             assert_eq!(channel.dirty, self.dirty.contains(key), "{key:?}'s dirty flag");
         }
         assert_eq!(self.channel_departures.len(), leaving, "one departure per leaving member");
+        assert_eq!(self.channel_leaving.len(), leaving, "every leaving member is in a channel");
         assert_eq!(self.dirty.len(), self.channels.values().filter(|c| c.dirty).count());
     }
 }

@@ -7,7 +7,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
-use std::time::Instant;
 
 use async_tungstenite::tungstenite::Utf8Bytes;
 
@@ -19,9 +18,10 @@ pub(super) struct Channel {
     pub kind: Kind,
     /// The connections in the channel: a broadcast walks this set, so it costs O(members).
     pub members: HashSet<ConnId>,
-    /// The distinct users of [`members`](Self::members), and users whose last connection left
-    /// within the presence grace.
-    pub users: HashMap<Rc<str>, Member>,
+    /// The distinct users of [`members`](Self::members), each with how many of their
+    /// connections are in; 0 for a user whose last connection closed within the presence grace
+    /// (the hub keeps their deadline).
+    pub users: HashMap<Rc<str>, u32>,
     /// The last `kind.history` chat messages, oldest first, as broadcast.
     pub history: VecDeque<(u64, Utf8Bytes)>,
     /// The highest id that has left the ring (or was never kept in it): after a `since` below
@@ -34,16 +34,6 @@ pub(super) struct Channel {
     pub welcome_differs: bool,
     /// In the hub's list of channels whose count may need an `online` frame.
     pub dirty: bool,
-}
-
-/// A user in a channel.
-#[derive(Debug)]
-pub(super) struct Member {
-    /// Their connections in the channel.
-    pub conns: u32,
-    /// Set when `conns` fell to 0 by a disconnect: they stop counting at this instant unless a
-    /// connection of theirs joins again before it (their entry in the hub's departures).
-    pub leaving_at: Option<Instant>,
 }
 
 impl Channel {

@@ -7,6 +7,11 @@
 //! cargo run --release -p shequ-loadgen -- --server shequ --scenario fanout --receivers 1000
 //! ```
 //!
+//! With `--group G`, `shequ` runs with channels: every connection is in the default channel
+//! `all` and joins two channels of `G` members, `g:<i / G>` and `h:<i mod (N / G)>` (three
+//! memberships each). The fan-out senders then post to their own `g:` channel (`--to small`,
+//! sender `s` in `g:<s>` with its `G` receivers) or to `all` (`--to all`).
+//!
 //! With `--instances N`, `shequ` runs as N instances joined through a `redis-server` the load
 //! generator starts, every process pinned to core 0 (the binary must be built with
 //! `--features redis`); clients are spread over the instances, and CPU and RSS are the sums over
@@ -64,6 +69,10 @@ struct Args {
     config: String,
     /// 0: one instance alone; N: N instances over Redis.
     instances: usize,
+    /// 0: one room; G: channels of G members (see the module documentation).
+    group: usize,
+    /// With `group`: the fan-out goes to the senders' `small` channels or to `all`.
+    to: String,
 }
 
 fn parse_args() -> Args {
@@ -80,6 +89,8 @@ fn parse_args() -> Args {
         server_bin: "target/release/shequ-chat".into(),
         config: "configs/bench.json".into(),
         instances: 0,
+        group: 0,
+        to: "small".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -97,6 +108,8 @@ fn parse_args() -> Args {
             "--server-bin" => args.server_bin = value(),
             "--config" => args.config = value(),
             "--instances" => args.instances = value().parse().unwrap(),
+            "--group" => args.group = value().parse().unwrap(),
+            "--to" => args.to = value(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -163,6 +176,13 @@ impl Server {
                 config["listen"] = json!(format!("127.0.0.1:{port}"));
                 if let Some(cluster) = cluster {
                     config["cluster"] = cluster.clone();
+                }
+                if args.group > 0 {
+                    config["channels"] = json!({"default": "all", "rules": [
+                        {"pattern": "all", "join": "public"},
+                        {"pattern": "g:*", "join": "public"},
+                        {"pattern": "h:*", "join": "public"}
+                    ]});
                 }
                 let path = std::env::temp_dir().join(format!("shequ-bench-{port}.json"));
                 std::fs::write(&path, config.to_string()).unwrap();
@@ -254,6 +274,27 @@ async fn connect_many(ex: &LocalExecutor<'_>, server: &Server, prefix: &str, n: 
     out
 }
 
+/// With `--group`: connection `i` of `conns` joins `g:<i / G>` and `h:<i mod (N / G)>`, and
+/// waits for both answers.
+async fn join_groups(conns: &mut [Ws], group: usize) {
+    let groups = (conns.len() / group).max(1);
+    for (i, ws) in conns.iter_mut().enumerate() {
+        for channel in [format!("g:{}", i / group), format!("h:{}", i % groups)] {
+            let join = json!({"type": "join", "channel": channel}).to_string();
+            ws.send(Message::Text(join.into())).await.expect("join");
+        }
+        let mut joined = 0;
+        while joined < 2 {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.contains(r#""type":"joined""#) => joined += 1,
+                Some(Ok(Message::Text(t))) if t.contains(r#""type":"error""#) => panic!("{t}"),
+                Some(Ok(_)) => {}
+                other => panic!("connection {i} ended while joining: {other:?}"),
+            }
+        }
+    }
+}
+
 fn now_us(origin: Instant) -> u64 {
     origin.elapsed().as_micros() as u64
 }
@@ -281,14 +322,18 @@ fn idle(args: &Args) -> serde_json::Value {
         let rss_start = server.rss_kib();
         let started = Instant::now();
         let helper_before = helper_thread_cpu_secs();
-        let conns = connect_many(&ex, &server, "idle", args.connections).await;
+        let mut conns = connect_many(&ex, &server, "idle", args.connections).await;
         let connect_secs = started.elapsed().as_secs_f64();
+        if args.group > 0 {
+            join_groups(&mut conns, args.group).await;
+        }
         let helper = helper_thread_cpu_secs() - helper_before;
         // Let every welcome and presence frame be written and the queues drained.
         Timer::after(Duration::from_secs(3)).await;
         let rss = server.rss_kib();
         let result = json!({
             "server": args.server, "scenario": "idle", "connections": conns.len(),
+            "group": args.group,
             "rss_start_kib": rss_start, "rss_kib": rss,
             "kib_per_connection": (rss - rss_start) as f64 / conns.len() as f64,
             "connects_per_sec": conns.len() as f64 / connect_secs,
@@ -304,19 +349,38 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
     let ex = LocalExecutor::new();
     let origin = Instant::now();
     smol::block_on(ex.run(async {
-        let receivers = connect_many(&ex, &server, "rx", args.receivers).await;
-        let senders = connect_many(&ex, &server, "tx", args.senders).await;
+        let mut receivers = connect_many(&ex, &server, "rx", args.receivers).await;
+        let mut senders = connect_many(&ex, &server, "tx", args.senders).await;
+        // With channels and `--to small`, sender `s` posts to `g:<s>`, which receivers
+        // `s * G .. (s + 1) * G` are in; the others get nothing.
+        let small = args.group > 0 && args.to == "small";
+        if args.group > 0 {
+            join_groups(&mut receivers, args.group).await;
+            for (s, ws) in senders.iter_mut().enumerate() {
+                let join = json!({"type": "join", "channel": format!("g:{s}")}).to_string();
+                ws.send(Message::Text(join.into())).await.expect("join");
+            }
+        }
         Timer::after(Duration::from_millis(1500)).await; // welcomes and presence settle
-        let expected = args.senders * args.messages;
-        let latencies = Rc::new(RefCell::new(Vec::with_capacity(expected * args.receivers)));
+        let group = args.group;
+        let expected_of = move |i: usize| match small {
+            true if i / group < args.senders => args.messages,
+            true => 0,
+            false => args.senders * args.messages,
+        };
+        let total: usize = (0..args.receivers).map(expected_of).sum();
+        let latencies = Rc::new(RefCell::new(Vec::with_capacity(total)));
         let received = Rc::new(Cell::new(0usize));
         let closed = Rc::new(Cell::new(0usize));
         let last_receipt = Rc::new(Cell::new(Instant::now()));
         let reading: Vec<_> = receivers
             .into_iter()
-            .map(|mut ws| {
+            .enumerate()
+            .filter(|(i, _)| expected_of(*i) > 0)
+            .map(|(i, mut ws)| {
                 let (latencies, received, closed, last) =
                     (latencies.clone(), received.clone(), closed.clone(), last_receipt.clone());
+                let expected = expected_of(i);
                 ex.spawn(async move {
                     let mut got = 0;
                     while got < expected {
@@ -360,7 +424,11 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
                                 next += interval;
                             }
                             let text = format!("t={};s={s};m={m}", now_us(origin));
-                            let frame = json!({"type": "chat", "content": text}).to_string();
+                            let frame = match small {
+                                true => json!({"type": "chat", "channel": format!("g:{s}"), "content": text}),
+                                false => json!({"type": "chat", "content": text}),
+                            }
+                            .to_string();
                             if sink.send(Message::Text(frame.into())).await.is_err() {
                                 return;
                             }
@@ -371,7 +439,6 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
                 })
             })
             .collect();
-        let total = expected * args.receivers;
         let all_in = async {
             for r in reading {
                 r.await;
@@ -396,6 +463,7 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
         let delivered = received.get();
         json!({
             "server": args.server, "scenario": scenario, "instances": args.instances,
+            "group": args.group, "to": if args.group > 0 { args.to.as_str() } else { "" },
             "receivers": args.receivers, "senders": args.senders, "messages": args.messages,
             "offered_rate": args.rate,
             "deliveries": delivered, "lost": total - delivered.min(total),
