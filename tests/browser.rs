@@ -50,6 +50,22 @@ fn two_users_chat_in_chromium() {
 }
 
 #[test]
+fn channels_unread_counts_and_a_private_conversation_in_chromium() {
+    let server = Server::start(json!({
+        "log_level": "info",
+        "channels": {"default": "lobby", "rules": [
+            {"pattern": "lobby", "join": "public"},
+            {"pattern": "forum:*", "join": "public"}
+        ]}
+    }));
+    let tokens = [token("1", 3600), token("2", 3600)];
+    let screenshot = screenshot_path("chat-channels-screenshot.png");
+    let args = [tokens[0].as_str(), tokens[1].as_str()];
+    let stdout = run_in_chromium("channels.mjs", &server, &args, &screenshot);
+    assert!(stdout.contains("shows each message once"), "{stdout}");
+}
+
+#[test]
 fn page_is_served_with_a_strict_policy() {
     let server = Server::start(json!({}));
     let response = {

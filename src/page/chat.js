@@ -3,6 +3,9 @@
 // When a connection fails before `welcome`, it asks the server why (a plain GET of the same URL
 // answers with the status the upgrade got) and says so in words; a bad token stops the retries.
 // After the idle timeout (4002) it waits for the user to come back before it reconnects.
+// On a server with channels (`welcome` says `"protocol":2`) it lists the channels, counts unread
+// messages in the others, switches without reconnecting, keeps the shown channel in the URL
+// (`#channel=`), and after a reconnect joins again each channel it was in, from the last id.
 "use strict";
 
 const PING_INTERVAL_MS = 20000;      // app-level ping; the server's pong timeout is 60 s
@@ -28,6 +31,24 @@ let lastId = 0;
 const storedId = Number(sessionStorage.getItem("shequ.lastId") || 0);
 const reloadSince = storedId > 0 ? Math.max(0, storedId - RELOAD_CONTEXT) : null;
 
+// Channels (protocol 2). Ids are one sequence over all channels, so the highest id shown is
+// where every channel resumes; each channel also keeps its own last id, since a channel joined
+// later replays ids below another channel's.
+let protocol = 1;
+let myId = null;
+let current = new URLSearchParams(location.hash.slice(1)).get("channel");
+const joined = new Set();              // channels this connection is in
+const pending = new Set();             // joins sent and not answered yet
+const lastIn = new Map();              // channel -> last id shown in it ("" without channels)
+const unread = new Map();
+const onlineIn = new Map();
+const conversations = new Set();       // private conversations announced by `dm`
+let wanted = JSON.parse(sessionStorage.getItem("shequ.channels") || "[]"); // to be in, across reconnects
+
+function remember() {
+  sessionStorage.setItem("shequ.channels", JSON.stringify(wanted));
+}
+
 function setStatus(text, warn = false) {
   $("status").textContent = text;
   $("status").className = warn ? "warn" : "";
@@ -46,11 +67,22 @@ function notice(text) {
 }
 
 function show(msg) {
-  if (msg.id <= lastId) return; // already shown
-  lastId = msg.id;
-  sessionStorage.setItem("shequ.lastId", String(lastId));
+  const channel = msg.channel || "";
+  if (msg.id <= (lastIn.get(channel) || 0)) return; // already shown
+  lastIn.set(channel, msg.id);
+  if (msg.id > lastId) {
+    lastId = msg.id;
+    sessionStorage.setItem("shequ.lastId", String(lastId));
+  }
   const li = document.createElement("li");
   li.dataset.id = msg.id;
+  li.dataset.channel = channel;
+  li.hidden = protocol === 2 && channel !== current;
+  // Unread: new in another channel; what the tab had before a reload is context, not news.
+  if (li.hidden && msg.id > storedId) {
+    unread.set(channel, (unread.get(channel) || 0) + 1);
+    renderChannels();
+  }
   const who = document.createElement("span");
   who.className = "who";
   who.textContent = msg.username;
@@ -63,6 +95,69 @@ function show(msg) {
   li.append(who, text, when);
   list.append(li);
   list.scrollTop = list.scrollHeight;
+}
+
+// The channel list: joined channels, channels wanted back, and announced conversations.
+function renderChannels() {
+  const nav = $("channels");
+  nav.hidden = protocol !== 2;
+  if (protocol !== 2) return;
+  const names = [...new Set([...joined, ...wanted, ...conversations])];
+  const items = names.map((name) => {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.channel = name;
+    button.textContent = name;
+    if (name === current) button.setAttribute("aria-current", "true");
+    const n = unread.get(name) || 0;
+    if (n > 0) {
+      const badge = document.createElement("span");
+      badge.className = "unread";
+      badge.textContent = String(n);
+      button.append(badge);
+    }
+    button.addEventListener("click", () => switchTo(name));
+    li.append(button);
+    return li;
+  });
+  $("channel-list").replaceChildren(...items);
+  $("online").textContent = onlineIn.has(current) ? `${onlineIn.get(current)} online` : "";
+}
+
+function join(channel, since) {
+  if (!ws || ws.readyState !== WebSocket.OPEN || joined.has(channel) || pending.has(channel)) return;
+  pending.add(channel);
+  const frame = { type: "join", channel };
+  if (since !== null && since !== undefined) frame.since = since;
+  ws.send(JSON.stringify(frame));
+}
+
+// Shows another channel: joins it if need be, keeps it in the URL, clears its unread count.
+function switchTo(channel) {
+  current = channel;
+  unread.delete(channel);
+  // Joins it unless it is in it already: a conversation from a `dm` notice from its beginning,
+  // a channel shown before from its last message, any other from its recent messages.
+  join(channel, conversations.has(channel) ? 0 : lastIn.get(channel));
+  if (!wanted.includes(channel)) {
+    wanted.push(channel);
+    remember();
+  }
+  const params = new URLSearchParams(location.hash.slice(1));
+  params.set("channel", channel);
+  history.replaceState(null, "", `#${params}`);
+  for (const li of list.children) {
+    if (li.dataset.channel !== undefined) li.hidden = li.dataset.channel !== channel;
+  }
+  renderChannels();
+  list.scrollTop = list.scrollHeight;
+}
+
+// `dm:<a>:<b>` with the two ids sorted, as the server names a private conversation.
+function conversationWith(other) {
+  const [a, b] = [myId, other].sort();
+  return `dm:${a}:${b}`;
 }
 
 // What the page says about a refused connection, by HTTP status; `retry` keeps trying.
@@ -116,6 +211,8 @@ function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   // Within this page, resume exactly after the last message shown; after a reload, a bit before.
   const resume = lastId > 0 ? lastId : reloadSince;
+  joined.clear();
+  pending.clear();
   const since = resume !== null ? `&since=${resume}` : "";
   const url = `${scheme}://${location.host}/ws?token=${encodeURIComponent(token)}${since}`;
   const socket = new WebSocket(url);
@@ -132,18 +229,61 @@ function connect() {
         setStatus(`Connected as ${msg.username}.`);
         $("online").textContent = `${msg.online} online`;
         if (msg.recovered === false && lastId > 0) notice("Some messages may be missing.");
+        if (msg.protocol === 2) {
+          protocol = 2;
+          myId = msg.user_id;
+          msg.channels.forEach((c) => joined.add(c));
+          if (msg.online !== undefined && msg.channels.length > 0) onlineIn.set(msg.channels[0], msg.online);
+          // Back in every channel it was in, from where it left off.
+          for (const c of wanted) if (!joined.has(c)) join(c, resume);
+          if (!current) current = msg.channels[0] || wanted[0] || null;
+          if (current) switchTo(current);
+          renderChannels();
+        }
+        break;
+      case "joined":
+        pending.delete(msg.channel);
+        joined.add(msg.channel);
+        if (msg.online !== undefined) onlineIn.set(msg.channel, msg.online);
+        if (msg.recovered === false && lastIn.has(msg.channel)) {
+          notice(`Some messages in ${msg.channel} may be missing.`);
+        }
+        renderChannels();
+        break;
+      case "left":
+        joined.delete(msg.channel);
+        renderChannels();
+        break;
+      case "dm":
+        if (!joined.has(msg.channel)) {
+          conversations.add(msg.channel);
+          unread.set(msg.channel, (unread.get(msg.channel) || 0) + 1);
+          renderChannels();
+        }
         break;
       case "chat":
         show(msg);
         break;
       case "online":
-        $("online").textContent = `${msg.count} online`;
+        onlineIn.set(msg.channel, msg.count);
+        if (protocol !== 2 || msg.channel === current) $("online").textContent = `${msg.count} online`;
         break;
       case "pong":
         clearTimeout(pongTimer);
         break;
       case "error":
-        setStatus(`Not sent: ${msg.message}`, true);
+        if (msg.channel !== undefined) {
+          pending.delete(msg.channel);
+          setStatus(`${msg.channel}: ${msg.message}`, true);
+          // A channel it may not be in is not asked for again.
+          if (["forbidden", "no_such_channel"].includes(msg.code)) {
+            wanted = wanted.filter((c) => c !== msg.channel);
+            remember();
+            renderChannels();
+          }
+        } else {
+          setStatus(`Not sent: ${msg.message}`, true);
+        }
         break;
     }
   };
@@ -201,8 +341,17 @@ $("compose").addEventListener("submit", (event) => {
   event.preventDefault();
   const content = input.value;
   if (!content.trim() || !ws || ws.readyState !== WebSocket.OPEN) return;
-  ws.send(JSON.stringify({ type: "chat", content }));
+  const frame = protocol === 2 && current ? { type: "chat", channel: current, content } : { type: "chat", content };
+  ws.send(JSON.stringify(frame));
   input.value = "";
+});
+
+$("join").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const name = $("join-name").value.trim();
+  if (!name) return;
+  $("join-name").value = "";
+  switchTo(name.startsWith("@") ? conversationWith(name.slice(1)) : name);
 });
 
 const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
