@@ -3,8 +3,8 @@
 # on core 1): idle memory with three memberships per connection, fan-out to a channel of 10
 # among 1 000 such channels and 10 000 connections, and fan-out to a channel of all 10 000.
 # Prints one JSON line per run (saved to benches/channels-results.jsonl) and a Markdown table of
-# medians with the channel/room ratios. The small fan-out is paced (20 000 messages a second, 200 000
-# deliveries) so that no receiver falls behind; unpaced, the load generator could not read as
+# medians with the channel/room ratios. The small fan-out is paced (20 000 messages, 200 000
+# deliveries a second) so that no receiver falls behind; unpaced, the load generator could not read as
 # fast as one sender wrote and receivers were cut off as too slow in both modes.
 #
 # Usage: benches/channels.sh [REPEATS]        (default 3)
