@@ -221,6 +221,8 @@ pub struct Stats {
     pub leaves: u64,
     /// `join`, `leave` and `chat` frames refused for a reason of their channel.
     pub channel_refusals: u64,
+    /// Dormant channels evicted with their history to make room for new ones.
+    pub channels_evicted: u64,
 }
 
 #[derive(Debug)]
@@ -307,6 +309,11 @@ pub struct Hub {
     /// joins again. Kept apart from [`Channel::users`] so that a member costs a count, not a
     /// deadline, while nobody is leaving.
     channel_leaving: HashMap<(Rc<str>, Rc<str>), Instant>,
+    /// Channels nobody is in that hold history, by the id of their last message: the oldest is
+    /// evicted when a new channel needs room ([`Hub::create_channel`]).
+    dormant: BTreeSet<(u64, Rc<str>)>,
+    /// The last message id of the newest channel evicted (0: none yet).
+    evicted_up_to: u64,
     /// When users who have left and whose limiter state has run out are next forgotten (every
     /// ping interval; always armed).
     next_sweep: Instant,
@@ -349,6 +356,8 @@ impl Hub {
             departures: BTreeSet::new(),
             channel_departures: BTreeSet::new(),
             channel_leaving: HashMap::new(),
+            dormant: BTreeSet::new(),
+            evicted_up_to: 0,
             stats: Stats::default(),
         }
     }
@@ -526,6 +535,12 @@ impl Hub {
         if let Some(key) = c.channels.iter().find(|k| ***k == *name) {
             return Ok(key.clone());
         }
+        if c.channels.len() >= self.config.max_channels_per_connection {
+            // Checked first: a refused join must not have made room by evicting a channel.
+            self.check_access(name, c)?;
+            return Err(ChannelError::TooManyChannels);
+        }
+        let user = c.user.clone();
         let key = match self.channels.get_key_value(name) {
             Some((key, channel)) => {
                 self.check_access(name, c)?;
@@ -538,20 +553,13 @@ impl Hub {
             }
             None => {
                 let kind = self.check_access(name, c)?.clone();
-                if self.channels.len() >= self.config.max_channels {
-                    return Err(ChannelError::ServerFull);
-                }
-                let key: Rc<str> = name.into();
-                self.channels.insert(key.clone(), Box::new(Channel::new(kind)));
-                key
+                self.create_channel(name, kind).ok_or(ChannelError::ServerFull)?
             }
         };
-        if c.channels.len() >= self.config.max_channels_per_connection {
-            self.free_if_unused(&key);
-            return Err(ChannelError::TooManyChannels);
-        }
-        let user = c.user.clone();
         let c = self.conns.get_mut(&conn).expect("looked up above");
+        // Grown one at a time: most connections are in one channel (the room, or the default
+        // one) or a few, and a join is rare next to a message. A first push would reserve four.
+        c.channels.reserve_exact(1);
         c.channels.push(key.clone());
         let channel = self.channels.get_mut(&key).expect("found or created above");
         channel.members.insert(conn);
@@ -569,6 +577,7 @@ impl Hub {
         if newcomer {
             self.mark_dirty(&key);
         }
+        self.settle(&key); // no longer dormant
         self.stats.joins += 1;
         Ok(key)
     }
@@ -611,20 +620,67 @@ impl Hub {
                 self.mark_dirty(key);
             }
         }
-        self.free_if_unused(key);
+        self.settle(key);
     }
 
-    /// Frees a channel that nobody is in, nobody is leaving and that holds no history. The room
-    /// of a server without channels is never freed.
-    fn free_if_unused(&mut self, key: &str) {
-        let unused = self.channels.get(key).is_some_and(|c| c.is_unused());
-        if unused
-            && self.config.channels.is_some()
-            && let Some(channel) = self.channels.remove(key)
+    /// After a change to who is in a channel or what it holds: frees a channel that nobody is
+    /// in, nobody is leaving and that holds no history; files one that nobody is in but holds
+    /// history as dormant, and takes it off that list when someone is back. The room of a
+    /// server without channels is neither.
+    fn settle(&mut self, key: &str) {
+        let Some((key, channel)) = self.channels.get_key_value(key) else {
+            return;
+        };
+        if self.config.channels.is_none() {
+            return;
+        }
+        let key = key.clone();
+        let occupied = !channel.members.is_empty() || !channel.users.is_empty();
+        let last = channel.history.back().map(|(id, _)| *id);
+        let dormant = if occupied { None } else { last };
+        if channel.dormant != dormant {
+            if let Some(id) = channel.dormant {
+                self.dormant.remove(&(id, key.clone()));
+            }
+            if let Some(id) = dormant {
+                self.dormant.insert((id, key.clone()));
+            }
+            if let Some(channel) = self.channels.get_mut(&key) {
+                channel.dormant = dormant;
+            }
+        }
+        if !occupied && last.is_none() {
+            self.drop_channel(&key);
+        }
+    }
+
+    /// Takes a channel out of the hub, and out of the flush list.
+    fn drop_channel(&mut self, key: &str) {
+        if let Some(channel) = self.channels.remove(key)
             && channel.dirty
         {
             self.dirty.retain(|k| **k != *key);
         }
+    }
+
+    /// A new channel, if there is room for it: at `limits.max_channels`, the dormant channel
+    /// whose last message is the oldest is evicted with its history, so that channels filled
+    /// with one message each cannot lock everyone out of new ones. A `since` before the newest
+    /// evicted message cannot be trusted in a channel created after it (it may be an evicted
+    /// one, back), so such a channel answers it with `"recovered": false`.
+    fn create_channel(&mut self, name: &str, kind: Kind) -> Option<Rc<str>> {
+        if self.channels.len() >= self.config.max_channels {
+            let (last, victim) = self.dormant.pop_first()?;
+            debug!("channel {victim} evicted with its history (last message {last})");
+            self.drop_channel(&victim);
+            self.evicted_up_to = self.evicted_up_to.max(last);
+            self.stats.channels_evicted += 1;
+        }
+        let key: Rc<str> = name.into();
+        let mut channel = Channel::new(kind);
+        channel.forgotten_up_to = self.evicted_up_to;
+        self.channels.insert(key.clone(), Box::new(channel));
+        Some(key)
     }
 
     /// The channel's count may have changed: the next flush looks at it.
@@ -986,7 +1042,7 @@ impl Hub {
             if let Some(channel) = self.channels.get_mut(&key) {
                 channel.users.remove(&user);
                 self.mark_dirty(&key);
-                self.free_if_unused(&key);
+                self.settle(&key);
             }
         }
         if self.timers.is_due(Timer::PresenceFlush, now.at) {
@@ -1076,7 +1132,7 @@ impl Hub {
                 }
                 channel.remember(id, text);
             }
-            self.free_if_unused(&key);
+            self.settle(&key);
         }
         Vec::new()
     }
@@ -1095,12 +1151,7 @@ impl Hub {
             return Some(key.clone());
         }
         let kind = policy.kind_of(&name)?.clone();
-        if self.channels.len() >= self.config.max_channels {
-            return None;
-        }
-        let key: Rc<str> = name.into();
-        self.channels.insert(key.clone(), Box::new(Channel::new(kind)));
-        Some(key)
+        self.create_channel(&name, kind)
     }
 
     /// Removes every connection, to be closed with [`CloseReason::Shutdown`].
@@ -1564,9 +1615,22 @@ impl Hub {
                 }
             }
             assert_eq!(channel.dirty, self.dirty.contains(key), "{key:?}'s dirty flag");
+            let occupied = !channel.members.is_empty() || !channel.users.is_empty();
+            let dormant = channel.history.back().map(|(id, _)| *id).filter(|_| !occupied);
+            if self.config.channels.is_some() {
+                assert_eq!(channel.dormant, dormant, "{key:?} dormant");
+            }
+            if let Some(id) = dormant.filter(|_| self.config.channels.is_some()) {
+                assert!(self.dormant.contains(&(id, key.clone())), "{key:?} in the dormant list");
+            }
         }
         assert_eq!(self.channel_departures.len(), leaving, "one departure per leaving member");
         assert_eq!(self.channel_leaving.len(), leaving, "every leaving member is in a channel");
+        assert_eq!(
+            self.dormant.len(),
+            self.channels.values().filter(|c| c.dormant.is_some()).count(),
+            "one dormant entry per dormant channel"
+        );
         assert_eq!(self.dirty.len(), self.channels.values().filter(|c| c.dirty).count());
     }
 }

@@ -127,6 +127,11 @@ pub fn render(s: &Snapshot<'_>) -> String {
             "join, leave and chat frames refused for a reason of their channel.",
             st.channel_refusals,
         ),
+        (
+            "shequ_chat_channels_evicted_total",
+            "Dormant channels evicted with their history to make room at limits.max_channels.",
+            st.channels_evicted,
+        ),
     ] {
         out.single(name, "counter", help, value);
     }

@@ -34,6 +34,9 @@ pub(super) struct Channel {
     pub welcome_differs: bool,
     /// In the hub's list of channels whose count may need an `online` frame.
     pub dirty: bool,
+    /// Nobody is in it and it holds history: the id of its last message, its key in the hub's
+    /// dormant list.
+    pub dormant: Option<u64>,
 }
 
 impl Channel {
@@ -47,6 +50,7 @@ impl Channel {
             last_sent: 0,
             welcome_differs: false,
             dirty: false,
+            dormant: None,
         }
     }
 

@@ -390,3 +390,41 @@ fn a_join_to_a_full_queue_closes_the_connection_as_too_slow() {
     h.join_channel(b, "forum:1", None);
     assert_eq!(h.close_reason(b), Some(CloseReason::TooSlow));
 }
+
+#[test]
+fn at_the_limit_the_oldest_dormant_channel_makes_room() {
+    let mut h = Harness::new(HubConfig { max_channels_per_connection: 32, ..forum() });
+    let a = h.connect("a");
+    // `general` and nine topics, each left with one message in it: the server is full.
+    for i in 0..9 {
+        let topic = format!("forum:{i}");
+        h.join_channel(a, &topic, None);
+        h.say(a, &topic, "only message");
+        h.receive(a, Incoming::Leave(topic));
+    }
+    assert_eq!(h.hub.channel_count(), 10);
+    h.frames(a);
+    // A tenth topic evicts forum:0, whose last message (id 1) is the oldest.
+    h.join_channel(a, "forum:new", None);
+    assert_eq!(h.of_type(a, "joined").len(), 1);
+    assert_eq!(h.hub.stats().channels_evicted, 1);
+    assert_eq!(h.hub.history_len(), 8);
+    // forum:0 comes back empty, and cannot claim to have kept what a `since` asks for.
+    h.join_channel(a, "forum:0", Some(0));
+    let frames = h.frames(a);
+    assert_eq!(frames[0]["recovered"], false);
+    assert!(chat_ids(&frames).is_empty());
+    // The others kept theirs.
+    h.join_channel(a, "forum:8", Some(8));
+    let frames = h.frames(a);
+    assert_eq!(frames[0]["recovered"], true);
+    assert_eq!(chat_ids(&frames), vec![9], "forum:8's one message");
+    // Channels in use are never evicted: with all ten joined, a new one is refused.
+    let b = h.connect("b");
+    h.frames(b);
+    for i in 1..8 {
+        h.join_channel(a, &format!("forum:{i}"), None);
+    }
+    h.join_channel(b, "forum:another", None);
+    assert_eq!(h.error(b), ("too_many_channels".into(), "forum:another".into()));
+}
