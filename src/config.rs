@@ -583,12 +583,6 @@ impl Config {
                     l.send_queue
                 )));
             }
-            if self.cluster.is_some() {
-                return Err(invalid(
-                    "channels: not available in a cluster yet; run one instance with channels, \
-                     or a cluster without them",
-                ));
-            }
         }
         Ok(())
     }

@@ -848,7 +848,10 @@ impl Hub {
         let mut effects = Vec::new();
         if id > self.last_message_id {
             self.last_message_id = id;
-            self.record(ROOM, id, text, now, &mut effects);
+            match self.channel_of_frame(&text) {
+                Some(key) => self.record(&key, id, text, now, &mut effects),
+                None => debug!("cluster: message {id} belongs to no channel here; dropped"),
+            }
             self.presence_if_changed(now, &mut effects);
         }
         effects
@@ -1122,7 +1125,7 @@ impl Hub {
                 continue;
             }
             self.last_message_id = id;
-            let Some(key) = self.restored_channel(&text) else {
+            let Some(key) = self.channel_of_frame(&text) else {
                 debug!("history: message {id} belongs to no channel here; dropped");
                 continue;
             };
@@ -1137,21 +1140,18 @@ impl Hub {
         Vec::new()
     }
 
-    /// The channel a restored frame goes to (created if need be).
-    fn restored_channel(&mut self, text: &str) -> Option<Rc<str>> {
+    /// The channel a frame from the history file or from Redis goes to (created if need be, if
+    /// a rule still covers it and there is room).
+    fn channel_of_frame(&mut self, text: &str) -> Option<Rc<str>> {
         let Some(policy) = &self.config.channels else {
             return Some(Rc::from(ROOM));
         };
-        #[derive(serde::Deserialize)]
-        struct Head {
-            channel: String,
-        }
-        let name = serde_json::from_str::<Head>(text).ok()?.channel;
-        if let Some((key, _)) = self.channels.get_key_value(name.as_str()) {
+        let name = ChatHead::channel_of(text)?;
+        if let Some((key, _)) = self.channels.get_key_value(name) {
             return Some(key.clone());
         }
-        let kind = policy.kind_of(&name)?.clone();
-        self.create_channel(&name, kind)
+        let kind = policy.kind_of(name)?.clone();
+        self.create_channel(name, kind)
     }
 
     /// Removes every connection, to be closed with [`CloseReason::Shutdown`].
@@ -1330,32 +1330,36 @@ impl Hub {
             effects.push(Effect::Persist { line: text.clone() });
         }
         self.record(key, self.last_message_id, text, now, effects);
-        if let Some((a, b)) = dm_members(key) {
-            let sender = self.conns[&from].user.clone();
-            let other = if *sender == *a { b } else { a };
-            self.notify_dm(now, key, other, from, effects);
-        }
     }
 
-    /// Keeps a message in its channel's history and broadcasts it to the channel's members.
+    /// Keeps a message in its channel's history and broadcasts it to the channel's members; in
+    /// a private conversation, tells the other user's connections that are not in it. Every
+    /// instance of a cluster does this for the messages Redis delivers.
     fn record(&mut self, key: &str, id: u64, text: Utf8Bytes, now: Now, effects: &mut Vec<Effect>) {
         if let Some(channel) = self.channels.get_mut(key) {
             channel.remember(id, text.clone());
         }
+        if dm_members(key).is_some() {
+            self.notify_dm(now, key, &text, effects);
+        }
         self.stats.deliveries += self.broadcast(now, key, Frame::Text(text), effects);
         self.stats.messages_broadcast += 1;
+        self.settle(key);
     }
 
-    /// A private conversation has a new message: `dm` to each connection of the other user that
-    /// is not in it, so that the page can show the conversation and join it.
-    fn notify_dm(
-        &mut self,
-        now: Now,
-        key: &str,
-        other: &str,
-        from: ConnId,
-        effects: &mut Vec<Effect>,
-    ) {
+    /// A private conversation has a new message (`frame`): `dm` to each connection of the other
+    /// user that is not in it, so that the page can show the conversation and join it.
+    fn notify_dm(&mut self, now: Now, key: &str, frame: &str, effects: &mut Vec<Effect>) {
+        #[derive(serde::Deserialize)]
+        struct Sender<'a> {
+            user_id: &'a str,
+            username: &'a str,
+        }
+        let (Some((a, b)), Ok(sender)) = (dm_members(key), serde_json::from_str::<Sender>(frame))
+        else {
+            return;
+        };
+        let other = if sender.user_id == a { b } else { a };
         let Some(user) = self.users.get(other) else {
             return;
         };
@@ -1369,9 +1373,9 @@ impl Hub {
         if outside.is_empty() {
             return;
         }
-        let c = &self.conns[&from];
         let notice =
-            ServerMessage::Dm { channel: key, user_id: &c.user, username: &c.username }.to_json();
+            ServerMessage::Dm { channel: key, user_id: sender.user_id, username: sender.username }
+                .to_json();
         for conn in outside {
             self.send_to(now, conn, notice.clone(), effects);
         }

@@ -330,6 +330,14 @@ impl ChatHead {
         &self.0
     }
 
+    /// The channel of a whole frame (or head), read from its second field: a channel name needs
+    /// no escaping, so the field is the name between quotes. `None` for a frame without one.
+    pub fn channel_of(frame: &str) -> Option<&str> {
+        let rest = frame.strip_prefix(r#"{"type":"chat","channel":""#)?;
+        let name = &rest[..rest.find('"')?];
+        crate::channels::is_valid_name(name).then_some(name)
+    }
+
     /// The id of a whole frame, read back from its last field (the inverse of
     /// [`into_frame`](Self::into_frame)). `"id":` cannot occur unescaped in a string value, and
     /// the last occurrence is the field itself.
@@ -513,6 +521,9 @@ mod tests {
         let tricky = ChatHead::new(None, "1", "\"id\":3}", "\"id\":4}", 0).into_frame(5);
         assert_eq!(ChatHead::id_of(&tricky), Some(5));
         assert_eq!(ChatHead::id_of(r#"{"type":"chat","id":}"#), None);
+        let in_channel = ChatHead::new(Some("forum:1"), "1", "a", "\"channel\":\"x\"", 0);
+        assert_eq!(ChatHead::channel_of(&in_channel.with_id(3)), Some("forum:1"));
+        assert_eq!(ChatHead::channel_of(&chat.with_id(17)), None);
         assert_eq!(ServerMessage::Pong.to_json(), r#"{"type":"pong"}"#);
         assert_eq!(
             ServerMessage::Online { channel: None, count: 3 }.to_json(),

@@ -337,3 +337,85 @@ fn users_who_connected_before_their_instance_reached_redis_get_what_they_missed_
         assert_eq!(alice.recv_type("chat").await["content"], "after");
     });
 }
+
+/// Joins `channel` (with `since`) and returns the frames up to the client's own pong.
+async fn join_and_read(client: &mut Client, channel: &str, since: Option<u64>) -> Vec<Value> {
+    let mut join = json!({"type": "join", "channel": channel});
+    if let Some(since) = since {
+        join["since"] = json!(since);
+    }
+    client.send_json(join).await;
+    let frames = client.frames_until_pong().await;
+    assert!(frames.iter().any(|f| f["type"] == "joined" && f["channel"] == channel), "{frames:?}");
+    frames
+}
+
+#[test]
+fn channels_history_and_private_conversations_work_across_instances() {
+    let redis = Redis::start();
+    let channels = json!({"channels": {"default": "lobby", "rules": [
+        {"pattern": "lobby", "join": "public"},
+        {"pattern": "forum:*", "join": "public", "history": 50}
+    ]}});
+    let a = instance(&redis, "channels", channels.clone());
+    let b = instance(&redis, "channels", channels);
+    smol::block_on(async {
+        let mut alice = a.joined("alice").await;
+        let mut bob = b.joined("bob").await;
+        let mut carol = b.joined("carol").await;
+        join_and_read(&mut alice, "forum:1", None).await;
+        join_and_read(&mut bob, "forum:1", None).await;
+        join_and_read(&mut carol, "forum:2", None).await;
+        alice.send_json(json!({"type": "chat", "channel": "forum:1", "content": "one"})).await;
+        let chat = bob.recv_type("chat").await;
+        assert_eq!(
+            (chat["channel"].as_str(), chat["content"].as_str()),
+            (Some("forum:1"), Some("one"))
+        );
+        let first = chat["id"].as_u64().unwrap();
+        let carol_got = carol.frames_until_pong().await;
+        assert!(chat_ids(&carol_got).is_empty(), "forum:2 got forum:1's message: {carol_got:?}");
+
+        // Bob's tab closes; alice goes on in forum:1 and the lobby; bob comes back on A.
+        drop(bob);
+        for i in 0..3 {
+            alice
+                .send_json(
+                    json!({"type": "chat", "channel": "forum:1", "content": format!("f{i}")}),
+                )
+                .await;
+            alice.chat(&format!("l{i}")).await;
+        }
+        let mut last = 0;
+        while last < first + 6 {
+            last = alice.recv_type("chat").await["id"].as_u64().unwrap();
+        }
+        let t = token("bob", 3600);
+        let mut bob =
+            Client::connect(a.addr, &format!("token={t}&since={first}"), &[]).await.unwrap();
+        let mut frames = vec![bob.recv_type("welcome").await];
+        assert_eq!(frames[0]["recovered"], true);
+        frames.extend(join_and_read(&mut bob, "forum:1", Some(first)).await);
+        let mut ids = chat_ids(&frames);
+        ids.sort_unstable();
+        assert_eq!(
+            ids,
+            ((first + 1)..=(first + 6)).collect::<Vec<u64>>(),
+            "each missed message once"
+        );
+
+        // A private conversation across instances: carol (B) is told of alice's (A) message.
+        join_and_read(&mut alice, "dm:alice:carol", None).await;
+        alice
+            .send_json(json!({"type": "chat", "channel": "dm:alice:carol", "content": "psst"}))
+            .await;
+        let notice = carol.recv_type("dm").await;
+        assert_eq!(
+            (notice["channel"].as_str(), notice["user_id"].as_str()),
+            (Some("dm:alice:carol"), Some("alice"))
+        );
+        let frames = join_and_read(&mut carol, "dm:alice:carol", Some(0)).await;
+        let chat = frames.iter().find(|f| f["type"] == "chat").expect("the conversation's message");
+        assert_eq!(chat["content"], "psst");
+    });
+}

@@ -195,6 +195,8 @@ impl Conn {
 struct Model {
     sim: Sim,
     state: State,
+    /// The hub has a `channels` section.
+    channels: bool,
 }
 
 struct State {
@@ -271,6 +273,7 @@ impl State {
 
 impl Model {
     fn new(config: HubConfig) -> Model {
+        let channels = config.channels.is_some();
         let sim = Sim::new(config, 1_764_200_000_000);
         let state = State {
             start: sim.now.at,
@@ -284,7 +287,7 @@ impl Model {
             presence: HashMap::new(),
             left_at: HashMap::new(),
         };
-        Model { sim, state }
+        Model { sim, state, channels }
     }
 
     fn pick(&self, i: usize) -> Option<ConnId> {
@@ -322,7 +325,13 @@ impl Model {
 
     /// Hands the hub one message from Redis, and records who was owed it.
     fn deliver(&mut self, id: u64, text: String) {
-        let live_before = self.open_ids();
+        // Owed to the members of the frame's channel (everyone, without channels).
+        let channel = ChatHead::channel_of(&text).unwrap_or("").to_string();
+        let live_before: Vec<ConnId> = self
+            .open_ids()
+            .into_iter()
+            .filter(|c| channel.is_empty() || self.sim.hub.is_member(*c, &channel))
+            .collect();
         let frame = text.clone();
         self.apply(|hub, now| hub.deliver(now, id, frame.into()));
         let live_after: HashSet<ConnId> = self.open_ids().into_iter().collect();
@@ -406,7 +415,11 @@ impl Model {
                 // Another instance's message; ids from Redis may skip.
                 self.state.redis_id += 2;
                 let id = self.state.redis_id;
-                let head = ChatHead::new(None, "elsewhere", "someone", "hi", self.sim.now.unix_ms);
+                // Without channels the frame has none; with them, another instance's user
+                // writes in the lobby or a topic.
+                let channel = self.channels.then(|| CHANNELS[(id % 3) as usize]);
+                let head =
+                    ChatHead::new(channel, "elsewhere", "someone", "hi", self.sim.now.unix_ms);
                 self.deliver(id, head.with_id(id));
             }
             Op::Redeliver(i) => {
@@ -438,7 +451,7 @@ impl Model {
                 self.apply(|hub, now| hub.set_cluster_online(now, n.map(usize::from)));
             }
             Op::Advance(ms) => {
-                let Model { sim, state } = self;
+                let Model { sim, state, .. } = self;
                 sim.advance_by(Duration::from_millis(u64::from(ms)), |sim, effects| {
                     state.perform(sim, effects);
                     state.readers_read(sim);
@@ -514,7 +527,7 @@ impl Model {
     /// Every accepted message reached, exactly once, every connection live across it that was
     /// not later cut off as too slow.
     fn check_deliveries(&mut self) {
-        let Model { sim, state } = self;
+        let Model { sim, state, .. } = self;
         for (id, c) in &mut state.conns {
             c.take(rx(sim, *id));
         }
@@ -587,6 +600,19 @@ proptest! {
         prop_assert_eq!(model.sim.hub.connection_count(), 0);
         let with_history = model.sim.hub.channels_with_history();
         prop_assert_eq!(model.sim.hub.channel_count(), with_history);
+    }
+
+    #[test]
+    fn cluster_channel_hub_invariants_hold_for_any_sequence(
+        ops in proptest::collection::vec(prop_oneof![3 => cluster_op(), 2 => channel_op()], 1..200)
+    ) {
+        let config = HubConfig { cluster: true, max_connections_per_user: 1, ..channels_config() };
+        let mut model = Model::new(config);
+        for op in ops {
+            model.step(op);
+            model.check();
+        }
+        model.check_deliveries();
     }
 
     #[test]
