@@ -135,8 +135,9 @@ pub enum Effect {
     /// instance's clients through [`Hub::deliver`], like everyone else's.
     Publish { from: ConnId, head: ChatHead },
     /// Cluster: the user's first connection on this instance opened (`online`), or their last
-    /// one closed.
-    Presence { user: Rc<str>, online: bool },
+    /// one closed; with `channel`, the user came into that channel here, or left it (after the
+    /// grace), for its count across instances.
+    Presence { user: Rc<str>, channel: Option<Rc<str>>, online: bool },
     /// Cluster, one connection per user: the user connected here; other instances close theirs.
     Announce { user: Rc<str>, conn: ConnId },
 }
@@ -456,7 +457,11 @@ impl Hub {
         if newly_online {
             self.online += 1;
             if self.config.cluster {
-                effects.push(Effect::Presence { user: user_key.clone(), online: true });
+                effects.push(Effect::Presence {
+                    user: user_key.clone(),
+                    channel: None,
+                    online: true,
+                });
             }
         }
         if self.config.cluster && self.config.max_connections_per_user == 1 {
@@ -491,13 +496,13 @@ impl Hub {
                 (policy.default_channel().map(String::from), claimed.collect())
             }
         };
-        let home = home.and_then(|name| self.enter(conn, &name).ok());
+        let home = home.and_then(|name| self.enter(conn, &name, effects).ok());
         let mut joined = Vec::new();
         for name in wanted {
             if home.as_deref() == Some(name.as_str()) {
                 continue;
             }
-            match self.enter(conn, &name) {
+            match self.enter(conn, &name, effects) {
                 Ok(key) => joined.push(key),
                 // A claim naming a channel that is full, unknown or one too many: the token
                 // still lets the user in, and `welcome` lists what was joined.
@@ -528,7 +533,12 @@ impl Hub {
 
     /// Puts the connection in the channel `name` (creating it), if the rules and limits allow;
     /// returns the channel's key. Already in it: nothing changes. Queues nothing.
-    fn enter(&mut self, conn: ConnId, name: &str) -> Result<Rc<str>, ChannelError> {
+    fn enter(
+        &mut self,
+        conn: ConnId,
+        name: &str,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Rc<str>, ChannelError> {
         let Some(c) = self.conns.get(&conn) else {
             return Err(ChannelError::NotJoined);
         };
@@ -546,7 +556,7 @@ impl Hub {
                 self.check_access(name, c)?;
                 let new_user = !channel.users.contains_key(&c.user);
                 let max = channel.kind.max_members;
-                if new_user && max > 0 && channel.users.len() >= max {
+                if new_user && max > 0 && channel.counted() >= max {
                     return Err(ChannelError::ChannelFull);
                 }
                 key.clone()
@@ -576,6 +586,7 @@ impl Hub {
         }
         if newcomer {
             self.mark_dirty(&key);
+            self.tell_cluster(&key, &user_of(&self.conns, conn), true, effects);
         }
         self.settle(&key); // no longer dormant
         self.stats.joins += 1;
@@ -600,7 +611,14 @@ impl Hub {
     /// Takes the connection out of a channel. A user whose last connection in it left by
     /// `leave` is gone from it at once; one whose connection closed (`closing`) still counts
     /// for the presence grace, so that a page refresh changes nobody's count.
-    fn exit(&mut self, now: Now, conn: ConnId, user: &Rc<str>, key: &Rc<str>, closing: bool) {
+    fn exit(
+        &mut self,
+        now: Now,
+        conn: ConnId,
+        (user, key): (&Rc<str>, &Rc<str>),
+        closing: bool,
+        effects: &mut Vec<Effect>,
+    ) {
         let grace = self.config.presence_grace;
         let Some(channel) = self.channels.get_mut(key) else {
             return;
@@ -618,6 +636,7 @@ impl Hub {
             } else {
                 channel.users.remove(user);
                 self.mark_dirty(key);
+                self.tell_cluster(key, user, false, effects);
             }
         }
         self.settle(key);
@@ -683,6 +702,20 @@ impl Hub {
         Some(key)
     }
 
+    /// Cluster with channels: a user came into a channel here or left it, for its count across
+    /// instances. Only channels whose count matters (presence, or a members limit).
+    fn tell_cluster(&self, key: &Rc<str>, user: &Rc<str>, online: bool, effects: &mut Vec<Effect>) {
+        let counted =
+            self.channels.get(key).is_some_and(|c| c.kind.presence || c.kind.max_members > 0);
+        if self.config.cluster && self.config.channels.is_some() && counted {
+            effects.push(Effect::Presence {
+                user: user.clone(),
+                channel: Some(key.clone()),
+                online,
+            });
+        }
+    }
+
     /// The channel's count may have changed: the next flush looks at it.
     fn mark_dirty(&mut self, key: &Rc<str>) {
         if let Some(channel) = self.channels.get_mut(key)
@@ -701,7 +734,11 @@ impl Hub {
             return None;
         }
         let here = channel.users.len();
-        Some(if key == ROOM { self.cluster_online.unwrap_or(0).max(here) } else { here })
+        Some(if key == ROOM {
+            self.cluster_online.unwrap_or(0).max(here)
+        } else {
+            channel.counted()
+        })
     }
 
     /// A `welcome` or `joined` just showed the channel's count to a joiner: if it differs
@@ -862,9 +899,60 @@ impl Hub {
     pub fn set_cluster_online(&mut self, now: Now, count: Option<usize>) -> Vec<Effect> {
         self.cluster_online = count;
         self.mark_dirty(&Rc::from(ROOM));
+        if count.is_none() {
+            // Redis is away: every channel shows this instance's own count.
+            let counted: Vec<Rc<str>> = self
+                .channels
+                .iter_mut()
+                .filter_map(|(key, c)| c.cluster_count.take().map(|_| key.clone()))
+                .collect();
+            for key in counted {
+                self.mark_dirty(&key);
+            }
+        }
         let mut effects = Vec::new();
         self.presence_if_changed(now, &mut effects);
         effects
+    }
+
+    /// Cluster with channels: the distinct users of `channel` on all instances, as Redis counted
+    /// them. Shown (and checked against `max_members`) as the larger of it and this instance's
+    /// own count.
+    pub fn set_channel_online(&mut self, now: Now, channel: &str, count: usize) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if let Some((key, c)) = self.channels.get_key_value(channel) {
+            let key = key.clone();
+            if c.cluster_count != Some(count) {
+                if let Some(c) = self.channels.get_mut(&key) {
+                    c.cluster_count = Some(count);
+                }
+                self.mark_dirty(&key);
+                self.presence_if_changed(now, &mut effects);
+            }
+        }
+        effects
+    }
+
+    /// Whether the channel is live here.
+    pub fn has_channel(&self, name: &str) -> bool {
+        self.channels.contains_key(name)
+    }
+
+    /// Cluster with channels: the channels whose users this instance reports, and so counts.
+    pub fn counted_channels(&self) -> impl Iterator<Item = &str> {
+        self.channels
+            .iter()
+            .filter(|(_, c)| (c.kind.presence || c.kind.max_members > 0) && !c.users.is_empty())
+            .map(|(key, _)| &**key)
+    }
+
+    /// Cluster with channels: each (channel, user) this instance reports, for the broker to
+    /// write to Redis after a reconnect. Users within the grace still count.
+    pub fn local_channel_users(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.channels
+            .iter()
+            .filter(|(_, c)| c.kind.presence || c.kind.max_members > 0)
+            .flat_map(|(key, c)| c.users.keys().map(move |user| (&**key, &**user)))
     }
 
     /// Cluster: this connection's [`Effect::Announce`] came back through Redis.
@@ -940,7 +1028,7 @@ impl Hub {
             }
             Incoming::Join { channel, since } => {
                 let was_member = c.channels.iter().any(|k| **k == *channel);
-                match self.enter(conn, &channel) {
+                match self.enter(conn, &channel, &mut effects) {
                     // Already in it: only an explicit `since` asks for a replay.
                     Ok(key) if since.is_none() && was_member => {
                         let joined = ServerMessage::Joined {
@@ -966,7 +1054,7 @@ impl Hub {
                 match key {
                     Some(key) => {
                         let user = c.user.clone();
-                        self.exit(now, conn, &user, &key, false);
+                        self.exit(now, conn, (&user, &key), false, &mut effects);
                         self.stats.leaves += 1;
                         let left = ServerMessage::Left { channel: &key }.to_json();
                         self.send_to(now, conn, left, &mut effects);
@@ -1045,6 +1133,7 @@ impl Hub {
             if let Some(channel) = self.channels.get_mut(&key) {
                 channel.users.remove(&user);
                 self.mark_dirty(&key);
+                self.tell_cluster(&key, &user, false, &mut effects);
                 self.settle(&key);
             }
         }
@@ -1207,7 +1296,7 @@ impl Hub {
             }
         }
         for key in &c.channels {
-            self.exit(now, conn, &c.user, key, true);
+            self.exit(now, conn, (&c.user, key), true, effects);
         }
         if let Some(user) = self.users.get_mut(&c.user) {
             user.conns.retain(|&id| id != conn);
@@ -1469,7 +1558,7 @@ impl Hub {
     fn depart(&mut self, user: Rc<str>, effects: &mut Vec<Effect>) {
         self.online -= 1;
         if self.config.cluster {
-            effects.push(Effect::Presence { user, online: false });
+            effects.push(Effect::Presence { user, channel: None, online: false });
         }
     }
 
@@ -1644,6 +1733,11 @@ impl User {
     fn counts_online(&self) -> bool {
         !self.conns.is_empty() || self.leaving_at.is_some()
     }
+}
+
+/// The user of a connection (empty for one the hub does not know).
+fn user_of(conns: &HashMap<ConnId, Conn>, conn: ConnId) -> Rc<str> {
+    conns.get(&conn).map_or_else(|| Rc::from(""), |c| c.user.clone())
 }
 
 /// When a new connection gets its first Ping: between half and the whole ping interval, spread

@@ -419,3 +419,42 @@ fn channels_history_and_private_conversations_work_across_instances() {
         assert_eq!(chat["content"], "psst");
     });
 }
+
+/// Reads until an `online` frame for `channel` says `count`.
+async fn await_channel_online(client: &mut Client, channel: &str, count: u64) {
+    loop {
+        let frame = client.recv_type("online").await;
+        if frame["channel"] == channel && frame["count"] == count {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_channel_s_online_count_is_its_users_on_every_instance() {
+    let redis = Redis::start();
+    let channels = json!({"channels": {"rules": [{"pattern": "forum:*", "join": "public"}]}});
+    let a = instance(&redis, "channel-presence", channels.clone());
+    let b = instance(&redis, "channel-presence", channels.clone());
+    smol::block_on(async {
+        let mut alice = a.joined("alice").await;
+        let mut bob = b.joined("bob").await;
+        join_and_read(&mut alice, "forum:1", None).await;
+        join_and_read(&mut bob, "forum:1", None).await;
+        await_channel_online(&mut alice, "forum:1", 2).await;
+        await_channel_online(&mut bob, "forum:1", 2).await;
+        // A third user on a third instance, then bob leaves: every count follows.
+        let c = instance(&redis, "channel-presence", channels);
+        let mut carol = c.joined("carol").await;
+        let joined = join_and_read(&mut carol, "forum:1", None).await;
+        assert!(joined.iter().any(|f| f["type"] == "joined"));
+        await_channel_online(&mut carol, "forum:1", 3).await;
+        await_channel_online(&mut alice, "forum:1", 3).await;
+        bob.send_json(json!({"type": "leave", "channel": "forum:1"})).await;
+        await_channel_online(&mut alice, "forum:1", 2).await;
+        await_channel_online(&mut carol, "forum:1", 2).await;
+        // An instance that dies takes its users out of the count (after its presence TTL).
+        drop(c);
+        await_channel_online(&mut alice, "forum:1", 1).await;
+    });
+}

@@ -213,6 +213,8 @@ struct State {
     delivered: Vec<(u64, String)>,
     announcements: VecDeque<ConnId>,
     presence: HashMap<String, bool>,
+    /// Cluster with channels: each (channel, user)'s last presence effect.
+    channel_presence: HashMap<(String, String), bool>,
     /// When each user's last connection closed, while they have none.
     left_at: HashMap<String, Instant>,
 }
@@ -238,9 +240,14 @@ impl State {
                 *self.admitted.entry(user).or_default() += 1;
                 self.published.push_back(head.clone());
             }
-            Effect::Presence { user, online } => {
+            Effect::Presence { user, channel: None, online } => {
                 let before = self.presence.insert(user.to_string(), *online);
                 assert_ne!(before.unwrap_or(false), *online, "{user}: presence said twice");
+            }
+            Effect::Presence { user, channel: Some(channel), online } => {
+                let key = (channel.to_string(), user.to_string());
+                let before = self.channel_presence.insert(key, *online);
+                assert_ne!(before.unwrap_or(false), *online, "{user} in {channel}: said twice");
             }
             Effect::Announce { conn, .. } => self.announcements.push_back(*conn),
             Effect::Close { .. } | Effect::Persist { .. } => {}
@@ -285,6 +292,7 @@ impl Model {
             delivered: Vec::new(),
             announcements: VecDeque::new(),
             presence: HashMap::new(),
+            channel_presence: HashMap::new(),
             left_at: HashMap::new(),
         };
         Model { sim, state, channels }

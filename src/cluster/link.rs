@@ -2,6 +2,7 @@
 //! backoff), and what crosses between Redis and the hub. It feeds the hub through the driver
 //! (`Shell::apply`), like every other input.
 
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -107,13 +108,15 @@ async fn serve(
 ) -> Result<Infallible, Lost> {
     let refresh_every = broker.presence_ttl / 3;
     let mut next_refresh = now().at + refresh_every;
-    // The online count needs counting again; it is counted at most once per RECOUNT_INTERVAL.
+    // The online count needs counting again; it is counted at most once per RECOUNT_INTERVAL,
+    // and so are the channels whose users changed somewhere.
     let mut recount = true;
+    let mut recount_channels = BTreeSet::new();
     let mut next_recount = now().at;
     loop {
         let mut budget = READ_BUDGET_FRAMES;
         while let Ok(push) = channel.try_recv() {
-            recount |= on_push(shell, broker, push)?;
+            recount |= on_push(shell, broker, push, &mut recount_channels)?;
             budget -= 1;
             if budget == 0 {
                 // As a connection's reads do: let the writers drain the queues this filled.
@@ -134,20 +137,28 @@ async fn serve(
             // A subscribed connection hears nothing when nobody talks: ask it something.
             redis::cmd("PING").exec_async(subscriber).await?;
             recount = true;
+            recount_channels.extend(shell.hub().counted_channels().map(String::from));
         }
-        if recount && now().at >= next_recount {
-            recount = false;
+        let channels_due = !recount_channels.is_empty();
+        if (recount || channels_due) && now().at >= next_recount {
             next_recount = now().at + RECOUNT_INTERVAL;
-            let mut count = broker.script(Lua::Count);
-            count.arg(1).arg(&broker.keys.instances).arg(&broker.keys.presence);
-            let n: usize = count.query_async(commands).await?;
-            shell.apply(|hub, now| hub.set_cluster_online(now, Some(n)));
+            if std::mem::take(&mut recount) {
+                let mut count = broker.script(Lua::Count);
+                count.arg(1).arg(&broker.keys.instances).arg(&broker.keys.presence);
+                let n: usize = count.query_async(commands).await?;
+                shell.apply(|hub, now| hub.set_cluster_online(now, Some(n)));
+            }
+            count_channels(shell, broker, commands, &mut recount_channels).await?;
         }
         if !broker.outbox.borrow().is_empty() {
             flush(shell, broker, commands).await?;
             continue;
         }
-        let wake_at = if recount { next_refresh.min(next_recount) } else { next_refresh };
+        let wake_at = if recount || !recount_channels.is_empty() {
+            next_refresh.min(next_recount)
+        } else {
+            next_refresh
+        };
         let push =
             async { channel.recv().await.map(Some).map_err(|_| Lost("channel closed".into())) }
                 .or(async {
@@ -160,7 +171,7 @@ async fn serve(
                 })
                 .await?;
         if let Some(push) = push {
-            recount |= on_push(shell, broker, push)?;
+            recount |= on_push(shell, broker, push, &mut recount_channels)?;
         }
     }
 }
@@ -180,8 +191,46 @@ async fn refresh_presence(
     Ok(())
 }
 
-/// Hands one channel message to the hub. Returns whether the online count needs a recount.
-fn on_push(shell: &Shell, broker: &Broker, push: PushInfo) -> Result<bool, Lost> {
+/// Counts again, in one pipeline, up to [`BATCH_MAX`] of the channels whose users changed
+/// (those this instance has), and hands the counts to the hub.
+async fn count_channels(
+    shell: &Shell,
+    broker: &Broker,
+    commands: &mut MultiplexedConnection,
+    pending: &mut BTreeSet<String>,
+) -> Result<(), Lost> {
+    let mut names = Vec::new();
+    while names.len() < BATCH_MAX {
+        let Some(name) = pending.pop_first() else { break };
+        if shell.hub().has_channel(&name) {
+            names.push(name);
+        }
+    }
+    if names.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for name in &names {
+        let mut count = broker.script(Lua::CountChannel);
+        count.arg(1).arg(&broker.keys.instances);
+        count.arg(format!("{}{name}", broker.keys.channel_users));
+        pipe.add_command(count);
+    }
+    let counts: Vec<usize> = pipe.query_async(commands).await?;
+    for (name, n) in names.iter().zip(counts) {
+        shell.apply(|hub, now| hub.set_channel_online(now, name, n));
+    }
+    Ok(())
+}
+
+/// Hands one channel message to the hub. Returns whether the online count needs a recount;
+/// adds a channel whose users changed to `channels`, to be counted again.
+fn on_push(
+    shell: &Shell,
+    broker: &Broker,
+    push: PushInfo,
+    channels: &mut BTreeSet<String>,
+) -> Result<bool, Lost> {
     match push.kind {
         PushKind::Disconnection => return Err(Lost("disconnected".into())),
         PushKind::Message => {}
@@ -201,6 +250,9 @@ fn on_push(shell: &Shell, broker: &Broker, push: PushInfo) -> Result<bool, Lost>
         }
         Ok(Event::Joined { user, .. }) => shell.apply(|hub, now| hub.joined_elsewhere(now, &user)),
         Ok(Event::PresenceChanged { .. }) => return Ok(true),
+        Ok(Event::ChannelPresenceChanged { channel }) => {
+            channels.insert(channel);
+        }
         Err(e) => warn!("cluster: {e} on the channel; ignored"),
     }
     Ok(false)
@@ -295,6 +347,24 @@ async fn rewrite_presence(
     }
     broker.presence_changed(&mut pipe);
     pipe.exec_async(commands).await?;
+    if shell.config.channels.is_none() {
+        return Ok(());
+    }
+    let mut rewrite = broker.script(Lua::RewriteChannels);
+    rewrite.arg(1).arg(&keys.my_channels).arg(&keys.channel_users).arg(&broker.instance);
+    for (channel, user) in shell.hub().local_channel_users() {
+        rewrite.arg(channel).arg(user);
+    }
+    let touched: Vec<String> = rewrite.query_async(commands).await?;
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let mut tell = redis::pipe();
+    for channel in touched {
+        let notice = Event::ChannelPresenceChanged { channel };
+        tell.cmd("PUBLISH").arg(&keys.channel).arg(notice.encode()).ignore();
+    }
+    tell.exec_async(commands).await?;
     Ok(())
 }
 
@@ -310,6 +380,7 @@ async fn flush(
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     let mut presence_changed = false;
+    let mut channels_changed = BTreeSet::new();
     for command in &batch {
         match command {
             Command::Publish { head, seq, .. } => {
@@ -318,9 +389,21 @@ async fn flush(
                 publish.arg(head.as_str()).arg(&keys.channel).arg(broker.history_size).arg(seq);
                 pipe.add_command(publish);
             }
-            Command::Presence { user, online } => {
+            Command::Presence { user, channel: None, online } => {
                 pipe.cmd(if *online { "SADD" } else { "SREM" }).arg(&keys.mine).arg(&**user);
                 presence_changed = true;
+            }
+            Command::Presence { user, channel: Some(channel), online } => {
+                let hash = format!("{}{channel}", keys.channel_users);
+                let field = format!("{}\n{user}", broker.instance);
+                if *online {
+                    pipe.cmd("HSET").arg(&hash).arg(field).arg(1);
+                    // One reply per command of the batch: the replies are matched by position.
+                    pipe.cmd("SADD").arg(&keys.my_channels).arg(&**channel).ignore();
+                } else {
+                    pipe.cmd("HDEL").arg(&hash).arg(field);
+                }
+                channels_changed.insert(channel.clone());
             }
             Command::Announce { user, conn } => {
                 let joined = Event::Joined {
@@ -334,6 +417,10 @@ async fn flush(
     }
     if presence_changed {
         broker.presence_changed(&mut pipe);
+    }
+    for channel in channels_changed {
+        let notice = Event::ChannelPresenceChanged { channel: channel.to_string() };
+        pipe.cmd("PUBLISH").arg(&keys.channel).arg(notice.encode()).ignore();
     }
     let replies: Vec<Value> = match pipe.query_async(commands).await {
         Ok(replies) => replies,

@@ -21,6 +21,12 @@
 //!   `presence_ttl_secs`. The online count is the size of the union of the live instances' sets
 //!   ([`COUNT_SCRIPT`]), recounted when any instance says its set changed and at every refresh,
 //!   so a crashed instance's users drop out within the TTL and a refresh interval.
+//! - **Presence per channel** (with channels). Each channel's users on every instance are the
+//!   fields `{instance}\n{user}` of the hash `{prefix}:channel:{name}`; a change publishes
+//!   `c{name}`, and every instance that has the channel counts it again ([`COUNT_CHANNEL_SCRIPT`],
+//!   at most once per [`RECOUNT_INTERVAL`]), and so does each at every refresh for the channels
+//!   it has users in. A crashed instance's fields are dropped by the next count after its
+//!   deadline. On reconnect, [`REWRITE_CHANNELS_SCRIPT`] replaces this instance's fields.
 //! - **Replacement.** With one connection per user, each new connection is announced on the
 //!   channel; `Hub::joined_elsewhere` explains why the channel's order leaves exactly one.
 //! - **Faults.** Without Redis the instance keeps serving its own users (connections, history,
@@ -117,6 +123,53 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return now
 ";
 
+/// Replaces this instance's users in every channel hash: removes its fields from each channel
+/// it wrote to before (listed in its set of channel names), writes the current (channel, user)
+/// pairs, and returns every channel touched, so that each can be counted again.
+/// KEYS: this instance's set of channel names.
+/// ARGV: the prefix of channel hash names, instance name, then channel and user, alternating.
+pub const REWRITE_CHANNELS_SCRIPT: &str = r"
+local mine = ARGV[2] .. '\n'
+local touched = {}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local hash = ARGV[1] .. name
+  for _, field in ipairs(redis.call('HKEYS', hash)) do
+    if string.sub(field, 1, #mine) == mine then redis.call('HDEL', hash, field) end
+  end
+  touched[name] = true
+end
+redis.call('DEL', KEYS[1])
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', ARGV[1] .. ARGV[i], mine .. ARGV[i + 1], 1)
+  redis.call('SADD', KEYS[1], ARGV[i])
+  touched[ARGV[i]] = true
+end
+local names = {}
+for name, _ in pairs(touched) do names[#names + 1] = name end
+return names
+";
+
+/// Counts a channel's distinct users on the live instances. Its hash has a field
+/// `{instance}\n{user}` per user of each instance; fields of instances past their deadline are
+/// removed on the way, so a crashed instance's users drop out as they do from the room's count.
+/// KEYS: instances. ARGV: the channel's hash.
+pub const COUNT_CHANNEL_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local users, n = {}, 0
+for _, field in ipairs(redis.call('HKEYS', ARGV[1])) do
+  local sep = string.find(field, '\n', 1, true)
+  if sep and redis.call('ZSCORE', KEYS[1], string.sub(field, 1, sep - 1)) then
+    local user = string.sub(field, sep + 1)
+    if not users[user] then users[user] = true; n = n + 1 end
+  else
+    redis.call('HDEL', ARGV[1], field)
+  end
+end
+return n
+";
+
 /// Forgets instances past their deadline and counts the distinct users of the others.
 /// KEYS: instances. ARGV: the prefix of presence set names.
 pub const COUNT_SCRIPT: &str = r"
@@ -137,10 +190,19 @@ enum Lua {
     Floor,
     Refresh,
     Count,
+    RewriteChannels,
+    CountChannel,
 }
 
 impl Lua {
-    const ALL: [Lua; 4] = [Lua::Publish, Lua::Floor, Lua::Refresh, Lua::Count];
+    const ALL: [Lua; 6] = [
+        Lua::Publish,
+        Lua::Floor,
+        Lua::Refresh,
+        Lua::Count,
+        Lua::RewriteChannels,
+        Lua::CountChannel,
+    ];
 
     fn code(self) -> &'static str {
         match self {
@@ -148,6 +210,8 @@ impl Lua {
             Lua::Floor => FLOOR_SCRIPT,
             Lua::Refresh => REFRESH_SCRIPT,
             Lua::Count => COUNT_SCRIPT,
+            Lua::RewriteChannels => REWRITE_CHANNELS_SCRIPT,
+            Lua::CountChannel => COUNT_CHANNEL_SCRIPT,
         }
     }
 }
@@ -170,6 +234,10 @@ struct Keys {
     mine: String,
     /// The last sequence number of this run of this instance that Redis published.
     sequence: String,
+    /// Prefix of every channel's hash of users (with channels).
+    channel_users: String,
+    /// The channels this instance has written users to.
+    my_channels: String,
 }
 
 /// Why a session with Redis ended.
@@ -203,7 +271,7 @@ pub struct Broker {
     history_size: usize,
     presence_ttl: Duration,
     /// SHA-1 of each [`Lua`] script.
-    hashes: [String; 4],
+    hashes: [String; 6],
     outbox: RefCell<Outbox>,
     /// Wakes [`run`] when the outbox gains a command.
     wake: async_channel::Sender<()>,
@@ -243,6 +311,8 @@ impl Broker {
             mine: format!("{p}:presence:{instance}"),
             // Per start: sequence numbers begin again at 1 when the process does.
             sequence: format!("{p}:sequence:{instance}:{run}"),
+            channel_users: format!("{p}:channel:"),
+            my_channels: format!("{p}:channels:{instance}"),
         };
         let (wake, woken) = async_channel::bounded(1);
         Ok(Broker {

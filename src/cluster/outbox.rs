@@ -28,8 +28,10 @@ pub enum Command {
         head: ChatHead,
         seq: u64,
     },
+    /// `channel`: the user's presence in that channel; none: on this instance at all.
     Presence {
         user: Rc<str>,
+        channel: Option<Rc<str>>,
         online: bool,
     },
     Announce {
@@ -79,7 +81,9 @@ impl Outbox {
                 self.presence_stale = true;
                 return Pushed::Skipped;
             }
-            Effect::Presence { user, online } => Command::Presence { user, online },
+            Effect::Presence { user, channel, online } => {
+                Command::Presence { user, channel, online }
+            }
             Effect::Announce { .. } if full || !up => return Pushed::Skipped,
             Effect::Announce { user, conn } => Command::Announce { user, conn },
             // The shell performs these itself.
@@ -133,7 +137,7 @@ mod tests {
     }
 
     fn presence(user: &str, online: bool) -> Effect {
-        Effect::Presence { user: user.into(), online }
+        Effect::Presence { user: user.into(), channel: None, online }
     }
 
     fn announce(user: &str, conn: ConnId) -> Effect {

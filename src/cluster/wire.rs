@@ -12,6 +12,7 @@
 //! - `j{instance}\n{conn}\n{user}`: a connection of `user` joined on `instance`
 //!   ([`Event::Joined`]).
 //! - `p{instance}`: `instance`'s presence set changed; count the online users again.
+//! - `c{channel}`: some instance's users in `channel` changed; count that channel again.
 //!
 //! A frame begins with `{`; the tags are letters, so the first byte decides.
 
@@ -29,10 +30,13 @@ pub enum Event {
     Joined { instance: String, conn: ConnId, user: String },
     /// `instance`'s presence set changed.
     PresenceChanged { instance: String },
+    /// Some instance's users in `channel` changed.
+    ChannelPresenceChanged { channel: String },
 }
 
 const JOINED: char = 'j';
 const PRESENCE_CHANGED: char = 'p';
+const CHANNEL_PRESENCE_CHANGED: char = 'c';
 
 /// A channel message that is none of the three shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +56,9 @@ impl Event {
             Event::Chat { frame, .. } => frame.clone(),
             Event::Joined { instance, conn, user } => format!("{JOINED}{instance}\n{conn}\n{user}"),
             Event::PresenceChanged { instance } => format!("{PRESENCE_CHANGED}{instance}"),
+            Event::ChannelPresenceChanged { channel } => {
+                format!("{CHANNEL_PRESENCE_CHANGED}{channel}")
+            }
         }
     }
 
@@ -76,6 +83,7 @@ impl Event {
                 Ok(Event::Joined { instance: instance.into(), conn, user: user.into() })
             }
             PRESENCE_CHANGED => Ok(Event::PresenceChanged { instance: body.into() }),
+            CHANNEL_PRESENCE_CHANGED => Ok(Event::ChannelPresenceChanged { channel: body.into() }),
             _ => Err(Malformed("an unknown message kind")),
         }
     }
@@ -95,6 +103,7 @@ mod tests {
         round_trip(Event::Chat { id: 17, frame });
         round_trip(Event::Joined { instance: "a".into(), conn: 7, user: "42".into() });
         round_trip(Event::PresenceChanged { instance: "0123abcd".into() });
+        round_trip(Event::ChannelPresenceChanged { channel: "forum:7".into() });
         // User ids are free text: a newline in one stays in it.
         round_trip(Event::Joined { instance: "b".into(), conn: 1, user: "x\ny".into() });
     }

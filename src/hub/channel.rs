@@ -37,6 +37,8 @@ pub(super) struct Channel {
     /// Nobody is in it and it holds history: the id of its last message, its key in the hub's
     /// dormant list.
     pub dormant: Option<u64>,
+    /// Cluster: its distinct users on all instances, as Redis last counted them.
+    pub cluster_count: Option<usize>,
 }
 
 impl Channel {
@@ -51,12 +53,19 @@ impl Channel {
             welcome_differs: false,
             dirty: false,
             dormant: None,
+            cluster_count: None,
         }
     }
 
     /// Nobody in it, nobody within the grace, no history: the hub frees it.
     pub fn is_unused(&self) -> bool {
         self.members.is_empty() && self.users.is_empty() && self.history.is_empty()
+    }
+
+    /// Its distinct users: here, or on all instances when that is more (Redis has not counted
+    /// the newest yet, or is away).
+    pub fn counted(&self) -> usize {
+        self.cluster_count.unwrap_or(0).max(self.users.len())
     }
 
     /// Keeps a broadcast message in the ring, dropping the oldest beyond `kind.history`.

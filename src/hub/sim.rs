@@ -28,8 +28,10 @@ pub struct Sim {
     pub persisted: Vec<String>,
     /// `Effect::Publish`: the sender and the head, in order.
     pub published: Vec<(ConnId, ChatHead)>,
-    /// `Effect::Presence`: user and online, in order.
+    /// `Effect::Presence` without a channel: user and online, in order.
     pub presence: Vec<(String, bool)>,
+    /// `Effect::Presence` with a channel: channel, user and online, in order.
+    pub channel_presence: Vec<(String, String, bool)>,
     /// `Effect::Announce`: user and connection, in order.
     pub announced: Vec<(String, ConnId)>,
 }
@@ -48,6 +50,7 @@ impl Sim {
             persisted: Vec::new(),
             published: Vec::new(),
             presence: Vec::new(),
+            channel_presence: Vec::new(),
             announced: Vec::new(),
         }
     }
@@ -118,7 +121,12 @@ impl Sim {
                 }
                 Effect::Persist { line } => self.persisted.push(line.to_string()),
                 Effect::Publish { from, head } => self.published.push((from, head)),
-                Effect::Presence { user, online } => self.presence.push((user.to_string(), online)),
+                Effect::Presence { user, channel: None, online } => {
+                    self.presence.push((user.to_string(), online));
+                }
+                Effect::Presence { user, channel: Some(channel), online } => {
+                    self.channel_presence.push((channel.to_string(), user.to_string(), online));
+                }
                 Effect::Announce { user, conn } => self.announced.push((user.to_string(), conn)),
             }
         }
