@@ -1,4 +1,5 @@
-//! The hub fed with arbitrary event sequences; its invariants are checked after every event.
+//! The hub fed with arbitrary event sequences, with one room or with channels (the first byte
+//! decides); its invariants are checked after every event.
 #![no_main]
 
 use std::net::IpAddr;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use shequ_chat::hub::sim::Sim;
+use shequ_chat::channels::{ChannelsConfig, Pattern, Policy};
 use shequ_chat::hub::{ConnId, HubConfig, Identity, Incoming, Join, Now};
 use shequ_chat::protocol::{CloseReason, ProtocolError};
 
@@ -21,6 +23,28 @@ enum Op {
     Drain(u8),
     Refresh { conn: u8, user: u8, ttl: u8 },
     Advance(u16),
+    Join { conn: u8, channel: u8, since: Option<u8> },
+    Leave { conn: u8, channel: u8 },
+    Say { conn: u8, channel: u8 },
+}
+
+/// Channels of every rule kind, a private conversation, and names no rule covers.
+const CHANNELS: [&str; 9] =
+    ["general", "forum:1", "forum:2", "staff", "news", "quiet:1", "room:1", "dm:u1:u2", "x y"];
+
+fn policy() -> Policy {
+    let section: ChannelsConfig = serde_json::from_str(
+        r#"{"default": "general", "rules": [
+            {"pattern": "general", "join": "public"},
+            {"pattern": "forum:*", "join": "public", "history": 4},
+            {"pattern": "staff", "join": "claim"},
+            {"pattern": "news", "join": "public", "read_only": true},
+            {"pattern": "quiet:*", "join": "public", "presence": false, "history": 0},
+            {"pattern": "room:*", "join": "public", "max_members": 2}
+        ]}"#,
+    )
+    .expect("the fuzz policy parses");
+    Policy::new(&section, 8).expect("the fuzz policy is valid")
 }
 
 fn config() -> HubConfig {
@@ -49,9 +73,16 @@ fn config() -> HubConfig {
     }
 }
 
-fuzz_target!(|ops: Vec<Op>| {
+fuzz_target!(|input: (bool, Vec<Op>)| {
+    let (channels, ops) = input;
+    let config = HubConfig {
+        channels: channels.then(policy),
+        max_channels: 5,
+        max_channels_per_connection: 3,
+        ..config()
+    };
     // The shared simulator checks the hub's invariants and the queues after every event.
-    let mut sim = Sim::new(config(), 1_764_200_000_000);
+    let mut sim = Sim::new(config, 1_764_200_000_000);
     for op in ops {
         // Open connections in id order, so that a byte picks the same one every run.
         let mut open: Vec<ConnId> = sim.open.keys().copied().collect();
@@ -61,7 +92,7 @@ fuzz_target!(|ops: Vec<Op>| {
             user_id: format!("u{}", user % 6),
             username: "x".into(),
             expires_unix_secs: now.unix_ms / 1000 + ttl,
-            channels: Vec::new(),
+            channels: if user % 2 == 0 { vec![Pattern::Exact("staff".into())] } else { Vec::new() },
         };
         let receive = |sim: &mut Sim, i: u8, incoming: Incoming| {
             if let Some(id) = pick(i) {
@@ -99,6 +130,19 @@ fuzz_target!(|ops: Vec<Op>| {
                 receive(&mut sim, conn, Incoming::Refresh(Ok(fresh)));
             }
             Op::Advance(ms) => sim.advance(Duration::from_millis(u64::from(ms))),
+            Op::Join { conn, channel, since } => {
+                let channel = CHANNELS[usize::from(channel) % CHANNELS.len()].to_string();
+                let since = since.map(u64::from);
+                receive(&mut sim, conn, Incoming::Join { channel, since });
+            }
+            Op::Leave { conn, channel } => {
+                let channel = CHANNELS[usize::from(channel) % CHANNELS.len()].to_string();
+                receive(&mut sim, conn, Incoming::Leave(channel));
+            }
+            Op::Say { conn, channel } => {
+                let channel = Some(CHANNELS[usize::from(channel) % CHANNELS.len()].to_string());
+                receive(&mut sim, conn, Incoming::Chat { content: "hi".into(), channel });
+            }
         }
     }
 });
