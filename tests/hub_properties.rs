@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use serde_json::Value;
-use shequ_chat::channels::{ChannelsConfig, Pattern, Policy};
-use shequ_chat::hub::sim::Sim;
+use shequ_chat::channels::Pattern;
+use shequ_chat::hub::sim::{Sim, test_channels};
 use shequ_chat::hub::{ConnId, Effect, Hub, HubConfig, Identity, Incoming, Join, Now};
 use shequ_chat::outbox::{Frame, OutboxRx};
 use shequ_chat::protocol::{ChatHead, CloseReason, ProtocolError};
@@ -78,22 +78,8 @@ const CHANNELS: [&str; 10] = [
 ];
 
 fn channels_config() -> HubConfig {
-    let section: ChannelsConfig = serde_json::from_str(
-        r#"{
-          "default": "general",
-          "rules": [
-            {"pattern": "general",  "join": "public"},
-            {"pattern": "forum:*",  "join": "public", "history": 5},
-            {"pattern": "staff",    "join": "claim"},
-            {"pattern": "news",     "join": "public", "read_only": true},
-            {"pattern": "quiet:*",  "join": "public", "presence": false, "history": 0},
-            {"pattern": "room:*",   "join": "public", "max_members": 2}
-          ]
-        }"#,
-    )
-    .unwrap();
     HubConfig {
-        channels: Some(Policy::new(&section, 16).unwrap()),
+        channels: Some(test_channels(16)),
         max_channels: 6,
         max_channels_per_connection: 4,
         ..config()

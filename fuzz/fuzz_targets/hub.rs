@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use shequ_chat::hub::sim::Sim;
-use shequ_chat::channels::{ChannelsConfig, Pattern, Policy};
+use shequ_chat::hub::sim::{Sim, test_channels};
+use shequ_chat::channels::Pattern;
 use shequ_chat::hub::{ConnId, HubConfig, Identity, Incoming, Join, Now};
 use shequ_chat::protocol::{CloseReason, ProtocolError};
 
@@ -28,24 +28,10 @@ enum Op {
     Say { conn: u8, channel: u8 },
 }
 
-/// Channels of every rule kind, a private conversation, and names no rule covers.
+/// Channels of every rule kind of `sim::test_channels`, a private conversation, and names no
+/// rule covers.
 const CHANNELS: [&str; 9] =
     ["general", "forum:1", "forum:2", "staff", "news", "quiet:1", "room:1", "dm:u1:u2", "x y"];
-
-fn policy() -> Policy {
-    let section: ChannelsConfig = serde_json::from_str(
-        r#"{"default": "general", "rules": [
-            {"pattern": "general", "join": "public"},
-            {"pattern": "forum:*", "join": "public", "history": 4},
-            {"pattern": "staff", "join": "claim"},
-            {"pattern": "news", "join": "public", "read_only": true},
-            {"pattern": "quiet:*", "join": "public", "presence": false, "history": 0},
-            {"pattern": "room:*", "join": "public", "max_members": 2}
-        ]}"#,
-    )
-    .expect("the fuzz policy parses");
-    Policy::new(&section, 8).expect("the fuzz policy is valid")
-}
 
 fn config() -> HubConfig {
     HubConfig {
@@ -76,7 +62,7 @@ fn config() -> HubConfig {
 fuzz_target!(|input: (bool, Vec<Op>)| {
     let (channels, ops) = input;
     let config = HubConfig {
-        channels: channels.then(policy),
+        channels: channels.then(|| test_channels(8)),
         max_channels: 5,
         max_channels_per_connection: 3,
         ..config()

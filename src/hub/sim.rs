@@ -12,8 +12,30 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::{ConnId, Effect, Hub, HubConfig, Join, Now, Refused};
+use crate::channels::{ChannelsConfig, Policy};
 use crate::outbox::OutboxRx;
 use crate::protocol::{ChatHead, CloseReason};
+
+/// The channels the hub's tests, property test and fuzz target use: a default channel, a
+/// public prefix with a history of 3, a claim rule, a read-only channel, a prefix without
+/// presence or history, and one of at most 2 members. `history_size` is `history.size`.
+pub fn test_channels(history_size: usize) -> Policy {
+    let section: ChannelsConfig = serde_json::from_str(
+        r#"{
+          "default": "general",
+          "rules": [
+            {"pattern": "general",  "join": "public"},
+            {"pattern": "forum:*",  "join": "public", "history": 3},
+            {"pattern": "staff",    "join": "claim"},
+            {"pattern": "news",     "join": "public", "read_only": true},
+            {"pattern": "quiet:*",  "join": "public", "presence": false, "history": 0},
+            {"pattern": "room:*",   "join": "public", "max_members": 2}
+          ]
+        }"#,
+    )
+    .expect("the test channels parse");
+    Policy::new(&section, history_size).expect("the test channels are valid")
+}
 
 /// The hub, its clock, and what came out of it.
 #[derive(Debug)]

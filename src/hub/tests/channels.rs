@@ -4,24 +4,10 @@
 use super::*;
 use crate::channels::{ChannelsConfig, Pattern, Policy};
 
-/// The forum of `configs/forum.json`, with small limits.
+/// The test channels (`sim::test_channels`), with small limits.
 fn forum() -> HubConfig {
-    let section: ChannelsConfig = serde_json::from_str(
-        r#"{
-          "default": "general",
-          "rules": [
-            {"pattern": "general",  "join": "public"},
-            {"pattern": "forum:*",  "join": "public", "history": 3},
-            {"pattern": "staff",    "join": "claim"},
-            {"pattern": "news",     "join": "public", "read_only": true},
-            {"pattern": "quiet:*",  "join": "public", "presence": false, "history": 0},
-            {"pattern": "room:*",   "join": "claim", "max_members": 2}
-          ]
-        }"#,
-    )
-    .unwrap();
     HubConfig {
-        channels: Some(Policy::new(&section, 20).unwrap()),
+        channels: Some(super::super::sim::test_channels(20)),
         max_channels: 10,
         max_channels_per_connection: 4,
         ..config()
