@@ -933,6 +933,12 @@ impl Hub {
         effects
     }
 
+    /// The history a channel keeps by its rule (with channels; `None` for a name no rule
+    /// covers).
+    pub fn channel_history(&self, name: &str) -> Option<usize> {
+        Some(self.config.channels.as_ref()?.kind_of(name)?.history)
+    }
+
     /// Whether the channel is live here.
     pub fn has_channel(&self, name: &str) -> bool {
         self.channels.contains_key(name)

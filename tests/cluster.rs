@@ -458,3 +458,44 @@ fn a_channel_s_online_count_is_its_users_on_every_instance() {
         await_channel_online(&mut alice, "forum:1", 1).await;
     });
 }
+
+#[test]
+fn an_instance_that_starts_later_has_each_channel_s_own_history() {
+    let redis = Redis::start();
+    // The shared stream keeps 3 messages; forum:* channels keep 5 each.
+    let config = json!({
+        "history": {"size": 3, "on_join": 3},
+        "channels": {"default": "lobby", "rules": [
+            {"pattern": "lobby", "join": "public"},
+            {"pattern": "forum:*", "join": "public", "history": 5}
+        ]}
+    });
+    let a = instance(&redis, "channel-history", config.clone());
+    let mut ids = Vec::new();
+    smol::block_on(async {
+        let mut alice = a.joined("alice").await;
+        join_and_read(&mut alice, "forum:1", None).await;
+        for i in 0..6 {
+            alice
+                .send_json(
+                    json!({"type": "chat", "channel": "forum:1", "content": format!("f{i}")}),
+                )
+                .await;
+            ids.push(alice.recv_type("chat").await["id"].as_u64().unwrap());
+        }
+        for i in 0..4 {
+            alice.chat_and_see(&format!("l{i}")).await;
+        }
+    });
+    // The lobby's messages pushed forum:1's out of the shared stream; its own stream has its 5.
+    let b = instance(&redis, "channel-history", config);
+    smol::block_on(async {
+        let mut bob = b.joined("bob").await;
+        let frames = join_and_read(&mut bob, "forum:1", Some(ids[0])).await;
+        let joined = frames.iter().find(|f| f["type"] == "joined").unwrap();
+        assert_eq!(joined["recovered"], true, "{frames:?}");
+        let in_forum: Vec<Value> =
+            frames.into_iter().filter(|f| f["channel"] == "forum:1").collect();
+        assert_eq!(chat_ids(&in_forum), ids[1..].to_vec());
+    });
+}

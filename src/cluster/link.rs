@@ -17,6 +17,7 @@ use redis::{PushInfo, PushKind, Value};
 use smol::Timer;
 
 use crate::driver::{READ_BUDGET_FRAMES, Shell, now};
+use crate::protocol::ChatHead;
 
 use super::*;
 
@@ -286,6 +287,13 @@ async fn catch_up(
             .arg(broker.history_size)
             .query_async(commands)
             .await?;
+        if shell.config.channels.is_some() {
+            tail.extend(channel_tails(shell, broker, commands).await?);
+            // Newest first, as XREVRANGE gives them; the shared stream and a channel's hold
+            // the same message under the same id.
+            tail.sort_by_key(|(id, _)| std::cmp::Reverse(entry_id(id)));
+            tail.dedup_by_key(|(id, _)| entry_id(id));
+        }
         tail.reverse();
         debug!("cluster: {} messages of history from Redis", tail.len());
         if shell.hub().connection_count() == 0 {
@@ -305,6 +313,34 @@ async fn catch_up(
     deliver_all(shell, broker, after).await
 }
 
+/// Every channel stream's last N (the channel's history), newest first within each: what an
+/// instance starting with channels restores.
+async fn channel_tails(
+    shell: &Shell,
+    broker: &Broker,
+    commands: &mut MultiplexedConnection,
+) -> Result<Vec<(String, Vec<String>)>, Lost> {
+    let names: Vec<String> =
+        redis::cmd("SMEMBERS").arg(&broker.keys.channel_streams).query_async(commands).await?;
+    let mut entries = Vec::new();
+    for chunk in names.chunks(BATCH_MAX) {
+        let mut pipe = redis::pipe();
+        for name in chunk {
+            let history = shell.hub().channel_history(name).unwrap_or(0);
+            pipe.cmd("XREVRANGE").arg(format!("{}{name}", broker.keys.channel_stream));
+            pipe.arg("+").arg("-").arg("COUNT").arg(history);
+        }
+        let tails: Vec<Vec<(String, Vec<String>)>> = pipe.query_async(commands).await?;
+        entries.extend(tails.into_iter().flatten());
+    }
+    Ok(entries)
+}
+
+/// The id of a stream entry, `{id}-0`.
+fn entry_id(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
 /// Delivers history stream entries in order, [`READ_BUDGET_FRAMES`] at a time.
 async fn deliver_all(
     shell: &Shell,
@@ -322,7 +358,7 @@ async fn deliver_all(
 
 /// One history stream entry: `{id}-0` with the field `m`.
 fn entry((id, fields): (String, Vec<String>)) -> Option<(u64, String)> {
-    let id = id.split('-').next()?.parse().ok()?;
+    let id = entry_id(&id)?;
     let mut fields = fields.into_iter();
     (fields.next()? == "m").then_some(())?;
     fields.next().map(|frame| (id, frame))
@@ -385,8 +421,22 @@ async fn flush(
         match command {
             Command::Publish { head, seq, .. } => {
                 let mut publish = broker.script(Lua::Publish);
-                publish.arg(3).arg(&keys.id).arg(&keys.stream).arg(&keys.sequence);
-                publish.arg(head.as_str()).arg(&keys.channel).arg(broker.history_size).arg(seq);
+                match ChatHead::channel_of(head.as_str()) {
+                    Some(name) => {
+                        // A name no rule covers any more keeps no stream of its own (0).
+                        let history = shell.hub().channel_history(name).unwrap_or(0);
+                        publish.arg(5).arg(&keys.id).arg(&keys.stream).arg(&keys.sequence);
+                        publish.arg(format!("{}{name}", keys.channel_stream));
+                        publish.arg(&keys.channel_streams);
+                        publish.arg(head.as_str()).arg(&keys.channel).arg(broker.history_size);
+                        publish.arg(seq).arg(history).arg(name);
+                    }
+                    None => {
+                        publish.arg(3).arg(&keys.id).arg(&keys.stream).arg(&keys.sequence);
+                        publish.arg(head.as_str()).arg(&keys.channel).arg(broker.history_size);
+                        publish.arg(seq);
+                    }
+                }
                 pipe.add_command(publish);
             }
             Command::Presence { user, channel: None, online } => {

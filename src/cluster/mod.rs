@@ -11,7 +11,8 @@
 //!   history stream and `PUBLISH`es it. A script runs atomically, so the channel carries messages
 //!   in id order; every instance, this one included, hands what it hears to `Hub::deliver`.
 //!   What crosses the channel is [`wire::Event`], written and read in `wire.rs` alone.
-//! - **History.** On every (re)connect the broker reads the stream after the hub's last id (on a
+//! - **History.** With channels, each channel also has a stream of its own, capped at its
+//!   history, read at start so that every channel has its own last N. On every (re)connect the broker reads the stream after the hub's last id (on a
 //!   fresh start, its tail) and delivers it before anything from the channel; `deliver` drops
 //!   ids it has seen. So a refresh recovers from the same history on any instance, and an
 //!   instance that lost Redis for a while catches up, in order. Users who connected before the
@@ -82,8 +83,13 @@ pub const BATCH_MAX: usize = 1024;
 /// message whose sequence number this instance has already published is skipped (returns 0): a
 /// batch whose reply was lost with the connection is sent again after the reconnect, and Redis
 /// may have run it the first time.
-/// KEYS: id counter, history stream, this instance's last sequence number.
-/// ARGV: frame up to the id, channel, history size, the message's sequence number.
+/// With channels, the frame also goes to its channel's own stream, capped at the channel's
+/// history, whose name joins the set of channel streams: an instance that starts reads each
+/// channel's history from there, so every channel keeps its own last N as one instance does.
+/// KEYS: id counter, history stream, this instance's last sequence number; with channels, the
+/// channel's stream and the set of channel names.
+/// ARGV: frame up to the id, events channel, history size, the message's sequence number; with
+/// channels, the channel's history size and name.
 pub const PUBLISH_SCRIPT: &str = r"
 local seq = tonumber(ARGV[4])
 if seq <= tonumber(redis.call('GET', KEYS[3]) or '0') then return 0 end
@@ -92,6 +98,10 @@ local id = redis.call('INCR', KEYS[1])
 local frame = ARGV[1] .. id .. '}'
 if tonumber(ARGV[3]) > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id .. '-0', 'm', frame)
+end
+if KEYS[4] and tonumber(ARGV[5]) > 0 then
+  redis.call('XADD', KEYS[4], 'MAXLEN', ARGV[5], id .. '-0', 'm', frame)
+  redis.call('SADD', KEYS[5], ARGV[6])
 end
 redis.call('PUBLISH', ARGV[2], frame)
 return id
@@ -238,6 +248,10 @@ struct Keys {
     channel_users: String,
     /// The channels this instance has written users to.
     my_channels: String,
+    /// Prefix of every channel's history stream (with channels).
+    channel_stream: String,
+    /// The names of the channels that have a history stream.
+    channel_streams: String,
 }
 
 /// Why a session with Redis ended.
@@ -313,6 +327,8 @@ impl Broker {
             sequence: format!("{p}:sequence:{instance}:{run}"),
             channel_users: format!("{p}:channel:"),
             my_channels: format!("{p}:channels:{instance}"),
+            channel_stream: format!("{p}:history:"),
+            channel_streams: format!("{p}:histories"),
         };
         let (wake, woken) = async_channel::bounded(1);
         Ok(Broker {
