@@ -113,6 +113,9 @@ async fn serve(
     // and so are the channels whose users changed somewhere.
     let mut recount = true;
     let mut recount_channels = BTreeSet::new();
+    // Connecting rewrote this instance's channels and announced each: they are being counted.
+    let live: usize = redis::cmd("ZCARD").arg(&broker.keys.instances).query_async(commands).await?;
+    let mut instances_seen = Some(live);
     let mut next_recount = now().at;
     loop {
         let mut budget = READ_BUDGET_FRAMES;
@@ -138,7 +141,15 @@ async fn serve(
             // A subscribed connection hears nothing when nobody talks: ask it something.
             redis::cmd("PING").exec_async(subscriber).await?;
             recount = true;
-            recount_channels.extend(shell.hub().counted_channels().map(String::from));
+            // Every channel is counted again when the set of live instances changed (one
+            // started, or one's deadline passed and the room's count dropped it): each channel's
+            // own changes are announced, but a crash is not. Not at every refresh: counting
+            // every channel scans every channel's users.
+            let live: usize =
+                redis::cmd("ZCARD").arg(&broker.keys.instances).query_async(commands).await?;
+            if instances_seen.replace(live) != Some(live) {
+                recount_channels.extend(shell.hub().counted_channels().map(String::from));
+            }
         }
         let channels_due = !recount_channels.is_empty();
         if (recount || channels_due) && now().at >= next_recount {

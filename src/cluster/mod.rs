@@ -167,10 +167,12 @@ pub const COUNT_CHANNEL_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local live = {}
+for _, name in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do live[name] = true end
 local users, n = {}, 0
 for _, field in ipairs(redis.call('HKEYS', ARGV[1])) do
   local sep = string.find(field, '\n', 1, true)
-  if sep and redis.call('ZSCORE', KEYS[1], string.sub(field, 1, sep - 1)) then
+  if sep and live[string.sub(field, 1, sep - 1)] then
     local user = string.sub(field, sep + 1)
     if not users[user] then users[user] = true; n = n + 1 end
   else
