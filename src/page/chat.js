@@ -257,7 +257,8 @@ function connect() {
       case "dm":
         if (!joined.has(msg.channel)) {
           conversations.add(msg.channel);
-          unread.set(msg.channel, (unread.get(msg.channel) || 0) + 1);
+          // The one shown is being joined (after a reload, say): its messages come with it.
+          if (msg.channel !== current) unread.set(msg.channel, (unread.get(msg.channel) || 0) + 1);
           renderChannels();
         }
         break;
