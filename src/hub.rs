@@ -527,7 +527,7 @@ impl Hub {
             self.shown_to_joiner(key);
         }
         for key in joined {
-            self.answer_join(now, conn, &key, since, effects);
+            self.answer_join(now, conn, &key, since, false, effects);
         }
     }
 
@@ -580,13 +580,13 @@ impl Hub {
         // Back within the grace: still counted, nothing to tell anyone.
         let returning = if first { self.channel_leaving.remove(&pair) } else { None };
         let newcomer = first && returning.is_none();
+        let (_, user) = pair;
         if let Some(at) = returning {
-            let (key, user) = pair;
-            self.channel_departures.remove(&(at, key, user));
+            self.channel_departures.remove(&(at, key.clone(), user.clone()));
         }
         if newcomer {
             self.mark_dirty(&key);
-            self.tell_cluster(&key, &user_of(&self.conns, conn), true, effects);
+            self.tell_cluster(&key, &user, true, effects);
         }
         self.settle(&key); // no longer dormant
         self.stats.joins += 1;
@@ -668,7 +668,7 @@ impl Hub {
                 channel.dormant = dormant;
             }
         }
-        if !occupied && last.is_none() {
+        if self.channels.get(&key).is_some_and(|c| c.is_unused()) {
             self.drop_channel(&key);
         }
     }
@@ -733,12 +733,7 @@ impl Hub {
         if !channel.kind.presence {
             return None;
         }
-        let here = channel.users.len();
-        Some(if key == ROOM {
-            self.cluster_online.unwrap_or(0).max(here)
-        } else {
-            channel.counted()
-        })
+        Some(channel.counted())
     }
 
     /// A `welcome` or `joined` just showed the channel's count to a joiner: if it differs
@@ -787,6 +782,7 @@ impl Hub {
         conn: ConnId,
         key: &Rc<str>,
         since: Option<u64>,
+        already_in: bool,
         effects: &mut Vec<Effect>,
     ) {
         let full = self.conns.get(&conn).is_some_and(|c| c.outbox.len() >= self.config.send_queue);
@@ -794,7 +790,14 @@ impl Hub {
             self.remove(now, conn, CloseReason::TooSlow, effects);
             return;
         }
-        let replay = self.replay(key, since);
+        // Already in it: only an explicit `since` asks for a replay (a resync).
+        let replay = match (already_in, since) {
+            (true, None) => {
+                let held = self.channels.get(&**key).map_or(0, |c| c.history.len());
+                Replay { recovered: None, from: held }
+            }
+            _ => self.replay(key, since),
+        };
         let joined = ServerMessage::Joined {
             channel: key,
             online: self.shown_count(key),
@@ -898,6 +901,10 @@ impl Hub {
     /// (Redis is unreachable) and clients should see this instance's count.
     pub fn set_cluster_online(&mut self, now: Now, count: Option<usize>) -> Vec<Effect> {
         self.cluster_online = count;
+        // The room's count is the cluster's, as a channel's is its count across instances.
+        if let Some(room) = self.channels.get_mut(ROOM) {
+            room.cluster_count = count;
+        }
         self.mark_dirty(&Rc::from(ROOM));
         if count.is_none() {
             // Redis is away: every channel shows this instance's own count.
@@ -1035,16 +1042,9 @@ impl Hub {
             Incoming::Join { channel, since } => {
                 let was_member = c.channels.iter().any(|k| **k == *channel);
                 match self.enter(conn, &channel, &mut effects) {
-                    // Already in it: only an explicit `since` asks for a replay.
-                    Ok(key) if since.is_none() && was_member => {
-                        let joined = ServerMessage::Joined {
-                            channel: &key,
-                            online: self.shown_count(&key),
-                            recovered: None,
-                        };
-                        self.send_to(now, conn, joined.to_json(), &mut effects);
+                    Ok(key) => {
+                        self.answer_join(now, conn, &key, since, was_member, &mut effects);
                     }
-                    Ok(key) => self.answer_join(now, conn, &key, since, &mut effects),
                     Err(error) => {
                         let error = ProtocolError::Channel(error, channel);
                         self.refuse(now, conn, error, &mut effects);
@@ -1739,11 +1739,6 @@ impl User {
     fn counts_online(&self) -> bool {
         !self.conns.is_empty() || self.leaving_at.is_some()
     }
-}
-
-/// The user of a connection (empty for one the hub does not know).
-fn user_of(conns: &HashMap<ConnId, Conn>, conn: ConnId) -> Rc<str> {
-    conns.get(&conn).map_or_else(|| Rc::from(""), |c| c.user.clone())
 }
 
 /// When a new connection gets its first Ping: between half and the whole ping interval, spread
