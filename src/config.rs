@@ -16,6 +16,11 @@ use crate::hub::HubConfig;
 
 /// The environment variable that holds the JWT secret; it wins over the file.
 pub const SECRET_ENV: &str = "SHEQU_CHAT_JWT_SECRET";
+/// The environment variable that holds the server API's key; it wins over `api.key` and
+/// `api.key_file`.
+pub const API_KEY_ENV: &str = "SHEQU_CHAT_API_KEY";
+/// The shortest API key accepted.
+pub const MIN_API_KEY_BYTES: usize = 32;
 /// The environment variable that sets the log level; it wins over `log_level`.
 pub const LOG_ENV: &str = "SHEQU_CHAT_LOG";
 
@@ -83,6 +88,8 @@ pub struct Config {
     pub cluster: Option<Cluster>,
     /// Rooms and private conversations (`channels.rs`); absent: one room, as before channels.
     pub channels: Option<ChannelsConfig>,
+    /// The server API for the site's backend (`api.rs`); absent: no API listener.
+    pub api: Option<Api>,
 }
 
 impl Default for Config {
@@ -105,6 +112,7 @@ impl Default for Config {
             presence: Presence::default(),
             cluster: None,
             channels: None,
+            api: None,
         }
     }
 }
@@ -336,6 +344,94 @@ impl Default for Cluster {
     }
 }
 
+/// The server API: publishing, moderation and presence for the site's backend, on a listener of
+/// its own (`docs/API.md`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Api {
+    /// Address of the API listener, e.g. `127.0.0.1:8090`. Keep it private: on an address other
+    /// than loopback the server does not start without a key.
+    pub listen: String,
+    /// The key requests carry as `Authorization: Bearer <key>`, at least 32 bytes.
+    /// `SHEQU_CHAT_API_KEY` wins over it and `key_file`.
+    pub key: Option<Secret>,
+    /// A file holding the key (surrounding whitespace is ignored).
+    pub key_file: Option<PathBuf>,
+    /// Where bans and mutes are kept across restarts (rewritten whole on each change); by
+    /// default `moderation.json` beside `history.file`, and without either they last until the
+    /// server stops.
+    pub moderation_file: Option<PathBuf>,
+    /// The largest request body accepted; a larger one gets 413.
+    pub max_body_bytes: usize,
+    /// How long a client has to send its whole request.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for Api {
+    fn default() -> Api {
+        Api {
+            listen: "127.0.0.1:8090".into(),
+            key: None,
+            key_file: None,
+            moderation_file: None,
+            max_body_bytes: 64 * 1024,
+            request_timeout_secs: 10,
+        }
+    }
+}
+
+impl Api {
+    /// Where bans and mutes are kept, if anywhere: `moderation_file`, or `moderation.json`
+    /// beside the history file.
+    pub fn moderation_path(&self, history: &History) -> Option<PathBuf> {
+        self.moderation_file.clone().or_else(|| {
+            let dir = history.file.as_ref()?.parent()?;
+            Some(dir.join("moderation.json"))
+        })
+    }
+
+    /// Takes the key from `SHEQU_CHAT_API_KEY` or `key_file` when set there.
+    fn resolve_key(&mut self) -> Result<(), ConfigError> {
+        if let Ok(key) = std::env::var(API_KEY_ENV)
+            && !key.is_empty()
+        {
+            self.key = Some(Secret(key));
+            self.key_file = None;
+        }
+        if self.key.is_none()
+            && let Some(path) = &self.key_file
+        {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid(format!("api.key_file: cannot read {}: {e}", path.display()))
+            })?;
+            self.key = Some(Secret(text.trim().to_string()));
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let addr = self.listen.parse::<std::net::SocketAddr>().map_err(|e| {
+            invalid(format!("api.listen: {:?} is not an address: {e}", self.listen))
+        })?;
+        match &self.key {
+            Some(key) if key.0.len() < MIN_API_KEY_BYTES => Err(invalid(format!(
+                "api.key: use at least {MIN_API_KEY_BYTES} bytes (e.g. `openssl rand -hex 32`)"
+            ))),
+            None if !addr.ip().is_loopback() => Err(invalid(format!(
+                "api: listening on {addr}, beyond this machine, needs a key (api.key_file or \
+                 {API_KEY_ENV})"
+            ))),
+            _ if self.max_body_bytes < 1024 => {
+                Err(invalid("api.max_body_bytes: must be at least 1024"))
+            }
+            _ if self.request_timeout_secs == 0 => {
+                Err(invalid("api.request_timeout_secs: must be at least 1"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A configuration that cannot be used, with a message that says which field and why.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -426,6 +522,9 @@ impl Config {
             config.auth.secret_file = None;
         }
         config.resolve_secret_file()?;
+        if let Some(api) = &mut config.api {
+            api.resolve_key()?;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -567,6 +666,15 @@ impl Config {
         }
         if let Some(cluster) = &self.cluster {
             self.validate_cluster(cluster)?;
+        }
+        if let Some(api) = &self.api {
+            api.validate()?;
+            if self.cluster.is_some() {
+                return Err(invalid(
+                    "api: the server API does not work across a cluster yet; run it on a \
+                     single instance",
+                ));
+            }
         }
         if l.max_channels == 0 || l.max_channels_per_connection == 0 {
             return Err(invalid(
@@ -739,6 +847,22 @@ mod tests {
         let none = with_secret(r#", "limits": {"max_channels_per_connection": 0}"#);
         let err = Config::parse(&none).unwrap().validate().unwrap_err().to_string();
         assert!(err.contains("max_channels_per_connection"), "{err}");
+    }
+
+    #[test]
+    fn an_api_needs_a_long_key_beyond_loopback() {
+        let check = |api: &str| {
+            Config::parse(&with_secret(&format!(r#","api":{api}"#))).unwrap().validate()
+        };
+        assert!(check(r#"{"listen":"127.0.0.1:8090"}"#).is_ok());
+        let open = check(r#"{"listen":"0.0.0.0:8090"}"#).unwrap_err().0;
+        assert!(open.contains("needs a key"), "{open}");
+        let short = check(r#"{"listen":"0.0.0.0:8090","key":"short"}"#).unwrap_err().0;
+        assert!(short.contains("at least 32 bytes"), "{short}");
+        let key = "k".repeat(32);
+        assert!(check(&format!(r#"{{"listen":"0.0.0.0:8090","key":"{key}"}}"#)).is_ok());
+        let c = Config::parse(&with_secret(&format!(r#","api":{{"key":"{key}"}}"#))).unwrap();
+        assert!(!c.redacted_json().contains(&key));
     }
 
     #[test]

@@ -99,7 +99,7 @@ fn check_upgrade<'r>(shell: &Shell, req: &'r Request, ip: IpAddr) -> Result<Chec
     };
     let identity = shell.verifier.verify(token, now().unix_ms / 1000).map_err(Refusal::Token)?;
     if probe {
-        shell.hub().admits(&identity.user_id, ip)?;
+        shell.hub().admits(now(), &identity.user_id, ip)?;
         return Ok(Checked::ProbeAccepted);
     }
     Ok(Checked::Upgrade { key, identity })

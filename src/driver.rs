@@ -8,6 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -60,6 +61,8 @@ pub(crate) struct Shell {
     /// The history file, when `history.file` is set.
     history: RefCell<Option<HistoryFile>>,
     pub(crate) page: Page,
+    /// Where bans and mutes are kept across restarts, if anywhere.
+    pub(crate) moderation_file: Option<PathBuf>,
     /// The link to the other instances, when `cluster` is set.
     #[cfg(feature = "redis")]
     pub(crate) broker: Option<crate::cluster::Broker>,
@@ -80,13 +83,17 @@ impl Shell {
             hub: RefCell::new(hub),
             verifier,
             handshakes: Rc::new(Handshakes::new(&config.limits, &config.trusted_proxies)),
-            config,
             rearm,
             armed: Cell::new(start.at),
             counters: ShellCounters::default(),
             start_unix_secs: start.unix_ms as f64 / 1000.0,
             history: RefCell::new(history),
             page: Page::new(),
+            moderation_file: config
+                .api
+                .as_ref()
+                .and_then(|api| api.moderation_path(&config.history)),
+            config,
             #[cfg(feature = "redis")]
             broker,
         };
@@ -96,8 +103,15 @@ impl Shell {
     /// Feeds one input to the hub and performs its effects. The hub's borrow ends before any
     /// effect runs: a removed connection is gone from the hub before its queue is closed.
     pub(crate) fn apply(&self, step: impl FnOnce(&mut Hub, Now) -> Vec<Effect>) {
-        let effects = step(&mut self.hub.borrow_mut(), now());
+        self.ask(|hub, now| ((), step(hub, now)));
+    }
+
+    /// Like [`apply`](Self::apply), for an input that also answers (a request of the server
+    /// API): the answer is handed back once the effects are performed.
+    pub(crate) fn ask<T>(&self, step: impl FnOnce(&mut Hub, Now) -> (T, Vec<Effect>)) -> T {
+        let (answer, effects) = step(&mut self.hub.borrow_mut(), now());
         self.perform(effects);
+        answer
     }
 
     /// The hub, to read. Held only for the read: never across an `.await`.
@@ -107,6 +121,7 @@ impl Shell {
 
     fn perform(&self, effects: Vec<Effect>) {
         let mut persisted = false;
+        let mut rewrite = false;
         let mut not_sent = Vec::new();
         for effect in effects {
             match effect {
@@ -123,7 +138,13 @@ impl Shell {
                 effect @ (Effect::Publish { .. }
                 | Effect::Presence { .. }
                 | Effect::Announce { .. }) => not_sent.extend(self.to_broker(effect)),
+                Effect::SaveModeration => self.save_moderation(),
+                Effect::RewriteHistory => rewrite = true,
             }
+        }
+        if rewrite {
+            let keep = self.hub.borrow().held_history();
+            self.with_history(|file| file.compact(&keep));
         }
         if persisted {
             self.with_history(|file| file.flush());
@@ -164,6 +185,20 @@ impl Shell {
         }
     }
 
+    /// Writes the bans and mutes to their file, if there is one (whole, atomically), and logs a
+    /// failure: the bans hold in memory either way.
+    fn save_moderation(&self) {
+        let Some(path) = &self.moderation_file else {
+            return;
+        };
+        let saved = self.hub.borrow().moderation().saved();
+        let mut text = serde_json::to_vec_pretty(&saved).unwrap_or_default();
+        text.push(b'\n');
+        if let Err(e) = crate::history::write_atomically(path, &text) {
+            warn!("moderation: cannot write {}: {e}", path.display());
+        }
+    }
+
     /// Runs an operation on the history file, if there is one, and logs a failure.
     pub(crate) fn with_history(&self, op: impl FnOnce(&mut HistoryFile) -> io::Result<()>) {
         if let Some(file) = self.history.borrow_mut().as_mut()
@@ -171,6 +206,12 @@ impl Shell {
         {
             warn!("history: cannot write {}: {e}", file.path().display());
         }
+    }
+
+    /// How long the server has been running.
+    pub(crate) fn uptime(&self) -> Duration {
+        let unix_secs = now().unix_ms as f64 / 1000.0;
+        Duration::from_secs_f64((unix_secs - self.start_unix_secs).max(0.0))
     }
 
     pub(crate) fn metrics(&self) -> String {
@@ -187,6 +228,8 @@ impl Shell {
             broker,
             history: hub.history_len(),
             channels: hub.channel_count(),
+            bans: hub.moderation().bans(now().unix_ms / 1000).count(),
+            mutes: hub.moderation().mutes(now().unix_ms / 1000).count(),
             shell: &self.counters,
             handshakes: &self.handshakes,
             start_time_unix_secs: self.start_unix_secs,

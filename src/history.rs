@@ -105,18 +105,12 @@ impl HistoryFile {
     /// Rewrites the file with only `keep`, the history the hub holds, oldest first.
     pub fn compact(&mut self, keep: &[Utf8Bytes]) -> io::Result<()> {
         self.writer.flush()?;
-        let tmp = self.path.with_extension("jsonl.tmp");
         let mut out = Vec::with_capacity(keep.iter().map(|l| l.len() + 1).sum());
         for line in keep {
             out.extend_from_slice(line.as_bytes());
             out.push(b'\n');
         }
-        {
-            let mut file = File::create(&tmp)?;
-            file.write_all(&out)?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)?;
+        write_atomically(&self.path, &out)?;
         let file = OpenOptions::new().append(true).open(&self.path)?;
         self.writer = BufWriter::new(file);
         self.lines = keep.len();
@@ -127,6 +121,20 @@ impl HistoryFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Replaces the file at `path` with `bytes` so that a crash leaves either the old file or the
+/// new one, never a part: written to `PATH.tmp`, synced, renamed over it.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
 }
 
 /// Parses every complete line; returns the messages and the length of the good prefix. A last

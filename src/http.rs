@@ -120,11 +120,15 @@ pub enum Refusal {
     Capacity,
     /// `limits.max_connections_per_ip` are open from this address.
     IpLimit,
+    /// The site banned the user, until then (Unix seconds) or for good.
+    Banned {
+        until: Option<u64>,
+    },
 }
 
 impl Refusal {
     /// Every `reason` label of `shequ_chat_refusals_total`, in [`index`](Self::index) order.
-    pub const LABELS: [&'static str; 14] = [
+    pub const LABELS: [&'static str; 15] = [
         "malformed",
         "too_large",
         "method",
@@ -139,6 +143,7 @@ impl Refusal {
         "origin",
         "capacity",
         "ip_limit",
+        "banned",
     ];
     /// Every `reason` label of `shequ_chat_auth_failures_total`, in
     /// [`auth_index`](Self::auth_index) order.
@@ -151,7 +156,7 @@ impl Refusal {
             | Refusal::BadKey
             | Refusal::TokensDiffer => 400,
             Refusal::Token(_) => 401,
-            Refusal::Origin => 403,
+            Refusal::Origin | Refusal::Banned { .. } => 403,
             Refusal::NotFound => 404,
             Refusal::UseGet | Refusal::UseGetForWebSocket => 405,
             Refusal::WebSocketVersion => 426,
@@ -161,8 +166,8 @@ impl Refusal {
     }
 
     /// The one-line reason, the response's body.
-    pub fn message(self) -> &'static str {
-        match self {
+    pub fn message(self) -> std::borrow::Cow<'static, str> {
+        let text = match self {
             Refusal::Malformed => "malformed HTTP request",
             Refusal::HeadTooLarge => "request head too large",
             Refusal::UseGet => "use GET",
@@ -176,7 +181,12 @@ impl Refusal {
             Refusal::Origin => "origin not allowed",
             Refusal::Capacity => "server full; try again later",
             Refusal::IpLimit => "too many connections from your address",
-        }
+            Refusal::Banned { until: None } => "banned",
+            Refusal::Banned { until: Some(until) } => {
+                return format!("banned until {}", utc_time(until)).into();
+            }
+        };
+        text.into()
     }
 
     /// Its label in [`LABELS`](Self::LABELS).
@@ -196,6 +206,7 @@ impl Refusal {
             Refusal::Origin => 11,
             Refusal::Capacity => 12,
             Refusal::IpLimit => 13,
+            Refusal::Banned { .. } => 14,
         }
     }
 
@@ -219,7 +230,7 @@ impl Refusal {
             Refusal::WebSocketVersion => "Sec-WebSocket-Version: 13\r\n",
             _ => "",
         };
-        response(self.status(), "text/plain; charset=utf-8", extra, self.message())
+        response(self.status(), "text/plain; charset=utf-8", extra, &self.message())
     }
 }
 
@@ -228,8 +239,30 @@ impl From<Refused> for Refusal {
         match refused {
             Refused::Capacity => Refusal::Capacity,
             Refused::IpLimit => Refusal::IpLimit,
+            Refused::Banned { until } => Refusal::Banned { until },
         }
     }
+}
+
+/// A Unix time as UTC in RFC 3339 (`2026-12-01T09:30:00Z`), for people and for the API.
+pub fn utc_time(unix_secs: u64) -> String {
+    let (days, secs) = (unix_secs / 86_400, unix_secs % 86_400);
+    // Howard Hinnant's days-to-civil algorithm, for days since 1970-01-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 /// A complete HTTP/1.1 response that closes the connection. A plain-text body gets a newline.
@@ -260,6 +293,9 @@ fn reason_phrase(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
@@ -339,7 +375,8 @@ pub async fn respond_and_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S
         .await;
 }
 
-fn percent_decode(s: &str) -> Option<String> {
+/// Decodes `%XX` and `+` (a space); `None` when that is not valid UTF-8 or a `%` is malformed.
+pub fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -395,6 +432,17 @@ mod tests {
         assert_eq!(parse(&huge).unwrap_err(), HeadError::TooLarge);
         assert_eq!(parse("GET / HTTP/1.1\r\n").unwrap_err(), HeadError::Closed);
         assert_eq!(parse("GET / HTTP/1.0\r\n\r\n").unwrap_err(), HeadError::Malformed);
+    }
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(utc_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_time(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_time(1_796_083_199), "2026-11-30T23:59:59Z");
+        assert_eq!(
+            Refusal::Banned { until: Some(0) }.message(),
+            "banned until 1970-01-01T00:00:00Z"
+        );
     }
 
     #[test]

@@ -41,6 +41,7 @@ use async_tungstenite::tungstenite::Utf8Bytes;
 use log::debug;
 
 use self::channel::{Channel, Replay};
+use self::moderation::Moderation;
 use self::timers::{Timer, TimerTable};
 
 use crate::channels::{Kind, Pattern, Policy, dm_members};
@@ -140,6 +141,11 @@ pub enum Effect {
     Presence { user: Rc<str>, channel: Option<Rc<str>>, online: bool },
     /// Cluster, one connection per user: the user connected here; other instances close theirs.
     Announce { user: Rc<str>, conn: ConnId },
+    /// The bans or mutes changed: write [`Hub::moderation`] where it is kept.
+    SaveModeration,
+    /// A message left the history: rewrite the history file from [`Hub::held_history`] now.
+    /// Only when [`HubConfig::persist_history`] is set.
+    RewriteHistory,
 }
 
 /// Why a connection was refused before its upgrade.
@@ -149,6 +155,8 @@ pub enum Refused {
     Capacity,
     /// `limits.max_connections_per_ip` are open from this address.
     IpLimit,
+    /// The site banned the user, until then (Unix seconds) or for good.
+    Banned { until: Option<u64> },
 }
 
 /// A verified client asking to join.
@@ -224,6 +232,8 @@ pub struct Stats {
     pub channel_refusals: u64,
     /// Dormant channels evicted with their history to make room for new ones.
     pub channels_evicted: u64,
+    /// Chat messages refused because the site muted their sender.
+    pub muted_refusals: u64,
 }
 
 #[derive(Debug)]
@@ -319,6 +329,8 @@ pub struct Hub {
     /// ping interval; always armed).
     next_sweep: Instant,
     timers: TimerTable,
+    /// The site's bans and mutes (`site.rs`).
+    moderation: Moderation,
     stats: Stats,
 }
 
@@ -359,6 +371,7 @@ impl Hub {
             channel_leaving: HashMap::new(),
             dormant: BTreeSet::new(),
             evicted_up_to: 0,
+            moderation: Moderation::default(),
             stats: Stats::default(),
         }
     }
@@ -400,7 +413,7 @@ impl Hub {
     /// can come between them, none is missing and none comes twice.
     pub fn connect(&mut self, now: Now, join: Join) -> Result<Connected, Refused> {
         let Join { identity, since, ip } = join;
-        self.admits(&identity.user_id, ip)?;
+        self.admits(now, &identity.user_id, ip)?;
         let existing = self.users.get(identity.user_id.as_str()).map_or(0, |u| u.conns.len());
         let user_key: Rc<str> = match self.users.get_key_value(identity.user_id.as_str()) {
             Some((key, _)) => key.clone(),
@@ -851,7 +864,10 @@ impl Hub {
 
     /// Whether [`connect`](Self::connect) would take a connection of `user` from `ip` now,
     /// counting the user's oldest connection that it would replace. Changes nothing.
-    pub fn admits(&self, user: &str, ip: IpAddr) -> Result<(), Refused> {
+    pub fn admits(&self, now: Now, user: &str, ip: IpAddr) -> Result<(), Refused> {
+        if let Some(ban) = self.moderation.banned(user, now.unix_ms / 1000) {
+            return Err(Refused::Banned { until: ban.until });
+        }
         let mine: &[ConnId] = self.users.get(user).map_or(&[], |u| &u.conns);
         // The oldest connections of this user that a new one replaces.
         let replacing =
@@ -1026,7 +1042,19 @@ impl Hub {
                 match self.chat_target(c, channel) {
                     Err(error) => self.refuse(now, conn, error, &mut effects),
                     Ok(key) if self.take_token(&user, now) => {
-                        self.broadcast_chat(now, conn, &key, &content, &mut effects);
+                        let now_secs = now.unix_ms / 1000;
+                        match self.moderation.muted(&user, &key, now_secs) {
+                            Some(mute) => {
+                                let error = ProtocolError::Muted {
+                                    channel: mute.channel.clone(),
+                                    until: mute.until,
+                                    left_secs: mute.until - now_secs,
+                                };
+                                self.stats.muted_refusals += 1;
+                                self.send_error(now, conn, &error, &mut effects);
+                            }
+                            None => self.broadcast_chat(now, conn, &key, &content, &mut effects),
+                        }
                     }
                     Ok(_) => {
                         self.stats.rate_limited += 1;
@@ -1107,6 +1135,9 @@ impl Hub {
         if now.at >= self.next_sweep {
             self.next_sweep = now.at + self.config.ping_interval;
             self.forget_departed(now);
+            if self.moderation.expire(now.unix_ms / 1000) {
+                effects.push(Effect::SaveModeration);
+            }
         }
         if let Some(timeout) = self.config.idle_timeout
             && self.timers.is_due(Timer::IdleCheck, now.at)
@@ -1359,6 +1390,7 @@ impl Hub {
             code: error.code(),
             message: &error.message(),
             channel: error.channel(),
+            until: error.until(),
         }
         .to_json();
         self.send_to(now, conn, json, effects);
@@ -1757,6 +1789,9 @@ fn token_deadline(now: Now, exp_unix_secs: u64, leeway: Duration) -> Instant {
 }
 
 mod channel;
+pub mod moderation;
+mod site;
+pub use site::{Action, Outcome, Post, Present, SITE, SiteError};
 #[doc(hidden)]
 pub mod sim;
 #[cfg(test)]

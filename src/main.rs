@@ -8,7 +8,7 @@ use log::{LevelFilter, info, warn};
 use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
 use shequ_chat::config::{Config, ConfigError, LOG_ENV};
-use shequ_chat::{auth, server};
+use shequ_chat::{admin, auth, server};
 
 const USAGE: &str = "\
 shequ-chat: a WebSocket chat server for self-hosted community sites
@@ -18,12 +18,17 @@ Usage:
   shequ-chat --check-config --config PATH  check a configuration file and exit
   shequ-chat token --config PATH --sub ID [--name NAME] [--ttl SECS]
                                            print a token signed with the configured HS secret
-  shequ-chat --help | --version
+{admin}  shequ-chat --help | --version
 
 Environment:
   SHEQU_CHAT_JWT_SECRET  the JWT secret (wins over auth.secret and auth.secret_file)
+  SHEQU_CHAT_API_KEY     the server API's key (wins over api.key and api.key_file)
   SHEQU_CHAT_LOG         the log level (wins over log_level)
 ";
+
+fn usage() -> String {
+    USAGE.replace("{admin}", admin::USAGE)
+}
 
 /// Default lifetime of a token from `shequ-chat token`.
 const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
@@ -32,11 +37,25 @@ enum Command {
     Run { config: PathBuf },
     Check { config: PathBuf },
     Token { config: PathBuf, sub: String, name: Option<String>, ttl_secs: u64 },
+    Admin { config: PathBuf, request: admin::Request },
     Help,
     Version,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
+    let mut args = args.by_ref().peekable();
+    if args.peek().map(String::as_str) == Some("admin") {
+        args.next();
+        let (mut config, mut rest) = (None, Vec::new());
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--config" | "-c" => config = args.next().map(PathBuf::from),
+                _ => rest.push(arg),
+            }
+        }
+        let config = config.ok_or("admin needs --config PATH")?;
+        return Ok(Command::Admin { config, request: admin::parse(&rest)? });
+    }
     let mut config = None;
     let mut check = false;
     let mut token = false;
@@ -87,13 +106,13 @@ fn main() -> ExitCode {
     let command = match parse_args(std::env::args().skip(1)) {
         Ok(command) => command,
         Err(e) => {
-            eprintln!("shequ-chat: {e}\n\n{USAGE}");
+            eprintln!("shequ-chat: {e}\n\n{}", usage());
             return ExitCode::from(2);
         }
     };
     let result = match command {
         Command::Help => {
-            say(USAGE.trim_end());
+            say(usage().trim_end());
             Ok(())
         }
         Command::Version => {
@@ -110,6 +129,11 @@ fn main() -> ExitCode {
             .and_then(|c| auth::mint(&c.auth, &sub, name.as_deref(), ttl_secs))
             .map(say),
         Command::Run { config } => Config::load(&config).and_then(run),
+        Command::Admin { config, request } => Config::load(&config).and_then(|c| {
+            let lines = admin::run(&c, &request).map_err(|e| ConfigError(format!("admin: {e}")))?;
+            lines.iter().for_each(say);
+            Ok(())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

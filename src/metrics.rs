@@ -8,12 +8,13 @@
 //! copied into them at each scrape. The format is simple enough to write, and a test reads it
 //! with a real Prometheus parser (`tests/operations.rs`).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::fmt::{Display, Write as _};
 
 use crate::handshakes::{HandshakeRefusal, Handshakes};
 use crate::http::Refusal;
-use crate::hub::Stats;
+use crate::hub::{Action, Stats};
 use crate::protocol::CloseReason;
 
 /// The content type of the exposition.
@@ -28,6 +29,10 @@ pub struct ShellCounters {
     auth_failures: [Cell<u64>; Refusal::AUTH_LABELS.len()],
     /// `accept` calls that failed (out of file descriptors, usually).
     pub accept_errors: Cell<u64>,
+    /// Server API requests by endpoint and status.
+    api_requests: RefCell<BTreeMap<(&'static str, u16), u64>>,
+    /// Moderation actions carried out, by [`Action::index`].
+    actions: [Cell<u64>; Action::LABELS.len()],
 }
 
 impl ShellCounters {
@@ -38,6 +43,17 @@ impl ShellCounters {
         if let Some(i) = refusal.auth_index() {
             bump(&self.auth_failures[i]);
         }
+    }
+
+    /// Counts a server API request by its endpoint and answer.
+    pub fn count_api(&self, endpoint: &'static str, status: u16) {
+        *self.api_requests.borrow_mut().entry((endpoint, status)).or_insert(0) += 1;
+    }
+
+    /// Counts a moderation action the API carried out.
+    pub fn count_action(&self, action: &Action) {
+        let cell = &self.actions[action.index()];
+        cell.set(cell.get() + 1);
     }
 }
 
@@ -67,6 +83,9 @@ pub struct Snapshot<'a> {
     pub broker: Option<BrokerStats>,
     pub history: usize,
     pub channels: usize,
+    /// Bans and mutes in force.
+    pub bans: usize,
+    pub mutes: usize,
     pub shell: &'a ShellCounters,
     pub handshakes: &'a Handshakes,
     pub start_time_unix_secs: f64,
@@ -132,6 +151,11 @@ pub fn render(s: &Snapshot<'_>) -> String {
             "Dormant channels evicted with their history to make room at limits.max_channels.",
             st.channels_evicted,
         ),
+        (
+            "shequ_chat_muted_refusals_total",
+            "Chat messages refused because the site muted their sender.",
+            st.muted_refusals,
+        ),
     ] {
         out.single(name, "counter", help, value);
     }
@@ -176,6 +200,18 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Failed accept calls (out of file descriptors, usually).",
         s.shell.accept_errors.get(),
     );
+    out.single("shequ_chat_bans", "gauge", "Bans in force (server API).", s.bans);
+    out.single("shequ_chat_mutes", "gauge", "Mutes in force (server API).", s.mutes);
+    let name = "shequ_chat_moderation_actions_total";
+    out.family(name, "counter", "Moderation actions carried out through the server API.");
+    for (label, count) in Action::LABELS.iter().zip(&s.shell.actions) {
+        out.sample(name, &[("action", label)], count.get());
+    }
+    let name = "shequ_chat_api_requests_total";
+    out.family(name, "counter", "Server API requests, by endpoint and HTTP status.");
+    for ((endpoint, status), count) in s.shell.api_requests.borrow().iter() {
+        out.sample(name, &[("endpoint", endpoint), ("status", &status.to_string())], *count);
+    }
     let name = "shequ_chat_disconnects_total";
     out.family(name, "counter", "Connections ended, by reason.");
     for reason in CloseReason::ALL {
@@ -281,6 +317,10 @@ mod tests {
         let shell = ShellCounters::default();
         shell.count(Refusal::Origin);
         shell.count(Refusal::Capacity);
+        shell.count_api("ban", 200);
+        shell.count_api("ban", 200);
+        shell.count_api("other", 401);
+        shell.count_action(&crate::hub::Action::Delete { id: 1 });
         let handshakes = Handshakes::new(&crate::config::Limits::default(), &[]);
         let text = render(&Snapshot {
             stats: &stats,
@@ -290,12 +330,22 @@ mod tests {
             broker: Some(BrokerStats { up: true, dropped: 4, ..BrokerStats::default() }),
             history: 0,
             channels: 5,
+            bans: 6,
+            mutes: 0,
             shell: &shell,
             handshakes: &handshakes,
             start_time_unix_secs: 1.5,
         });
         assert!(text.contains("shequ_chat_deliveries_total 7\n"));
         assert!(text.contains("shequ_chat_channels 5\n"));
+        assert!(text.contains("shequ_chat_bans 6\n"));
+        assert!(
+            text.contains("shequ_chat_api_requests_total{endpoint=\"ban\",status=\"200\"} 2\n")
+        );
+        assert!(
+            text.contains("shequ_chat_api_requests_total{endpoint=\"other\",status=\"401\"} 1\n")
+        );
+        assert!(text.contains("shequ_chat_moderation_actions_total{action=\"delete\"} 1\n"));
         assert!(text.contains("shequ_chat_auth_failures_total{reason=\"origin\"} 1\n"));
         assert!(text.contains("shequ_chat_refusals_total{reason=\"origin\"} 1\n"));
         assert!(text.contains("shequ_chat_refusals_total{reason=\"capacity\"} 1\n"));

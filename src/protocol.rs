@@ -42,6 +42,9 @@ pub enum ProtocolError {
     Unavailable,
     /// A `join`, `leave` or `chat` refused for a reason of the channel it names.
     Channel(ChannelError, String),
+    /// The site muted the user (everywhere, or in this channel) until `until` (Unix seconds);
+    /// `left_secs` is how long that is from now.
+    Muted { channel: Option<String>, until: u64, left_secs: u64 },
 }
 
 /// Why a channel refused a frame; the `error` frame names the channel.
@@ -101,6 +104,7 @@ impl ProtocolError {
             ProtocolError::AuthFailed(_) => "auth_failed",
             ProtocolError::Unavailable => "unavailable",
             ProtocolError::Channel(error, _) => error.code(),
+            ProtocolError::Muted { .. } => "muted",
         }
     }
 
@@ -108,6 +112,15 @@ impl ProtocolError {
     pub fn channel(&self) -> Option<&str> {
         match self {
             ProtocolError::Channel(_, channel) => Some(channel),
+            ProtocolError::Muted { channel, .. } => channel.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The `until` field of the `error` frame (Unix seconds), for `muted`.
+    pub fn until(&self) -> Option<u64> {
+        match self {
+            ProtocolError::Muted { until, .. } => Some(*until),
             _ => None,
         }
     }
@@ -128,6 +141,9 @@ impl ProtocolError {
                 "the chat cannot reach its other servers right now; try again shortly".into()
             }
             ProtocolError::Channel(error, _) => error.message().into(),
+            ProtocolError::Muted { left_secs, .. } => {
+                format!("you are muted for {}; this message was not sent", for_humans(*left_secs))
+            }
         }
     }
 }
@@ -182,6 +198,18 @@ pub fn parse_client(text: &str, max_content_chars: usize) -> Result<ClientMessag
         },
         _ => Err(ProtocolError::UnsupportedType),
     }
+}
+
+/// A duration as a person says it: "45 seconds", "12 minutes", "3 hours", "2 days" (rounded up,
+/// so that a mute never reads as shorter than it is).
+pub fn for_humans(secs: u64) -> String {
+    let (n, unit) = match secs {
+        0..60 => (secs, "second"),
+        60..3600 => (secs.div_ceil(60), "minute"),
+        3600..86400 => (secs.div_ceil(3600), "hour"),
+        _ => (secs.div_ceil(86400), "day"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
 const SINCE_SHAPE: &str = "\"since\" must be a whole number of 0 or more";
@@ -258,12 +286,21 @@ pub enum ServerMessage<'a> {
         user_id: &'a str,
         username: &'a str,
     },
+    /// The site deleted a message; absent `channel` on a server with one room.
+    Deleted {
+        id: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
+    },
     Pong,
     Error {
         code: &'static str,
         message: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         channel: Option<&'a str>,
+        /// For `muted`: when the mute ends, in Unix seconds.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        until: Option<u64>,
     },
 }
 
@@ -294,16 +331,34 @@ impl ChatHead {
         content: &str,
         ts: u64,
     ) -> ChatHead {
+        ChatHead::build(channel, Some((user_id, username)), content, ts)
+    }
+
+    /// A message the site publishes in its own name (`POST /api/publish` without a user): the
+    /// frame has no `user_id` or `username`.
+    pub fn from_site(channel: Option<&str>, content: &str, ts: u64) -> ChatHead {
+        ChatHead::build(channel, None, content, ts)
+    }
+
+    fn build(
+        channel: Option<&str>,
+        sender: Option<(&str, &str)>,
+        content: &str,
+        ts: u64,
+    ) -> ChatHead {
         #[derive(Serialize)]
         struct Body<'a> {
             r#type: &'static str,
             #[serde(skip_serializing_if = "Option::is_none")]
             channel: Option<&'a str>,
-            user_id: &'a str,
-            username: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            user_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            username: Option<&'a str>,
             content: &'a str,
             ts: u64,
         }
+        let (user_id, username) = sender.unzip();
         let body = Body { r#type: "chat", channel, user_id, username, content, ts };
         // As for `ServerMessage`, this cannot fail; the closing brace comes back in `into_frame`.
         let mut head = serde_json::to_string(&body).unwrap_or_else(|_| "{".into());
@@ -373,11 +428,15 @@ pub enum CloseReason {
     Protocol,
     /// A text frame that is not valid UTF-8.
     InvalidUtf8,
+    /// The site disconnected the user (`POST /api/disconnect`): do not reconnect on your own.
+    Kicked,
+    /// The site banned the user (`POST /api/ban`): a reconnect is refused until the ban ends.
+    Banned,
 }
 
 impl CloseReason {
     /// Every reason, for metrics that list each label.
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::Client,
         CloseReason::Replaced,
         CloseReason::Idle,
@@ -389,6 +448,8 @@ impl CloseReason {
         CloseReason::TooBig,
         CloseReason::Protocol,
         CloseReason::InvalidUtf8,
+        CloseReason::Kicked,
+        CloseReason::Banned,
     ];
 
     /// The WebSocket close code the server sends; `None` when the client ended it.
@@ -405,6 +466,8 @@ impl CloseReason {
             CloseReason::TooBig => Some(1009),
             CloseReason::Protocol => Some(1002),
             CloseReason::InvalidUtf8 => Some(1007),
+            CloseReason::Kicked => Some(4008),
+            CloseReason::Banned => Some(4009),
         }
     }
 
@@ -422,6 +485,8 @@ impl CloseReason {
             CloseReason::TooBig => "too_big",
             CloseReason::Protocol => "protocol",
             CloseReason::InvalidUtf8 => "invalid_utf8",
+            CloseReason::Kicked => "kicked",
+            CloseReason::Banned => "banned",
         }
     }
 
@@ -555,11 +620,42 @@ mod tests {
             code: error.code(),
             message: &error.message(),
             channel: error.channel(),
+            until: error.until(),
         };
         assert_eq!(
             frame.to_json(),
             r#"{"type":"error","code":"read_only","message":"only the site posts to this channel","channel":"news"}"#
         );
+        let muted = ProtocolError::Muted { channel: None, until: 1764200600, left_secs: 599 };
+        let frame = ServerMessage::Error {
+            code: muted.code(),
+            message: &muted.message(),
+            channel: muted.channel(),
+            until: muted.until(),
+        };
+        assert_eq!(
+            frame.to_json(),
+            r#"{"type":"error","code":"muted","message":"you are muted for 10 minutes; this message was not sent","until":1764200600}"#
+        );
+        let notice = ChatHead::from_site(Some("news"), "down at 22:00", 5).into_frame(9);
+        assert_eq!(
+            notice,
+            r#"{"type":"chat","channel":"news","content":"down at 22:00","ts":5,"id":9}"#
+        );
+        assert_eq!(ChatHead::channel_of(&notice), Some("news"));
+        assert_eq!(
+            ServerMessage::Deleted { id: 9, channel: Some("news") }.to_json(),
+            r#"{"type":"deleted","id":9,"channel":"news"}"#
+        );
+    }
+
+    #[test]
+    fn durations_read_as_people_say_them() {
+        assert_eq!(for_humans(1), "1 second");
+        assert_eq!(for_humans(59), "59 seconds");
+        assert_eq!(for_humans(61), "2 minutes");
+        assert_eq!(for_humans(3600), "1 hour");
+        assert_eq!(for_humans(86401), "2 days");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::config::{Config, ConfigError, Fsync};
 use crate::conn::{Port, serve};
 use crate::driver::{Shell, drive_timers, now, sync_history_every_second};
 use crate::history::HistoryFile;
+use crate::hub::moderation::Moderation;
 use crate::hub::{Hub, HubConfig};
 
 /// Lifetime of the tokens `dev_login` prints.
@@ -31,13 +32,16 @@ pub struct Listeners {
     pub main: TcpListener,
     /// `/metrics` and `/healthz` only, when `metrics_listen` is set.
     pub metrics: Option<TcpListener>,
+    /// The server API, when `api` is set.
+    pub api: Option<TcpListener>,
 }
 
-/// Binds `listen` and, when set, `metrics_listen`.
+/// Binds `listen` and, when set, `metrics_listen` and `api.listen`.
 pub fn bind(config: &Config) -> io::Result<Listeners> {
     let main = TcpListener::bind(&config.listen)?;
     let metrics = config.metrics_listen.as_ref().map(TcpListener::bind).transpose()?;
-    Ok(Listeners { main, metrics })
+    let api = config.api.as_ref().map(|api| TcpListener::bind(&api.listen)).transpose()?;
+    Ok(Listeners { main, metrics, api })
 }
 
 /// Runs the server until `shutdown` completes, then closes every connection with 1001 and
@@ -55,6 +59,7 @@ pub fn run(
     let cannot = |e: io::Error| ConfigError(format!("cannot use the listener: {e}"));
     let main = Async::new(listeners.main).map_err(cannot)?;
     let metrics_listener = listeners.metrics.map(Async::new).transpose().map_err(cannot)?;
+    let api_listener = listeners.api.map(Async::new).transpose().map_err(cannot)?;
     let start = now();
     let shutdown_grace = config.shutdown_grace();
     let hub = Hub::new(HubConfig::from(&config), start);
@@ -84,6 +89,12 @@ pub fn run(
     );
     let shell = Rc::new(shell);
     shell.apply(|hub, now| hub.restore(now, restored));
+    if let Some(moderation) = load_moderation(&shell)? {
+        shell.apply(|hub, _| {
+            hub.restore_moderation(moderation);
+            Vec::new()
+        });
+    }
     // The file may hold more than the hub keeps (a smaller history, a channel without a rule).
     shell.compact_history(false);
     // Logged once everything is loaded: from this line on, the server answers.
@@ -95,6 +106,12 @@ pub fn run(
     );
     if let Some(metrics) = &metrics_listener {
         info!("metrics on {}", addr(metrics).unwrap_or_default());
+    }
+    if let Some(api) = &api_listener {
+        info!("server API on {}", addr(api).unwrap_or_default());
+        if shell.config.api.as_ref().is_some_and(|api| api.key.is_none()) {
+            warn!("api: no key set, so anyone on this machine can use the server API");
+        }
     }
     if shell.config.dev_login {
         print_dev_urls(&shell.config, &addr(&main).unwrap_or_default());
@@ -121,11 +138,20 @@ pub fn run(
                 None => std::future::pending().await,
             }
         });
+        let accepting = accepting.or(async {
+            match &api_listener {
+                Some(listener) => {
+                    crate::api::accept_loop(&executor, &shell, listener, &alive).await
+                }
+                None => std::future::pending().await,
+            }
+        });
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         accepting.or(shutdown).await;
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         drop(main);
         drop(metrics_listener);
+        drop(api_listener);
         let open = shell.hub().connection_count();
         info!("shutting down: closing {open} connections");
         shell.apply(|hub, now| hub.shutdown(now));
@@ -142,6 +168,37 @@ pub fn run(
         info!("stopped");
     }));
     Ok(())
+}
+
+/// The bans and mutes of the last run, from `api.moderation_file` (or beside the history file).
+/// A file that is not there yet is no bans; one that cannot be read stops the start, as a
+/// history file does: starting without the bans would let every banned user back in.
+fn load_moderation(shell: &Shell) -> Result<Option<Moderation>, ConfigError> {
+    let Some(path) = &shell.moderation_file else {
+        if shell.config.api.is_some() {
+            info!(
+                "api: bans and mutes are kept in memory until the server stops; set \
+                 api.moderation_file (or history.file) to keep them across restarts"
+            );
+        }
+        return Ok(None);
+    };
+    let text = match std::fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ConfigError(format!("moderation file {}: {e}", path.display()))),
+    };
+    let saved = serde_json::from_slice(&text)
+        .map_err(|e| ConfigError(format!("moderation file {}: {e}", path.display())))?;
+    let moderation = Moderation::restore(saved, now().unix_ms / 1000);
+    let unix = now().unix_ms / 1000;
+    info!(
+        "moderation: {} bans and {} mutes from {}",
+        moderation.bans(unix).count(),
+        moderation.mutes(unix).count(),
+        path.display()
+    );
+    Ok(Some(moderation))
 }
 
 /// `dev_login`: prints ready-to-open chat URLs with fresh tokens for two users, so that the

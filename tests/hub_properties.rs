@@ -236,7 +236,10 @@ impl State {
                 assert_ne!(before.unwrap_or(false), *online, "{user} in {channel}: said twice");
             }
             Effect::Announce { conn, .. } => self.announcements.push_back(*conn),
-            Effect::Close { .. } | Effect::Persist { .. } => {}
+            Effect::Close { .. }
+            | Effect::Persist { .. }
+            | Effect::SaveModeration
+            | Effect::RewriteHistory => {}
         });
         for id in closed {
             let (reason, rx) = &sim.closed[&id];

@@ -87,7 +87,10 @@ impl Outbox {
             Effect::Announce { .. } if full || !up => return Pushed::Skipped,
             Effect::Announce { user, conn } => Command::Announce { user, conn },
             // The shell performs these itself.
-            Effect::Close { .. } | Effect::Persist { .. } => return Pushed::Skipped,
+            Effect::Close { .. }
+            | Effect::Persist { .. }
+            | Effect::SaveModeration
+            | Effect::RewriteHistory => return Pushed::Skipped,
         };
         self.commands.push_back(command);
         Pushed::Queued

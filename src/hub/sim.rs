@@ -56,6 +56,9 @@ pub struct Sim {
     pub channel_presence: Vec<(String, String, bool)>,
     /// `Effect::Announce`: user and connection, in order.
     pub announced: Vec<(String, ConnId)>,
+    /// `Effect::SaveModeration` and `Effect::RewriteHistory`, counted.
+    pub saves: usize,
+    pub rewrites: usize,
 }
 
 impl Sim {
@@ -74,6 +77,8 @@ impl Sim {
             presence: Vec::new(),
             channel_presence: Vec::new(),
             announced: Vec::new(),
+            saves: 0,
+            rewrites: 0,
         }
     }
 
@@ -150,6 +155,8 @@ impl Sim {
                     self.channel_presence.push((channel.to_string(), user.to_string(), online));
                 }
                 Effect::Announce { user, conn } => self.announced.push((user.to_string(), conn)),
+                Effect::SaveModeration => self.saves += 1,
+                Effect::RewriteHistory => self.rewrites += 1,
             }
         }
         self.check();

@@ -863,3 +863,4 @@ fn cluster_message_refused_by_a_full_outbox_tells_the_sender_without_a_violation
 }
 
 mod channels;
+mod site;
