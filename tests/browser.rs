@@ -66,6 +66,21 @@ fn channels_unread_counts_and_a_private_conversation_in_chromium() {
 }
 
 #[test]
+fn moderation_shows_on_the_page_in_chromium() {
+    const KEY: &str = "browser-test-api-key-0123456789abcdef";
+    let server = Server::start(json!({
+        "log_level": "info",
+        "api": {"listen": "127.0.0.1:0", "key": KEY}
+    }));
+    let line = server.wait_for_log("server API on ");
+    let api = format!("http://{}", line.rsplit("server API on ").next().unwrap().trim());
+    let (five, six) = (token("5", 3600), token("6", 3600));
+    let screenshot = screenshot_path("chat-moderation-screenshot.png");
+    let stdout = run_in_chromium("moderation.mjs", &server, &[&api, KEY, &five, &six], &screenshot);
+    assert!(stdout.contains("the page does not retry"), "{stdout}");
+}
+
+#[test]
 fn page_is_served_with_a_strict_policy() {
     let server = Server::start(json!({}));
     let response = {
@@ -91,6 +106,7 @@ fn dev_config_prints_a_ready_url_and_production_prints_none() {
         serde_json::from_str(&std::fs::read_to_string("configs/dev.json").unwrap()).unwrap();
     let mut dev_patch = dev.clone();
     dev_patch["listen"] = json!("127.0.0.1:0");
+    dev_patch["api"]["listen"] = json!("127.0.0.1:0");
     dev_patch["log_level"] = json!("info");
     let server = Server::start(dev_patch);
     let line = server.wait_for_log("dev: chat as alice: http://");

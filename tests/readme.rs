@@ -338,6 +338,9 @@ fn the_configuration_table_names_every_field_and_only_real_ones() {
     // So is the channels section.
     let channels = Config::parse(r#"{"auth": {"secret": "0123456789abcdef"}, "channels": {}}"#);
     flatten("", &serde_json::to_value(channels.unwrap()).unwrap(), &mut fields);
+    // And the api section.
+    let api = Config::parse(r#"{"auth": {"secret": "0123456789abcdef"}, "api": {}}"#);
+    flatten("", &serde_json::to_value(api.unwrap()).unwrap(), &mut fields);
     let text = readme();
     let section = text.split("## Configuration").nth(1).expect("a Configuration section");
     let table: Vec<String> = section

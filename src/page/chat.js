@@ -85,7 +85,8 @@ function show(msg) {
   }
   const who = document.createElement("span");
   who.className = "who";
-  who.textContent = msg.username;
+  // Without a user, the site posted it in its own name.
+  who.textContent = msg.user_id === undefined ? "(site)" : msg.username;
   const text = document.createElement("span");
   text.className = "content";
   text.textContent = msg.content; // text, never HTML
@@ -164,7 +165,9 @@ function conversationWith(other) {
 function refusal(status, reason) {
   switch (status) {
     case 401: return { text: `Cannot connect: ${reason}. Paste a new token and connect.`, retry: false };
-    case 403: return { text: "Cannot connect: not allowed from this origin (the server's allowed_origins).", retry: false };
+    case 403:
+      if (reason.startsWith("banned")) return { text: `You are ${reason.replace("T", " ").replace(/:\d\dZ$/, " UTC")}.`, retry: false };
+      return { text: "Cannot connect: not allowed from this origin (the server's allowed_origins).", retry: false };
     case 503: return { text: `The server is busy (${reason}).`, retry: true };
     default: return null;
   }
@@ -265,6 +268,10 @@ function connect() {
       case "chat":
         show(msg);
         break;
+      case "deleted":
+        // The site deleted it: gone from the page, as from the history.
+        list.querySelector(`li[data-id="${msg.id}"]`)?.remove();
+        break;
       case "online":
         onlineIn.set(msg.channel, msg.count);
         if (protocol !== 2 || msg.channel === current) $("online").textContent = `${msg.count} online`;
@@ -284,6 +291,10 @@ function connect() {
           }
         } else {
           setStatus(`Not sent: ${msg.message}`, true);
+        }
+        if (msg.code === "muted") {
+          const minutes = Math.ceil((msg.until * 1000 - Date.now()) / 60000);
+          setStatus(`You are muted${msg.channel ? ` in ${msg.channel}` : ""} for ${minutes} more minute${minutes === 1 ? "" : "s"}; this message was not sent.`, true);
         }
         break;
     }
@@ -318,6 +329,14 @@ function connect() {
     }
     if (event.code === 4001) {
       setStatus("Chat opened in another tab. Reload to use it here.", true);
+      return;
+    }
+    if (event.code === 4008) {
+      setStatus("The site disconnected you. Reload the page to come back.", true);
+      return;
+    }
+    if (event.code === 4009) {
+      setStatus("You are banned from this chat.", true);
       return;
     }
     if (event.code === 4003) {
