@@ -390,25 +390,6 @@ impl Api {
         })
     }
 
-    /// Takes the key from `SHEQU_CHAT_API_KEY` or `key_file` when set there.
-    fn resolve_key(&mut self) -> Result<(), ConfigError> {
-        if let Ok(key) = std::env::var(API_KEY_ENV)
-            && !key.is_empty()
-        {
-            self.key = Some(Secret(key));
-            self.key_file = None;
-        }
-        if self.key.is_none()
-            && let Some(path) = &self.key_file
-        {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                invalid(format!("api.key_file: cannot read {}: {e}", path.display()))
-            })?;
-            self.key = Some(Secret(text.trim().to_string()));
-        }
-        Ok(())
-    }
-
     fn validate(&self) -> Result<(), ConfigError> {
         let addr = self.listen.parse::<std::net::SocketAddr>().map_err(|e| {
             invalid(format!("api.listen: {:?} is not an address: {e}", self.listen))
@@ -430,6 +411,31 @@ impl Api {
             _ => Ok(()),
         }
     }
+}
+
+/// Fills in a secret from, in this order: the environment variable `env` (which then also
+/// replaces the file), the value written in the configuration, the file it names (`file_field`;
+/// surrounding whitespace ignored).
+fn resolve_secret(
+    env: &str,
+    value: &mut Option<Secret>,
+    file: &mut Option<PathBuf>,
+    file_field: &str,
+) -> Result<(), ConfigError> {
+    if let Ok(from_env) = std::env::var(env)
+        && !from_env.is_empty()
+    {
+        *value = Some(Secret(from_env));
+        *file = None;
+    }
+    if value.is_none()
+        && let Some(path) = file
+    {
+        let text = std::fs::read_to_string(&*path)
+            .map_err(|e| invalid(format!("{file_field}: cannot read {}: {e}", path.display())))?;
+        *value = Some(Secret(text.trim().to_string()));
+    }
+    Ok(())
 }
 
 /// A configuration that cannot be used, with a message that says which field and why.
@@ -515,15 +521,10 @@ impl Config {
             .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
         let mut config =
             Config::parse(&text).map_err(|e| invalid(format!("{}: {}", path.display(), e.0)))?;
-        if let Ok(secret) = std::env::var(SECRET_ENV)
-            && !secret.is_empty()
-        {
-            config.auth.secret = Some(Secret(secret));
-            config.auth.secret_file = None;
-        }
-        config.resolve_secret_file()?;
+        let auth = &mut config.auth;
+        resolve_secret(SECRET_ENV, &mut auth.secret, &mut auth.secret_file, "auth.secret_file")?;
         if let Some(api) = &mut config.api {
-            api.resolve_key()?;
+            resolve_secret(API_KEY_ENV, &mut api.key, &mut api.key_file, "api.key_file")?;
         }
         config.validate()?;
         Ok(config)
@@ -535,18 +536,6 @@ impl Config {
         // serde_json names the unknown field and its line in the message; comments become
         // spaces, so lines and columns stay where the file has them.
         serde_json::from_str(&blank_comments(text)).map_err(|e| invalid(e.to_string()))
-    }
-
-    fn resolve_secret_file(&mut self) -> Result<(), ConfigError> {
-        if self.auth.secret.is_none()
-            && let Some(path) = &self.auth.secret_file
-        {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                invalid(format!("auth.secret_file: cannot read {}: {e}", path.display()))
-            })?;
-            self.auth.secret = Some(Secret(text.trim().to_string()));
-        }
-        Ok(())
     }
 
     /// Checks values that parse but cannot work together.

@@ -58,6 +58,12 @@ fn api_with(
     (status, value)
 }
 
+/// Connects as `user` with `since`, as a page does after a reload.
+async fn since(server: &Server, user: &str, since: u64) -> Client {
+    let query = format!("token={}&since={since}", token(user, 60));
+    Client::connect(server.addr, &query, &[]).await.expect("connect")
+}
+
 fn temp_path(name: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("shequ-chat-api-{}-{name}", std::process::id()));
     let _ = std::fs::remove_file(&path);
@@ -89,10 +95,7 @@ fn a_published_message_is_numbered_kept_and_sent_like_any_other() {
             (Some("42"), Some("alice"))
         );
         // A reconnect with `since` gets both, as for members' messages.
-        let mut late =
-            Client::connect(server.addr, &format!("token={}&since=0", token("2", 60)), &[])
-                .await
-                .unwrap();
+        let mut late = since(&server, "2", 0).await;
         assert_eq!(late.recv_type("welcome").await["recovered"], true);
         assert_eq!(late.recv_type("chat").await["id"], id);
         // One room: a channel is refused.
@@ -255,13 +258,7 @@ fn a_deleted_message_is_gone_from_history_file_and_every_later_since() {
         let (status, body) = api(&server, "DELETE", &format!("/api/messages/{}", ids[1]), None);
         assert_eq!(status, 200, "{body}");
         assert_eq!(reader.recv_type("deleted").await, json!({"type": "deleted", "id": ids[1]}));
-        let mut late = Client::connect(
-            server.addr,
-            &format!("token={}&since={}", token("3", 60), ids[0]),
-            &[],
-        )
-        .await
-        .unwrap();
+        let mut late = since(&server, "3", ids[0]).await;
         assert_eq!(late.recv_type("welcome").await["recovered"], true);
         assert_eq!(late.recv_type("chat").await["id"], ids[2]);
         ids
@@ -271,13 +268,7 @@ fn a_deleted_message_is_gone_from_history_file_and_every_later_since() {
     assert!(!file.contains("spam"), "the file still holds it:\n{file}");
     let server = Server::start(config);
     smol::block_on(async {
-        let mut after = Client::connect(
-            server.addr,
-            &format!("token={}&since={}", token("4", 60), ids[0]),
-            &[],
-        )
-        .await
-        .unwrap();
+        let mut after = since(&server, "4", ids[0]).await;
         after.recv_type("welcome").await;
         assert_eq!(after.recv_type("chat").await["id"], ids[2]);
         let (_, held) = api(&server, "GET", "/api/history", None);

@@ -10,3 +10,12 @@ export function launch() {
            "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"],
   });
 }
+
+// Counts the page's WebSocket attempts in window.__sockets, to see whether it retries.
+export const countSockets = (page) => page.addInitScript(() => {
+  window.__sockets = 0;
+  const Real = window.WebSocket;
+  window.WebSocket = function (...args) { window.__sockets++; return new Real(...args); };
+  window.WebSocket.prototype = Real.prototype;
+  Object.assign(window.WebSocket, { OPEN: Real.OPEN, CLOSED: Real.CLOSED });
+});

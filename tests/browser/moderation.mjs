@@ -3,7 +3,7 @@
 // reconnect. Exit code 0 when every check passed.
 // Usage: node moderation.mjs BASE_URL API_URL API_KEY TOKEN_5 TOKEN_6 SCREENSHOT_PATH
 import assert from "node:assert/strict";
-import { TIMEOUT, launch } from "./launch.mjs";
+import { TIMEOUT, countSockets, launch } from "./launch.mjs";
 
 const [base, apiUrl, key, token5, token6, screenshot] = process.argv.slice(2);
 
@@ -18,14 +18,6 @@ async function api(method, path, body) {
   return answer;
 }
 
-// Counts the page's WebSocket attempts in window.__sockets, to see whether it retries.
-const countSockets = (page) => page.addInitScript(() => {
-  window.__sockets = 0;
-  const Real = window.WebSocket;
-  window.WebSocket = function (...args) { window.__sockets++; return new Real(...args); };
-  window.WebSocket.prototype = Real.prototype;
-  Object.assign(window.WebSocket, { OPEN: Real.OPEN, CLOSED: Real.CLOSED });
-});
 
 async function open(context, token) {
   const page = await context.newPage();

@@ -4,18 +4,9 @@
 // The server behind IDLE_BASE_URL closes idle connections after a second or two; the one behind
 // BASE_URL does not, so that nothing else here races the idle timeout.
 import assert from "node:assert/strict";
-import { TIMEOUT, launch } from "./launch.mjs";
+import { TIMEOUT, countSockets, launch } from "./launch.mjs";
 
 const [base, idleBase, good, expired, screenshot] = process.argv.slice(2);
-
-// Counts the page's WebSocket attempts in window.__sockets, to see whether it retries.
-const countSockets = (page) => page.addInitScript(() => {
-  window.__sockets = 0;
-  const Real = window.WebSocket;
-  window.WebSocket = function (...args) { window.__sockets++; return new Real(...args); };
-  window.WebSocket.prototype = Real.prototype;
-  Object.assign(window.WebSocket, { OPEN: Real.OPEN, CLOSED: Real.CLOSED });
-});
 
 const browser = await launch();
 try {
