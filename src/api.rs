@@ -22,7 +22,7 @@ use smol::{Async, LocalExecutor, Timer};
 use crate::config::Config;
 use crate::driver::{Shell, now};
 use crate::hub::moderation::{Ban, Mute};
-use crate::hub::{Action, Post, SiteError};
+use crate::hub::{Action, Post, SITE_TICKETS, SiteError};
 use crate::protocol::validate_content;
 
 /// API connections open at once; more are closed at once. The API serves one backend, not the
@@ -34,6 +34,8 @@ pub const MAX_HISTORY_LIMIT: usize = 1000;
 pub const DEFAULT_HISTORY_LIMIT: usize = 100;
 /// The longest user id or name the API takes.
 pub const MAX_USER_BYTES: usize = 256;
+/// In a cluster, how long `POST /api/publish` waits for Redis to number the message.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest `reason` the API takes.
 pub const MAX_REASON_CHARS: usize = 500;
 
@@ -171,7 +173,9 @@ pub fn parse(
                     Some((id, name))
                 }
             };
-            Ok(Call::Publish(Post { channel: b.channel, content: b.content, sender }))
+            // The ticket is the caller's to give (`Shell::next_ticket`).
+            let ticket = SITE_TICKETS;
+            Ok(Call::Publish(Post { channel: b.channel, content: b.content, sender, ticket }))
         }
         ["disconnect"] => {
             let b: DisconnectBody = json_body(body)?;
@@ -292,11 +296,35 @@ fn query_param(query: &str, name: &str) -> Result<Option<String>, Refused> {
 }
 
 /// Answers a call against the hub: the status and the JSON body.
-fn answer(shell: &Shell, call: Call) -> Result<Value, Refused> {
+async fn answer(shell: &Shell, call: Call) -> Result<Value, Refused> {
     let now_secs = now().unix_ms / 1000;
+    let changes = matches!(call, Call::Publish(_) | Call::Act(_));
+    if changes && !shell.cluster_reachable() {
+        // Carried out here alone, it would be lost to the other instances.
+        return Err(refused(503, "the chat cannot reach its other servers now; try again"));
+    }
     match call {
-        Call::Publish(post) => {
+        Call::Publish(mut post) => {
+            post.ticket = shell.next_ticket();
+            let published = shell.await_published(post.ticket);
             let id = shell.ask(|hub, now| hub.publish(now, post)).map_err(site_refusal)?;
+            let id = match (id, published) {
+                (Some(id), _) => Some(id),
+                // A cluster: Redis numbers it.
+                (None, Some(published)) => published
+                    .recv()
+                    .or(async {
+                        Timer::after(PUBLISH_TIMEOUT).await;
+                        Ok(None)
+                    })
+                    .await
+                    .ok()
+                    .flatten(),
+                (None, None) => None,
+            };
+            let id = id.ok_or_else(|| {
+                refused(503, "the chat could not confirm the message; it may not have been sent")
+            })?;
             Ok(json!({ "id": id }))
         }
         Call::Act(action) => {
@@ -342,7 +370,8 @@ fn answer(shell: &Shell, call: Call) -> Result<Value, Refused> {
             let hub = shell.hub();
             let name = hub.site_channel(channel.as_deref()).map_err(site_refusal)?;
             let users = hub.presence(&name).unwrap_or_default();
-            Ok(json!({ "channel": channel_field(&shell.config, &name), "online": users.len(),
+            let online = hub.online_in(&name).unwrap_or(0).max(users.len());
+            Ok(json!({ "channel": channel_field(&shell.config, &name), "online": online,
                        "users": users }))
         }
         Call::History { channel, since, limit } => {
@@ -361,7 +390,7 @@ fn answer(shell: &Shell, call: Call) -> Result<Value, Refused> {
                 "version": env!("CARGO_PKG_VERSION"),
                 "uptime_secs": shell.uptime().as_secs(),
                 "connections": hub.connection_count(),
-                "users_online": hub.online(),
+                "users_online": hub.shown_online(),
                 "channels": hub.channel_count(),
                 "history": hub.history_len(),
                 "last_message_id": hub.last_message_id(),
@@ -486,8 +515,10 @@ async fn serve(shell: &Shell, mut stream: Async<TcpStream>, peer: SocketAddr) {
             let result = if authorized {
                 let now_secs = now().unix_ms / 1000;
                 let max_chars = shell.config.limits.max_content_chars;
-                parse(&head.method, &head.path, &head.query, &body, max_chars, now_secs)
-                    .and_then(|call| answer(shell, call))
+                match parse(&head.method, &head.path, &head.query, &body, max_chars, now_secs) {
+                    Ok(call) => answer(shell, call).await,
+                    Err(r) => Err(r),
+                }
             } else {
                 Err(refused(401, "missing or wrong API key (Authorization: Bearer <key>)"))
             };
@@ -560,7 +591,8 @@ mod tests {
             Ok(Call::Publish(Post {
                 channel: None,
                 content: "hi".into(),
-                sender: Some(("7".into(), "7".into()))
+                sender: Some(("7".into(), "7".into())),
+                ticket: SITE_TICKETS,
             }))
         );
         let ban = call("POST", "/api/ban", r#"{"user_id":"7","for_secs":60}"#).unwrap();

@@ -658,12 +658,6 @@ impl Config {
         }
         if let Some(api) = &self.api {
             api.validate()?;
-            if self.cluster.is_some() {
-                return Err(invalid(
-                    "api: the server API does not work across a cluster yet; run it on a \
-                     single instance",
-                ));
-            }
         }
         if l.max_channels == 0 || l.max_channels_per_connection == 0 {
             return Err(invalid(

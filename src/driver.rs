@@ -61,6 +61,8 @@ pub(crate) struct Shell {
     /// The history file, when `history.file` is set.
     history: RefCell<Option<HistoryFile>>,
     pub(crate) page: Page,
+    /// The next ticket for a message the site publishes.
+    tickets: Cell<ConnId>,
     /// Where bans and mutes are kept across restarts, if anywhere.
     pub(crate) moderation_file: Option<PathBuf>,
     /// The link to the other instances, when `cluster` is set.
@@ -89,6 +91,7 @@ impl Shell {
             start_unix_secs: start.unix_ms as f64 / 1000.0,
             history: RefCell::new(history),
             page: Page::new(),
+            tickets: Cell::new(crate::hub::SITE_TICKETS),
             moderation_file: config
                 .api
                 .as_ref()
@@ -137,7 +140,8 @@ impl Shell {
                 }
                 effect @ (Effect::Publish { .. }
                 | Effect::Presence { .. }
-                | Effect::Announce { .. }) => not_sent.extend(self.to_broker(effect)),
+                | Effect::Announce { .. }
+                | Effect::Share(_)) => not_sent.extend(self.to_broker(effect)),
                 Effect::SaveModeration => self.save_moderation(),
                 Effect::RewriteHistory => rewrite = true,
             }
@@ -168,6 +172,38 @@ impl Shell {
     /// The hub asks for these only in a cluster, which needs the `redis` feature.
     #[cfg(not(feature = "redis"))]
     fn to_broker(&self, _effect: Effect) -> Option<ConnId> {
+        None
+    }
+
+    /// A ticket for a message the site publishes ([`crate::hub::Post::ticket`]): never a
+    /// connection's id, never the same twice.
+    pub(crate) fn next_ticket(&self) -> ConnId {
+        let ticket = self.tickets.get();
+        self.tickets.set(ticket + 1);
+        ticket
+    }
+
+    /// Whether the site's inputs can reach every instance now: always alone; in a cluster, while
+    /// Redis is up.
+    pub(crate) fn cluster_reachable(&self) -> bool {
+        #[cfg(feature = "redis")]
+        if let Some(broker) = &self.broker {
+            return broker.is_up();
+        }
+        true
+    }
+
+    /// In a cluster: where the id Redis gives the site's message with this ticket will come
+    /// (`None` inside: it was not published). Ask before the message goes to the hub. Alone:
+    /// `None`, as the hub numbers it at once.
+    pub(crate) fn await_published(
+        &self,
+        _ticket: ConnId,
+    ) -> Option<async_channel::Receiver<Option<u64>>> {
+        #[cfg(feature = "redis")]
+        if let Some(broker) = &self.broker {
+            return Some(broker.await_published(_ticket));
+        }
         None
     }
 

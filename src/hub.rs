@@ -146,6 +146,10 @@ pub enum Effect {
     /// A message left the history: rewrite the history file from [`Hub::held_history`] now.
     /// Only when [`HubConfig::persist_history`] is set.
     RewriteHistory,
+    /// Cluster: a moderation action the site asked this instance for, to keep in Redis (bans,
+    /// mutes, deletes from the history streams) and to carry out on every other instance
+    /// ([`Hub::act_shared`]).
+    Share(Action),
 }
 
 /// Why a connection was refused before its upgrade.
@@ -1791,7 +1795,7 @@ fn token_deadline(now: Now, exp_unix_secs: u64, leeway: Duration) -> Instant {
 mod channel;
 pub mod moderation;
 mod site;
-pub use site::{Action, Outcome, Post, Present, SITE, SiteError};
+pub use site::{Action, Outcome, Post, Present, SITE_TICKETS, SiteError};
 #[doc(hidden)]
 pub mod sim;
 #[cfg(test)]

@@ -90,10 +90,7 @@ pub fn run(
     let shell = Rc::new(shell);
     shell.apply(|hub, now| hub.restore(now, restored));
     if let Some(moderation) = load_moderation(&shell)? {
-        shell.apply(|hub, _| {
-            hub.restore_moderation(moderation);
-            Vec::new()
-        });
+        shell.apply(|hub, now| hub.set_moderation(now, moderation));
     }
     // The file may hold more than the hub keeps (a smaller history, a channel without a rule).
     shell.compact_history(false);

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -30,32 +29,9 @@ fn with_api(mut patch: Value) -> Value {
     patch
 }
 
-fn api_addr(server: &Server) -> SocketAddr {
-    let line = server.wait_for_log("server API on ");
-    line.rsplit("server API on ").next().unwrap().trim().parse().unwrap()
-}
-
 /// One request with the key; the status and the JSON answer.
 fn api(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    api_with(api_addr(server), Some(KEY), method, path, body.map(|b| b.to_string()))
-}
-
-fn api_with(
-    addr: SocketAddr,
-    key: Option<&str>,
-    method: &str,
-    path: &str,
-    body: Option<String>,
-) -> (u16, Value) {
-    let body = body.unwrap_or_default();
-    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let (status, text) = raw_http(addr, request.as_bytes());
-    let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
-    (status, value)
+    api_request(server.api_addr(), Some(KEY), method, path, body.map(|b| b.to_string()))
 }
 
 /// Connects as `user` with `since`, as a page does after a reload.
@@ -326,7 +302,7 @@ fn every_refusal_has_its_status_and_a_one_line_reason() {
     let server = Server::start(with_api(
         json!({"api": {"request_timeout_secs": 1, "max_body_bytes": 2048}}),
     ));
-    let addr = api_addr(&server);
+    let addr = server.api_addr();
     let body = |v: Value| Some(v.to_string());
     /// The key, method, path, body and the status expected.
     type Case<'a> = (Option<&'a str>, &'a str, &'a str, Option<String>, u16);
@@ -352,7 +328,7 @@ fn every_refusal_has_its_status_and_a_one_line_reason() {
         (Some(KEY), "GET", "/api/history?limit=100000", None, 400),
     ];
     for (key, method, path, body, expected) in cases {
-        let (status, answer) = api_with(addr, key, method, path, body.clone());
+        let (status, answer) = api_request(addr, key, method, path, body.clone());
         assert_eq!(status, expected, "{method} {path} {body:?}: {answer}");
         let reason = answer["error"].as_str().unwrap_or_else(|| panic!("{answer}"));
         assert!(!reason.is_empty() && !reason.contains('\n'), "{reason:?}");
@@ -386,7 +362,7 @@ fn the_admin_command_drives_a_running_server() {
         "channels": channels(),
         "api": {"listen": "127.0.0.1:0", "key_file": temp_key_file()}
     }));
-    let addr = api_addr(&server);
+    let addr = server.api_addr();
     // The command reads the address from the config: give it one with the real port.
     let config = temp_path("admin.json");
     let mut text = base_config();
@@ -488,7 +464,7 @@ fn the_server_refuses_to_start_an_api_beyond_loopback_without_a_key() {
 #[test]
 fn the_answers_match_the_openapi_description() {
     let server = Server::start(with_api(json!({"channels": channels()})));
-    let addr = api_addr(&server);
+    let addr = server.api_addr();
     smol::block_on(async {
         let _online = server.joined("7").await;
         let out = Command::new("python3")

@@ -499,3 +499,97 @@ fn an_instance_that_starts_later_has_each_channel_s_own_history() {
         assert_eq!(chat_ids(&in_forum), ids[1..].to_vec());
     });
 }
+
+const API_KEY: &str = "cluster-test-api-key-0123456789abcdef";
+
+/// An instance with the server API on.
+fn with_api(redis: &Redis, prefix: &str, extra: Value) -> Server {
+    let mut patch = json!({"api": {"listen": "127.0.0.1:0", "key": API_KEY}});
+    merge(&mut patch, extra);
+    instance(redis, prefix, patch)
+}
+
+fn api(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    api_request(server.api_addr(), Some(API_KEY), method, path, body.map(|b| b.to_string()))
+}
+
+#[test]
+fn the_sites_calls_on_one_instance_act_on_every_instance() {
+    let redis = Redis::start();
+    let a = with_api(&redis, "api", json!({}));
+    let b = with_api(&redis, "api", json!({}));
+    smol::block_on(async {
+        let mut reader = b.joined("reader").await;
+        // A site message published on A has its id from Redis, and reaches B's users.
+        let (status, body) = api(&a, "POST", "/api/publish", Some(json!({"content": "notice"})));
+        assert_eq!(status, 200, "{body}");
+        let notice = reader.recv_type("chat").await;
+        assert_eq!(
+            (notice["id"].clone(), notice["content"].as_str()),
+            (body["id"].clone(), Some("notice"))
+        );
+        // Deleted on A: gone on B, from its history and from Redis's.
+        let (status, _) = api(&a, "DELETE", &format!("/api/messages/{}", body["id"]), None);
+        assert_eq!(status, 200);
+        assert_eq!(reader.recv_type("deleted").await["id"], body["id"]);
+        let (_, held) = api(&b, "GET", "/api/history", None);
+        assert_eq!(held["messages"], json!([]));
+        // Muted on A: refused on B, with the time left.
+        let mut loud = b.joined("loud").await;
+        let (status, _) =
+            api(&a, "POST", "/api/mute", Some(json!({"user_id": "loud", "for_secs": 600})));
+        assert_eq!(status, 200);
+        loop {
+            // The mute crosses Redis: until it has, B takes the message.
+            loud.chat("still here?").await;
+            let frame = loud.recv().await;
+            if frame["type"] == "error" {
+                assert_eq!(frame["code"], "muted");
+                break;
+            }
+        }
+        // Disconnected on A: closed on B with 4008.
+        let mut kicked = b.joined("kicked").await;
+        let (status, _) = api(&a, "POST", "/api/disconnect", Some(json!({"user_id": "kicked"})));
+        assert_eq!(status, 200);
+        assert_eq!(kicked.close_code().await, Ended::Closed(4008));
+        // Banned on A: closed on B with 4009, and refused there.
+        let mut troll = b.joined("troll").await;
+        let (status, _) = api(&a, "POST", "/api/ban", Some(json!({"user_id": "troll"})));
+        assert_eq!(status, 200);
+        assert_eq!(troll.close_code().await, Ended::Closed(4009));
+        let refused = Client::connect(b.addr, &format!("token={}", token("troll", 60)), &[]).await;
+        assert_eq!(refused.err().map(|e| e.0), Some(403));
+        let (_, bans) = api(&b, "GET", "/api/bans", None);
+        assert_eq!(bans["bans"][0]["user_id"], "troll");
+    });
+    // A third instance started now takes the bans and mutes from Redis.
+    let c = with_api(&redis, "api", json!({}));
+    let (_, bans) = api(&c, "GET", "/api/bans", None);
+    assert_eq!(bans["bans"][0]["user_id"], "troll");
+    let (_, mutes) = api(&c, "GET", "/api/mutes", None);
+    assert_eq!(mutes["mutes"][0]["user_id"], "loud");
+    // Lifted on C: B lets the user in again.
+    assert_eq!(api(&c, "DELETE", "/api/ban/troll", None).0, 200);
+    // The unban crosses Redis: B's count of bans says when it has.
+    b.await_metric("shequ_chat_bans", 0.0);
+    smol::block_on(b.joined("troll"));
+}
+
+#[test]
+fn without_redis_the_site_is_told_to_try_again_and_nothing_happens_half_way() {
+    let mut redis = Redis::start();
+    let mut a = with_api(&redis, "api-down", json!({}));
+    a.expect_warning("is unreachable");
+    smol::block_on(async {
+        let mut alice = a.joined("alice").await;
+        redis.kill();
+        a.await_metric("shequ_chat_broker_up", 0.0);
+        let (status, body) = api(&a, "POST", "/api/disconnect", Some(json!({"user_id": "alice"})));
+        assert_eq!(status, 503, "{body}");
+        let (status, _) = api(&a, "POST", "/api/publish", Some(json!({"content": "x"})));
+        assert_eq!(status, 503);
+        // Nobody was disconnected half-way: alice is still here.
+        alice.frames_until_pong().await;
+    });
+}

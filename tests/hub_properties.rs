@@ -239,7 +239,8 @@ impl State {
             Effect::Close { .. }
             | Effect::Persist { .. }
             | Effect::SaveModeration
-            | Effect::RewriteHistory => {}
+            | Effect::RewriteHistory
+            | Effect::Share(_) => {}
         });
         for id in closed {
             let (reason, rx) = &sim.closed[&id];

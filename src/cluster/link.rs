@@ -17,6 +17,8 @@ use redis::{PushInfo, PushKind, Value};
 use smol::Timer;
 
 use crate::driver::{READ_BUDGET_FRAMES, Shell, now};
+use crate::hub::Action;
+use crate::hub::moderation::{Moderation, Saved};
 use crate::protocol::ChatHead;
 
 use super::*;
@@ -76,6 +78,7 @@ async fn session(
         floor.arg(2).arg(&broker.keys.id).arg(&broker.keys.stream).arg(last);
         floor.exec_async(&mut commands).await?;
         catch_up(shell, broker, &mut commands).await?;
+        load_moderation(shell, broker, &mut commands).await?;
         // Presence is rewritten whole and announcements from before are stale: only chat
         // messages stay queued.
         broker.outbox.borrow_mut().reconnected();
@@ -188,6 +191,108 @@ async fn serve(
     }
 }
 
+/// Adds to `pipe` what keeps a moderation action in Redis, each reply ignored (the batch's
+/// replies are matched to its commands by position): a ban or mute in its hash, a delete out of
+/// the history streams. A disconnect keeps nothing.
+fn keep_action(shell: &Shell, broker: &Broker, pipe: &mut redis::Pipeline, action: &Action) {
+    let keys = &broker.keys;
+    match action {
+        Action::Disconnect { .. } => {}
+        Action::Ban(ban) => {
+            pipe.cmd("HSET").arg(&keys.bans).arg(&ban.user_id).arg(ban.to_json()).ignore();
+        }
+        Action::Unban { user_id } => {
+            pipe.cmd("HDEL").arg(&keys.bans).arg(user_id).ignore();
+        }
+        Action::Mute(mute) => {
+            let field = mute_field(&mute.user_id, mute.channel.as_deref());
+            pipe.cmd("HSET").arg(&keys.mutes).arg(field).arg(mute.to_json()).ignore();
+        }
+        Action::Unmute { user_id, channel } => {
+            pipe.cmd("HDEL").arg(&keys.mutes).arg(mute_field(user_id, channel.as_deref())).ignore();
+        }
+        Action::Delete { id } => {
+            let known = shell.hub().channel_of_message(*id).unwrap_or_default();
+            let mut delete = broker.script(Lua::Delete);
+            delete.arg(1).arg(&keys.stream).arg(id).arg(&keys.channel_stream).arg(known);
+            pipe.add_command(delete).ignore();
+        }
+    }
+}
+
+/// A mute's field in `{prefix}:mutes`.
+fn mute_field(user: &str, channel: Option<&str>) -> String {
+    format!("{user}\n{}", channel.unwrap_or_default())
+}
+
+/// Takes the bans and mutes from Redis in place of the hub's, which closes the connections of
+/// users banned meanwhile. When Redis has none and the hub has some, Redis came back empty: the
+/// hub's are written there instead.
+async fn load_moderation(
+    shell: &Shell,
+    broker: &Broker,
+    commands: &mut MultiplexedConnection,
+) -> Result<(), Lost> {
+    let keys = &broker.keys;
+    let (bans, mutes): (HashMap<String, String>, HashMap<String, String>) = redis::pipe()
+        .cmd("HGETALL")
+        .arg(&keys.bans)
+        .cmd("HGETALL")
+        .arg(&keys.mutes)
+        .query_async(commands)
+        .await?;
+    let now_secs = now().unix_ms / 1000;
+    if bans.is_empty() && mutes.is_empty() {
+        let saved = shell.hub().moderation().saved();
+        if saved.bans.is_empty() && saved.mutes.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for ban in &saved.bans {
+            pipe.cmd("HSET").arg(&keys.bans).arg(&ban.user_id).arg(ban.to_json()).ignore();
+        }
+        for mute in &saved.mutes {
+            let field = mute_field(&mute.user_id, mute.channel.as_deref());
+            pipe.cmd("HSET").arg(&keys.mutes).arg(field).arg(mute.to_json()).ignore();
+        }
+        pipe.exec_async(commands).await?;
+        info!("cluster: Redis held no bans or mutes; wrote this instance's");
+        return Ok(());
+    }
+    let saved = Saved {
+        bans: bans.values().filter_map(|text| parse_entry("ban", text)).collect(),
+        mutes: mutes.values().filter_map(|text| parse_entry("mute", text)).collect(),
+    };
+    let moderation = Moderation::restore(saved, now_secs);
+    // What has ended is dropped from Redis too.
+    let mut pipe = redis::pipe();
+    let expired_bans: Vec<&String> =
+        bans.keys().filter(|user| moderation.banned(user, now_secs).is_none()).collect();
+    let live_mutes: std::collections::HashSet<String> =
+        moderation.mutes(now_secs).map(|m| mute_field(&m.user_id, m.channel.as_deref())).collect();
+    let expired_mutes: Vec<&String> = mutes.keys().filter(|f| !live_mutes.contains(*f)).collect();
+    if !expired_bans.is_empty() {
+        pipe.cmd("HDEL").arg(&keys.bans).arg(&expired_bans).ignore();
+    }
+    if !expired_mutes.is_empty() {
+        pipe.cmd("HDEL").arg(&keys.mutes).arg(&expired_mutes).ignore();
+    }
+    if !expired_bans.is_empty() || !expired_mutes.is_empty() {
+        pipe.exec_async(commands).await?;
+    }
+    shell.apply(|hub, now| hub.set_moderation(now, moderation));
+    Ok(())
+}
+
+/// A ban or a mute as Redis keeps it; one that does not read is logged and left out.
+fn parse_entry<T: serde::de::DeserializeOwned>(kind: &str, text: &str) -> Option<T> {
+    let value = serde_json::from_str(text);
+    if value.is_err() {
+        warn!("cluster: an unreadable {kind} in Redis; ignored");
+    }
+    value.ok()
+}
+
 /// Keeps this instance and its presence set alive in Redis; rewrites the set first if a change
 /// could not be queued.
 async fn refresh_presence(
@@ -264,6 +369,11 @@ fn on_push(
         Ok(Event::PresenceChanged { .. }) => return Ok(true),
         Ok(Event::ChannelPresenceChanged { channel }) => {
             channels.insert(channel);
+        }
+        // Carried out here already, when the site asked.
+        Ok(Event::Act { instance, .. }) if instance == broker.instance => {}
+        Ok(Event::Act { action, .. }) => {
+            shell.apply(|hub, now| hub.act_shared(now, &action).1);
         }
         Err(e) => warn!("cluster: {e} on the channel; ignored"),
     }
@@ -474,6 +584,11 @@ async fn flush(
                 };
                 pipe.cmd("PUBLISH").arg(&keys.channel).arg(joined.encode());
             }
+            Command::Share(action) => {
+                keep_action(shell, broker, &mut pipe, action);
+                let act = Event::Act { instance: broker.instance.clone(), action: action.clone() };
+                pipe.cmd("PUBLISH").arg(&keys.channel).arg(act.encode());
+            }
         }
     }
     if presence_changed {
@@ -497,12 +612,18 @@ async fn flush(
                     warn!("cluster: Redis refused a chat message: {e:?}");
                     broker.stats.borrow_mut().dropped += 1;
                     let from = *from;
+                    broker.answer_published(from, None);
                     shell.apply(|hub, now| hub.not_sent(now, from));
                 }
                 reply => {
-                    if *reply == Value::Int(0) {
-                        debug!("cluster: a resent message was already published");
-                    }
+                    let id = match reply {
+                        Value::Int(id) if *id > 0 => u64::try_from(*id).ok(),
+                        _ => {
+                            debug!("cluster: a resent message was already published");
+                            None
+                        }
+                    };
+                    broker.answer_published(*from, id);
                     broker.stats.borrow_mut().published += 1;
                 }
             }

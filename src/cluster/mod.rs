@@ -28,6 +28,13 @@
 //!   at most once per [`RECOUNT_INTERVAL`]), and so does each at every refresh for the channels
 //!   it has users in. A crashed instance's fields are dropped by the next count after its
 //!   deadline. On reconnect, [`REWRITE_CHANNELS_SCRIPT`] replaces this instance's fields.
+//! - **The site's actions** (server API). A publish goes out as a member's chat message does,
+//!   and the API hears its id from the script's reply ([`Broker::await_published`]). A
+//!   moderation action is carried out on the instance asked, kept in Redis (bans in the hash
+//!   `{prefix}:bans`, mutes in `{prefix}:mutes`, a delete taken out of the history streams by
+//!   [`DELETE_SCRIPT`]) and published as `a{instance}\n{json}`; every other instance carries it
+//!   out when it hears it. On every (re)connect an instance takes the bans and mutes from Redis
+//!   (or, when Redis has none and it has some, writes its own there: Redis came back empty).
 //! - **Replacement.** With one connection per user, each new connection is announced on the
 //!   channel; `Hub::joined_elsewhere` explains why the channel's order leaves exactly one.
 //! - **Faults.** Without Redis the instance keeps serving its own users (connections, history,
@@ -41,6 +48,7 @@
 //!   published already, so a hung Redis that wakes up publishes nothing twice.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
@@ -48,6 +56,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use futures_lite::FutureExt;
+use log::warn;
 use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, ProtocolVersion, PushInfo,
@@ -106,6 +115,23 @@ end
 redis.call('PUBLISH', ARGV[2], frame)
 return id
 ";
+
+/// Takes a deleted message out of the shared history stream and out of its channel's stream
+/// (named by the frame in the shared stream, or else by the channel the instance knew).
+/// KEYS: the shared history stream. ARGV: the message id, the prefix of channel stream names,
+/// the channel the instance knew ("" if none).
+pub const DELETE_SCRIPT: &str = r#"
+local entry = ARGV[1] .. '-0'
+local channel = ARGV[3]
+local held = redis.call('XRANGE', KEYS[1], entry, entry)
+if #held > 0 then
+  local named = string.match(held[1][2][2], '^{"type":"chat","channel":"([^"]*)"')
+  if named then channel = named end
+end
+local n = redis.call('XDEL', KEYS[1], entry)
+if channel ~= '' then n = n + redis.call('XDEL', ARGV[2] .. channel, entry) end
+return n
+"#;
 
 /// Raises the id counter to at least the last id this instance or the stream has seen, so ids
 /// keep increasing when Redis restarted empty.
@@ -204,16 +230,18 @@ enum Lua {
     Count,
     RewriteChannels,
     CountChannel,
+    Delete,
 }
 
 impl Lua {
-    const ALL: [Lua; 6] = [
+    const ALL: [Lua; 7] = [
         Lua::Publish,
         Lua::Floor,
         Lua::Refresh,
         Lua::Count,
         Lua::RewriteChannels,
         Lua::CountChannel,
+        Lua::Delete,
     ];
 
     fn code(self) -> &'static str {
@@ -224,6 +252,7 @@ impl Lua {
             Lua::Count => COUNT_SCRIPT,
             Lua::RewriteChannels => REWRITE_CHANNELS_SCRIPT,
             Lua::CountChannel => COUNT_CHANNEL_SCRIPT,
+            Lua::Delete => DELETE_SCRIPT,
         }
     }
 }
@@ -254,6 +283,10 @@ struct Keys {
     channel_stream: String,
     /// The names of the channels that have a history stream.
     channel_streams: String,
+    /// Bans by user id, each the ban as JSON.
+    bans: String,
+    /// Mutes by `{user}\n{channel}` (channel empty: everywhere), each the mute as JSON.
+    mutes: String,
 }
 
 /// Why a session with Redis ended.
@@ -287,12 +320,15 @@ pub struct Broker {
     history_size: usize,
     presence_ttl: Duration,
     /// SHA-1 of each [`Lua`] script.
-    hashes: [String; 6],
+    hashes: [String; 7],
     outbox: RefCell<Outbox>,
     /// Wakes [`run`] when the outbox gains a command.
     wake: async_channel::Sender<()>,
     woken: async_channel::Receiver<()>,
     stats: RefCell<BrokerStats>,
+    /// The site's messages on their way to Redis, by ticket ([`crate::hub::Post::ticket`]):
+    /// where to send the id Redis gives each (`None`: it was not published).
+    published: RefCell<HashMap<ConnId, async_channel::Sender<Option<u64>>>>,
 }
 
 impl Broker {
@@ -331,6 +367,8 @@ impl Broker {
             my_channels: format!("{p}:channels:{instance}"),
             channel_stream: format!("{p}:history:"),
             channel_streams: format!("{p}:histories"),
+            bans: format!("{p}:bans"),
+            mutes: format!("{p}:mutes"),
         };
         let (wake, woken) = async_channel::bounded(1);
         Ok(Broker {
@@ -345,11 +383,17 @@ impl Broker {
             wake,
             woken,
             stats: RefCell::new(BrokerStats::default()),
+            published: RefCell::new(HashMap::new()),
         })
     }
 
     pub fn stats(&self) -> BrokerStats {
         self.stats.borrow().clone()
+    }
+
+    /// Whether Redis is connected and caught up.
+    pub fn is_up(&self) -> bool {
+        self.stats.borrow().up
     }
 
     /// Queues an effect of the hub for Redis, by the [`outbox`] policy. Returns the sender of a
@@ -363,9 +407,31 @@ impl Broker {
             }
             Pushed::Refused(from) => {
                 self.stats.borrow_mut().dropped += 1;
+                self.answer_published(from, None);
                 Some(from)
             }
+            Pushed::Dropped => {
+                warn!("cluster: the outbox is full: a moderation action stays on this instance");
+                self.stats.borrow_mut().dropped += 1;
+                None
+            }
             Pushed::Skipped => None,
+        }
+    }
+
+    /// The id Redis will give the site's message with this ticket, when it has (`None`: it was
+    /// not published). Ask before the message is handed to the hub.
+    pub fn await_published(&self, ticket: ConnId) -> async_channel::Receiver<Option<u64>> {
+        let (tx, rx) = async_channel::bounded(1);
+        self.published.borrow_mut().insert(ticket, tx);
+        rx
+    }
+
+    /// Tells whoever awaits the message with this sender what became of it. A member's message
+    /// has nobody waiting.
+    fn answer_published(&self, from: ConnId, id: Option<u64>) {
+        if let Some(tx) = self.published.borrow_mut().remove(&from) {
+            let _ = tx.try_send(id);
         }
     }
 

@@ -8,7 +8,10 @@
 //!   presence set stale, and the broker rewrites the whole set instead.
 //! - Announcements (one connection per user) are queued only while Redis is up: by the time it
 //!   is back one would be stale. One that does not fit is dropped.
-//! - On reconnect, only chat messages stay: the presence set is rewritten whole.
+//! - The site's moderation actions (server API) are queued like chat messages, whether Redis
+//!   is up or not, and stay queued across a reconnect; one that does not fit is dropped, and
+//!   the broker says so (it was carried out on this instance only).
+//! - On reconnect, only chat messages and actions stay: the presence set is rewritten whole.
 //!
 //! No IO: the broker's task sends what [`Outbox::take`] hands it, and [`Outbox::put_back`]s a
 //! batch whose connection failed.
@@ -16,7 +19,7 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use crate::hub::{ConnId, Effect};
+use crate::hub::{Action, ConnId, Effect};
 use crate::protocol::ChatHead;
 
 /// A command waiting for Redis.
@@ -38,6 +41,8 @@ pub enum Command {
         user: Rc<str>,
         conn: ConnId,
     },
+    /// A moderation action to keep in Redis and pass on to every instance.
+    Share(Action),
 }
 
 /// What became of an effect handed to the outbox.
@@ -50,6 +55,8 @@ pub enum Pushed {
     /// Nothing to send now (not a cluster effect, or one the policy above drops or folds into
     /// a presence rewrite).
     Skipped,
+    /// A moderation action did not fit: it stays on this instance.
+    Dropped,
 }
 
 #[derive(Debug)]
@@ -87,6 +94,8 @@ impl Outbox {
             Effect::Announce { .. } if full || !up => return Pushed::Skipped,
             Effect::Announce { user, conn } => Command::Announce { user, conn },
             // The shell performs these itself.
+            Effect::Share(_) if full => return Pushed::Dropped,
+            Effect::Share(action) => Command::Share(action),
             Effect::Close { .. }
             | Effect::Persist { .. }
             | Effect::SaveModeration
@@ -119,9 +128,9 @@ impl Outbox {
     }
 
     /// Connected again, and about to rewrite the presence set whole: queued presence changes
-    /// and announcements are stale, chat messages stay.
+    /// and announcements are stale, chat messages and actions stay.
     pub fn reconnected(&mut self) {
-        self.commands.retain(|c| matches!(c, Command::Publish { .. }));
+        self.commands.retain(|c| matches!(c, Command::Publish { .. } | Command::Share(_)));
         self.presence_stale = false;
     }
 

@@ -13,12 +13,14 @@
 //!   ([`Event::Joined`]).
 //! - `p{instance}`: `instance`'s presence set changed; count the online users again.
 //! - `c{channel}`: some instance's users in `channel` changed; count that channel again.
+//! - `a{instance}\n{action}`: the site asked `instance` for a moderation action (server API),
+//!   as JSON; every other instance carries it out too ([`Event::Act`]).
 //!
 //! A frame begins with `{`; the tags are letters, so the first byte decides.
 
 use std::fmt;
 
-use crate::hub::ConnId;
+use crate::hub::{Action, ConnId};
 use crate::protocol::ChatHead;
 
 /// One message on the events channel.
@@ -32,11 +34,14 @@ pub enum Event {
     PresenceChanged { instance: String },
     /// Some instance's users in `channel` changed.
     ChannelPresenceChanged { channel: String },
+    /// The site asked `instance` for a moderation action.
+    Act { instance: String, action: Action },
 }
 
 const JOINED: char = 'j';
 const PRESENCE_CHANGED: char = 'p';
 const CHANNEL_PRESENCE_CHANGED: char = 'c';
+const ACT: char = 'a';
 
 /// A channel message that is none of the three shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +63,11 @@ impl Event {
             Event::PresenceChanged { instance } => format!("{PRESENCE_CHANGED}{instance}"),
             Event::ChannelPresenceChanged { channel } => {
                 format!("{CHANNEL_PRESENCE_CHANGED}{channel}")
+            }
+            Event::Act { instance, action } => {
+                // An action is plain data: serializing it cannot fail.
+                let json = serde_json::to_string(action).unwrap_or_default();
+                format!("{ACT}{instance}\n{json}")
             }
         }
     }
@@ -84,6 +94,13 @@ impl Event {
             }
             PRESENCE_CHANGED => Ok(Event::PresenceChanged { instance: body.into() }),
             CHANNEL_PRESENCE_CHANGED => Ok(Event::ChannelPresenceChanged { channel: body.into() }),
+            ACT => {
+                let (instance, json) =
+                    body.split_once('\n').ok_or(Malformed("an action without its instance"))?;
+                let action = serde_json::from_str(json)
+                    .map_err(|_| Malformed("an action that is not one"))?;
+                Ok(Event::Act { instance: instance.into(), action })
+            }
             _ => Err(Malformed("an unknown message kind")),
         }
     }
@@ -104,6 +121,14 @@ mod tests {
         round_trip(Event::Joined { instance: "a".into(), conn: 7, user: "42".into() });
         round_trip(Event::PresenceChanged { instance: "0123abcd".into() });
         round_trip(Event::ChannelPresenceChanged { channel: "forum:7".into() });
+        let ban = crate::hub::moderation::Ban {
+            user_id: "a\nb".into(),
+            until: None,
+            reason: Some("spam".into()),
+            since: 5,
+        };
+        round_trip(Event::Act { instance: "i".into(), action: Action::Ban(ban) });
+        round_trip(Event::Act { instance: "i".into(), action: Action::Delete { id: 3 } });
         // User ids are free text: a newline in one stays in it.
         round_trip(Event::Joined { instance: "b".into(), conn: 1, user: "x\ny".into() });
     }
@@ -126,9 +151,16 @@ mod tests {
 
     #[test]
     fn malformed_messages_are_refused_with_a_reason() {
-        for text in
-            ["", "{\"type\":\"chat\"}", "{\"id\":}", "jonly-instance", "ja\nnot-a-number\nu", "x1"]
-        {
+        for text in [
+            "",
+            "{\"type\":\"chat\"}",
+            "{\"id\":}",
+            "jonly-instance",
+            "ja\nnot-a-number\nu",
+            "x1",
+            "ai",
+            "ai\n{}",
+        ] {
             assert!(Event::parse(text.into()).is_err(), "{text:?}");
         }
     }

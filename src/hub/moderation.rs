@@ -23,6 +23,14 @@ pub struct Ban {
     pub since: u64,
 }
 
+impl Ban {
+    /// As stored (the moderation file's entries, Redis's hash fields).
+    pub fn to_json(&self) -> String {
+        // Plain data: serializing it cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
 /// A muted user, everywhere (`channel` absent) or in one channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +40,13 @@ pub struct Mute {
     /// When the mute ends (Unix seconds).
     pub until: u64,
     pub reason: Option<String>,
+}
+
+impl Mute {
+    /// As stored (the moderation file's entries, Redis's hash fields).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
 }
 
 /// Every ban and mute in force (or expired and not yet swept).

@@ -59,6 +59,8 @@ pub struct Sim {
     /// `Effect::SaveModeration` and `Effect::RewriteHistory`, counted.
     pub saves: usize,
     pub rewrites: usize,
+    /// `Effect::Share`, in order.
+    pub shared: Vec<super::Action>,
 }
 
 impl Sim {
@@ -79,6 +81,7 @@ impl Sim {
             announced: Vec::new(),
             saves: 0,
             rewrites: 0,
+            shared: Vec::new(),
         }
     }
 
@@ -157,6 +160,7 @@ impl Sim {
                 Effect::Announce { user, conn } => self.announced.push((user.to_string(), conn)),
                 Effect::SaveModeration => self.saves += 1,
                 Effect::RewriteHistory => self.rewrites += 1,
+                Effect::Share(action) => self.shared.push(action),
             }
         }
         self.check();

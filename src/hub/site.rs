@@ -83,6 +83,9 @@ pub struct Post {
     pub content: String,
     /// In the name of this user (id, name); `None`: in the site's own name.
     pub sender: Option<(String, String)>,
+    /// Cluster: what the message's [`Effect::Publish`] carries as its sender, for the caller to
+    /// hear the id Redis gave it. No connection has it (see [`SITE_TICKETS`]).
+    pub ticket: ConnId,
 }
 
 /// Why the hub could not take a [`Post`] or a read.
@@ -164,7 +167,7 @@ impl Hub {
         };
         if self.config.cluster {
             // Numbered by Redis and delivered to every instance, this one included.
-            effects.push(Effect::Publish { from: SITE, head });
+            effects.push(Effect::Publish { from: post.ticket, head });
             self.settle(&key);
             return (Ok(None), effects);
         }
@@ -179,8 +182,18 @@ impl Hub {
         (Ok(Some(id)), effects)
     }
 
-    /// Carries out a moderation action here.
+    /// Carries out a moderation action the site asked this instance for; in a cluster it is
+    /// also handed on ([`Effect::Share`]) to be kept in Redis and carried out on every instance.
     pub fn act(&mut self, now: Now, action: &Action) -> (Outcome, Vec<Effect>) {
+        let (outcome, mut effects) = self.act_shared(now, action);
+        if self.config.cluster {
+            effects.push(Effect::Share(action.clone()));
+        }
+        (outcome, effects)
+    }
+
+    /// Cluster: carries out an action another instance was asked for (it came through Redis).
+    pub fn act_shared(&mut self, now: Now, action: &Action) -> (Outcome, Vec<Effect>) {
         let mut effects = Vec::new();
         let mut outcome = Outcome::default();
         let saves = !matches!(action, Action::Disconnect { .. } | Action::Delete { .. });
@@ -247,14 +260,39 @@ impl Hub {
         None
     }
 
+    /// The channel whose history holds message `id` (`""` for the room), if one does.
+    pub fn channel_of_message(&self, id: u64) -> Option<String> {
+        self.channels.iter().find_map(|(key, channel)| {
+            let at = channel.history.partition_point(|(held, _)| *held < id);
+            let held = channel.history.get(at).is_some_and(|(held, _)| *held == id);
+            held.then(|| key.to_string())
+        })
+    }
+
     /// The site's bans and mutes.
     pub fn moderation(&self) -> &Moderation {
         &self.moderation
     }
 
-    /// Fills the bans and mutes from a previous run (or from Redis). For start-up.
-    pub fn restore_moderation(&mut self, moderation: Moderation) {
+    /// Takes the bans and mutes of a previous run, or in a cluster Redis's, in place of its own;
+    /// the connections of users banned now are closed (4009).
+    pub fn set_moderation(&mut self, now: Now, moderation: Moderation) -> Vec<Effect> {
         self.moderation = moderation;
+        let now_secs = now.unix_ms / 1000;
+        let banned: Vec<Rc<str>> = self
+            .users
+            .iter()
+            .filter(|(user, u)| {
+                !u.conns.is_empty() && self.moderation.banned(user, now_secs).is_some()
+            })
+            .map(|(user, _)| user.clone())
+            .collect();
+        let mut effects = Vec::new();
+        for user in banned {
+            self.close_user(now, &user, CloseReason::Banned, &mut effects);
+        }
+        self.presence_if_changed(now, &mut effects);
+        effects
     }
 
     /// The users with a connection in the channel here, by user id; `None` for a channel that
@@ -275,6 +313,12 @@ impl Hub {
         Some(users.into_values().collect())
     }
 
+    /// The channel's `online` count as its members see it: in a cluster, its users on every
+    /// instance; `None` for a channel that is not live here.
+    pub fn online_in(&self, channel: &str) -> Option<usize> {
+        self.shown_count(channel).or_else(|| Some(self.channels.get(channel)?.users.len()))
+    }
+
     /// The channel's held messages after `since` (all without it), oldest first, at most
     /// `limit` of them (the newest). Empty for a channel not live here.
     pub fn messages(&self, channel: &str, since: Option<u64>, limit: usize) -> Vec<Utf8Bytes> {
@@ -287,5 +331,6 @@ impl Hub {
     }
 }
 
-/// The sender of a message the site publishes: no connection has this id (they start at 1).
-pub const SITE: ConnId = 0;
+/// The first ticket of the site's messages ([`Post::ticket`]): connection ids count up from 1
+/// and never reach it, so a ticket is never taken for a connection.
+pub const SITE_TICKETS: ConnId = 1 << 63;

@@ -277,6 +277,31 @@ impl Server {
     pub fn get(&self, path: &str) -> (u16, String) {
         get(self.addr, path)
     }
+
+    /// The server API's address, from its start-up line.
+    pub fn api_addr(&self) -> SocketAddr {
+        let line = self.wait_for_log("server API on ");
+        line.rsplit("server API on ").next().unwrap().trim().parse().unwrap()
+    }
+}
+
+/// One server API request with `key` (none: no `Authorization`); the status and the answer.
+pub fn api_request(
+    addr: SocketAddr,
+    key: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+) -> (u16, Value) {
+    let body = body.unwrap_or_default();
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, text) = raw_http(addr, request.as_bytes());
+    let value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
+    (status, value)
 }
 
 impl Drop for Server {

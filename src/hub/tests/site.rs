@@ -31,7 +31,7 @@ impl Harness {
 }
 
 fn notice(content: &str) -> Post {
-    Post { channel: None, content: content.into(), sender: None }
+    Post { channel: None, content: content.into(), sender: None, ticket: crate::hub::SITE_TICKETS }
 }
 
 #[test]
@@ -133,4 +133,33 @@ fn a_deleted_message_is_announced_and_never_replayed() {
         frames.iter().filter(|f| f["type"] == "chat").map(|c| &c["id"]).collect();
     assert_eq!(ids, [3]);
     assert!(h.hub.held_history().iter().all(|line| !line.contains("\"two\"")));
+}
+
+#[test]
+fn in_a_cluster_an_action_asked_here_is_shared_and_one_heard_from_redis_is_not() {
+    let mut h = Harness::new(HubConfig { cluster: true, ..config() });
+    let a = h.connect("1");
+    let kick = Action::Disconnect { user_id: "1".into(), reason: None };
+    h.act(kick.clone());
+    assert_eq!(h.close_reason(a), Some(CloseReason::Kicked));
+    assert_eq!(h.shared, std::slice::from_ref(&kick));
+    let b = h.connect("1");
+    h.apply(|hub, now| hub.act_shared(now, &kick).1);
+    assert_eq!(h.close_reason(b), Some(CloseReason::Kicked));
+    assert_eq!(h.shared.len(), 1, "an action heard from Redis went back to it");
+    // A site message is published with the caller's ticket, for the id Redis gives it.
+    let post = Post { ticket: crate::hub::SITE_TICKETS + 7, ..notice("hello") };
+    assert_eq!(h.publish(post), Ok(None));
+    assert_eq!(h.published.last().map(|(from, _)| *from), Some(crate::hub::SITE_TICKETS + 7));
+}
+
+#[test]
+fn bans_taken_from_elsewhere_close_the_users_they_ban() {
+    let mut h = Harness::new(config());
+    let (troll, fine) = (h.connect("troll"), h.connect("fine"));
+    let mut moderation = crate::hub::moderation::Moderation::default();
+    moderation.ban(Ban { user_id: "troll".into(), until: None, reason: None, since: 0 });
+    h.apply(|hub, now| hub.set_moderation(now, moderation));
+    assert_eq!(h.close_reason(troll), Some(CloseReason::Banned));
+    assert_eq!(h.close_reason(fine), None);
 }
