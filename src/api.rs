@@ -79,22 +79,35 @@ pub const ENDPOINTS: [&str; 13] = [
     "other",
 ];
 
-/// The endpoint a request is for, by method and path, whatever else is wrong with it.
-pub fn endpoint(method: &str, path: &str) -> &'static str {
+/// The endpoint a path names, as its metric label, and the method it takes; `None` for a path
+/// that is none.
+fn route(path: &str) -> Option<(&'static str, &'static str)> {
     let segments: Vec<&str> = path.split('/').collect();
-    match (method, segments.as_slice()) {
-        ("POST", ["", "api", "publish"]) => "publish",
-        ("POST", ["", "api", "disconnect"]) => "disconnect",
-        ("POST", ["", "api", "ban"]) => "ban",
-        ("DELETE", ["", "api", "ban", _]) => "unban",
-        ("GET", ["", "api", "bans"]) => "bans",
-        ("POST", ["", "api", "mute"]) => "mute",
-        ("DELETE", ["", "api", "mute", _]) => "unmute",
-        ("GET", ["", "api", "mutes"]) => "mutes",
-        ("DELETE", ["", "api", "messages", _]) => "delete",
-        ("GET", ["", "api", "presence"]) => "presence",
-        ("GET", ["", "api", "history"]) => "history",
-        ("GET", ["", "api", "info"]) => "info",
+    let ["", "api", rest @ ..] = segments.as_slice() else {
+        return None;
+    };
+    Some(match rest {
+        ["publish"] => ("publish", "POST"),
+        ["disconnect"] => ("disconnect", "POST"),
+        ["ban"] => ("ban", "POST"),
+        ["ban", _] => ("unban", "DELETE"),
+        ["bans"] => ("bans", "GET"),
+        ["mute"] => ("mute", "POST"),
+        ["mute", _] => ("unmute", "DELETE"),
+        ["mutes"] => ("mutes", "GET"),
+        ["messages", _] => ("delete", "DELETE"),
+        ["presence"] => ("presence", "GET"),
+        ["history"] => ("history", "GET"),
+        ["info"] => ("info", "GET"),
+        _ => return None,
+    })
+}
+
+/// The endpoint a request is for, by method and path, whatever else is wrong with it: a label
+/// of [`ENDPOINTS`].
+pub fn endpoint(method: &str, path: &str) -> &'static str {
+    match route(path) {
+        Some((label, allowed)) if allowed == method => label,
         _ => "other",
     }
 }
@@ -145,22 +158,15 @@ pub fn parse(
     max_content_chars: usize,
     now_secs: u64,
 ) -> Result<Call, Refused> {
-    let segments: Vec<&str> = path.split('/').collect();
-    let ["", "api", rest @ ..] = segments.as_slice() else {
-        return Err(refused(404, "not found"));
-    };
-    let allowed = match rest {
-        ["publish" | "disconnect" | "ban" | "mute"] => "POST",
-        ["ban" | "mute" | "messages", _] => "DELETE",
-        ["bans" | "mutes" | "presence" | "history" | "info"] => "GET",
-        _ => return Err(refused(404, "not found")),
-    };
+    let (endpoint, allowed) = route(path).ok_or_else(|| refused(404, "not found"))?;
     if method != allowed {
         return Err(refused(405, format!("use {allowed}")));
     }
+    // The user id or message id of `/api/ban/{user_id}` and the like.
+    let last = path.rsplit('/').next().unwrap_or_default();
     let param = |name: &str| query_param(query, name);
-    match rest {
-        ["publish"] => {
+    match endpoint {
+        "publish" => {
             let b: PublishBody = json_body(body)?;
             validate_content(&b.content, max_content_chars)
                 .map_err(|e| refused(400, format!("content: {}", e.message())))?;
@@ -177,13 +183,13 @@ pub fn parse(
             let ticket = SITE_TICKETS;
             Ok(Call::Publish(Post { channel: b.channel, content: b.content, sender, ticket }))
         }
-        ["disconnect"] => {
+        "disconnect" => {
             let b: DisconnectBody = json_body(body)?;
             let user_id = user_field("user_id", b.user_id)?;
             let reason = reason_field(b.reason)?;
             Ok(Call::Act(Action::Disconnect { user_id, reason }))
         }
-        ["ban"] => {
+        "ban" => {
             let b: BanBody = json_body(body)?;
             let until = until_field(b.until, b.for_secs, now_secs)?;
             Ok(Call::Act(Action::Ban(Ban {
@@ -193,7 +199,7 @@ pub fn parse(
                 since: now_secs,
             })))
         }
-        ["mute"] => {
+        "mute" => {
             let b: MuteBody = json_body(body)?;
             let Some(until) = until_field(b.until, b.for_secs, now_secs)? else {
                 return Err(refused(400, "a mute needs until or for_secs"));
@@ -205,22 +211,22 @@ pub fn parse(
                 reason: reason_field(b.reason)?,
             })))
         }
-        ["ban", user] => {
-            let user_id = user_field("user id", path_segment(user)?)?;
+        "unban" => {
+            let user_id = user_field("user id", path_segment(last)?)?;
             Ok(Call::Act(Action::Unban { user_id }))
         }
-        ["mute", user] => {
-            let user_id = user_field("user id", path_segment(user)?)?;
+        "unmute" => {
+            let user_id = user_field("user id", path_segment(last)?)?;
             Ok(Call::Act(Action::Unmute { user_id, channel: param("channel")? }))
         }
-        ["messages", id] => match id.parse::<u64>() {
+        "delete" => match last.parse::<u64>() {
             Ok(id) if id > 0 => Ok(Call::Act(Action::Delete { id })),
             _ => Err(refused(400, "a message id is a whole number above 0")),
         },
-        ["bans"] => Ok(Call::Bans),
-        ["mutes"] => Ok(Call::Mutes),
-        ["presence"] => Ok(Call::Presence { channel: param("channel")? }),
-        ["history"] => {
+        "bans" => Ok(Call::Bans),
+        "mutes" => Ok(Call::Mutes),
+        "presence" => Ok(Call::Presence { channel: param("channel")? }),
+        "history" => {
             let number = |name: &str| -> Result<Option<u64>, Refused> {
                 param(name)?
                     .map(|v| v.parse::<u64>())
@@ -233,7 +239,8 @@ pub fn parse(
             }
             Ok(Call::History { channel: param("channel")?, since: number("since")?, limit })
         }
-        _ => Ok(Call::Info),
+        "info" => Ok(Call::Info),
+        _ => Err(refused(404, "not found")),
     }
 }
 

@@ -1,5 +1,6 @@
-//! The hub fed with arbitrary event sequences, with one room or with channels (the first byte
-//! decides); its invariants are checked after every event.
+//! The hub fed with arbitrary event sequences, the site's inputs (publish, kick, ban, mute,
+//! delete) among them, with one room or with channels (the first byte decides); its invariants
+//! are checked after every event.
 #![no_main]
 
 use std::net::IpAddr;
@@ -9,7 +10,8 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use shequ_chat::hub::sim::{Sim, test_channels};
 use shequ_chat::channels::Pattern;
-use shequ_chat::hub::{ConnId, HubConfig, Identity, Incoming, Join, Now};
+use shequ_chat::hub::moderation::{Ban, Mute};
+use shequ_chat::hub::{Action, ConnId, HubConfig, Identity, Incoming, Join, Now, Post, SITE_TICKETS};
 use shequ_chat::protocol::{CloseReason, ProtocolError};
 
 #[derive(Arbitrary, Debug)]
@@ -26,6 +28,13 @@ enum Op {
     Join { conn: u8, channel: u8, since: Option<u8> },
     Leave { conn: u8, channel: u8 },
     Say { conn: u8, channel: u8 },
+    /// The site's inputs (server API).
+    Publish { channel: u8, as_user: Option<u8> },
+    Kick(u8),
+    Ban { user: u8, secs: Option<u8> },
+    Unban(u8),
+    Mute { user: u8, channel: Option<u8>, secs: u8 },
+    Delete(u8),
 }
 
 /// Channels of every rule kind of `sim::test_channels`, a private conversation, and names no
@@ -57,6 +66,10 @@ fn config() -> HubConfig {
         max_channels: 100,
         max_channels_per_connection: 8,
     }
+}
+
+fn act(sim: &mut Sim, action: Action) {
+    sim.apply(|hub, now| hub.act(now, &action).1);
 }
 
 fuzz_target!(|input: (bool, Vec<Op>)| {
@@ -129,6 +142,29 @@ fuzz_target!(|input: (bool, Vec<Op>)| {
                 let channel = Some(CHANNELS[usize::from(channel) % CHANNELS.len()].to_string());
                 receive(&mut sim, conn, Incoming::Chat { content: "hi".into(), channel });
             }
+            Op::Publish { channel, as_user } => {
+                let channel = (channel % 4 != 0)
+                    .then(|| CHANNELS[usize::from(channel) % CHANNELS.len()].to_string());
+                let sender = as_user.map(|u| (format!("u{}", u % 6), "x".to_string()));
+                let post = Post { channel, content: "notice".into(), sender, ticket: SITE_TICKETS };
+                sim.apply(|hub, now| hub.publish(now, post).1);
+            }
+            Op::Kick(user) => {
+                act(&mut sim, Action::Disconnect { user_id: format!("u{}", user % 6), reason: None })
+            }
+            Op::Ban { user, secs } => {
+                let user_id = format!("u{}", user % 6);
+                let until = secs.map(|s| sim.now.unix_ms / 1000 + u64::from(s) + 1);
+                act(&mut sim, Action::Ban(Ban { user_id, until, reason: None, since: 0 }));
+            }
+            Op::Unban(user) => act(&mut sim, Action::Unban { user_id: format!("u{}", user % 6) }),
+            Op::Mute { user, channel, secs } => {
+                let user_id = format!("u{}", user % 6);
+                let channel = channel.map(|c| CHANNELS[usize::from(c) % CHANNELS.len()].to_string());
+                let until = sim.now.unix_ms / 1000 + u64::from(secs) + 1;
+                act(&mut sim, Action::Mute(Mute { user_id, channel, until, reason: None }));
+            }
+            Op::Delete(id) => act(&mut sim, Action::Delete { id: u64::from(id) }),
         }
     }
 });
