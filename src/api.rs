@@ -335,9 +335,13 @@ async fn answer(shell: &Shell, call: Call) -> Result<Value, Refused> {
             Ok(json!({ "id": id }))
         }
         Call::Act(action) => {
+            if let Action::Mute(Mute { channel: Some(name), .. })
+            | Action::Unmute { channel: Some(name), .. } = &action
+            {
+                shell.hub().site_channel(Some(name)).map_err(site_refusal)?;
+            }
             let outcome = shell.ask(|hub, now| hub.act(now, &action));
-            let undoes = matches!(action, Action::Unban { .. } | Action::Unmute { .. });
-            if outcome.found || !(undoes || matches!(action, Action::Delete { .. })) {
+            if outcome.done {
                 shell.counters.count_action(&action);
                 info!("api: {}", describe(&action, outcome.closed));
             }
@@ -351,13 +355,13 @@ async fn answer(shell: &Shell, call: Call) -> Result<Value, Refused> {
                     Ok(body)
                 }
                 Action::Mute(mute) => Ok(serde_json::to_value(&mute).unwrap_or_default()),
-                Action::Unban { user_id } if outcome.found => Ok(json!({ "user_id": user_id })),
+                Action::Unban { user_id } if outcome.done => Ok(json!({ "user_id": user_id })),
                 Action::Unban { .. } => Err(refused(404, "that user is not banned")),
-                Action::Unmute { user_id, channel } if outcome.found => {
+                Action::Unmute { user_id, channel } if outcome.done => {
                     Ok(json!({ "user_id": user_id, "channel": channel }))
                 }
                 Action::Unmute { .. } => Err(refused(404, "that user is not muted there")),
-                Action::Delete { id } if outcome.found => {
+                Action::Delete { id } if outcome.done => {
                     Ok(json!({ "id": id, "channel": outcome.channel }))
                 }
                 Action::Delete { .. } => Err(refused(404, "no message with that id is held")),

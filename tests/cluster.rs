@@ -126,6 +126,8 @@ fn a_new_connection_on_one_instance_replaces_the_old_one_on_another() {
         let mut old = a.joined("42").await;
         // Its chat comes back through Redis after its announcement did.
         old.chat_and_see("before").await;
+        // B hears it from Redis on its own time: the new connection must come after.
+        b.await_metric("shequ_chat_broker_received_total", 1.0);
 
         let mut new = b.joined("42").await;
         let history = new.frames_until_pong().await;

@@ -68,8 +68,9 @@ impl Action {
 pub struct Outcome {
     /// Connections closed.
     pub closed: usize,
-    /// Unban, unmute, delete: whether there was such a ban, mute or message.
-    pub found: bool,
+    /// Whether it applied: always for a disconnect, ban or mute; for an unban, unmute or
+    /// delete, whether there was such a ban, mute or message.
+    pub done: bool,
     /// Delete: the channel the message was in (`None` for the room).
     pub channel: Option<String>,
 }
@@ -195,7 +196,7 @@ impl Hub {
     /// Cluster: carries out an action another instance was asked for (it came through Redis).
     pub fn act_shared(&mut self, now: Now, action: &Action) -> (Outcome, Vec<Effect>) {
         let mut effects = Vec::new();
-        let mut outcome = Outcome::default();
+        let mut outcome = Outcome { done: true, ..Outcome::default() };
         let saves = !matches!(action, Action::Disconnect { .. } | Action::Delete { .. });
         match action {
             Action::Disconnect { user_id, .. } => {
@@ -206,14 +207,15 @@ impl Hub {
                 outcome.closed =
                     self.close_user(now, &ban.user_id, CloseReason::Banned, &mut effects);
             }
-            Action::Unban { user_id } => outcome.found = self.moderation.unban(user_id),
+            Action::Unban { user_id } => outcome.done = self.moderation.unban(user_id),
             Action::Mute(mute) => self.moderation.mute(mute.clone()),
             Action::Unmute { user_id, channel } => {
-                outcome.found = self.moderation.unmute(user_id, channel.as_deref());
+                outcome.done = self.moderation.unmute(user_id, channel.as_deref());
             }
             Action::Delete { id } => {
+                outcome.done = false;
                 if let Some(key) = self.forget_message(*id) {
-                    outcome.found = true;
+                    outcome.done = true;
                     let channel = self.config.channels.is_some().then_some(&*key);
                     outcome.channel = channel.map(String::from);
                     let json = ServerMessage::Deleted { id: *id, channel }.to_json();

@@ -121,11 +121,11 @@ fn a_deleted_message_is_announced_and_never_replayed() {
     }
     h.frames(a);
     let outcome = h.act(Action::Delete { id: 2 });
-    assert!(outcome.found);
+    assert!(outcome.done);
     assert_eq!(h.frames(a), [serde_json::json!({"type": "deleted", "id": 2})]);
     assert_eq!(h.rewrites, 1);
-    assert!(!h.act(Action::Delete { id: 2 }).found);
-    assert!(!h.act(Action::Delete { id: 99 }).found);
+    assert!(!h.act(Action::Delete { id: 2 }).done);
+    assert!(!h.act(Action::Delete { id: 99 }).done);
     let late = h.connect_since("2", 1);
     let frames = h.frames(late);
     assert_eq!(frames[0]["recovered"], true);
