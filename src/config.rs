@@ -209,6 +209,18 @@ pub struct Limits {
     pub max_channels: usize,
     /// Channels one connection may be in at once.
     pub max_channels_per_connection: usize,
+    /// The kernel's send buffer per client socket (`SO_SNDBUF`), in bytes; 0 leaves the
+    /// kernel's default (`net.ipv4.tcp_wmem`), which grows a buffer as it needs.
+    pub socket_send_buffer: usize,
+    /// The kernel's receive buffer per client socket (`SO_RCVBUF`), in bytes; 0 leaves the
+    /// kernel's default (`net.ipv4.tcp_rmem`).
+    pub socket_recv_buffer: usize,
+    /// Connections the kernel holds for `accept` (capped by `net.core.somaxconn`): a restart
+    /// storm of clients lands here first.
+    pub listen_backlog: u32,
+    /// `TCP_NODELAY` on client sockets: small frames go out at once instead of waiting to be
+    /// merged.
+    pub tcp_nodelay: bool,
 }
 
 impl Default for Limits {
@@ -229,6 +241,10 @@ impl Default for Limits {
             read_buffer_bytes: 1024,
             max_channels: 10_000,
             max_channels_per_connection: 32,
+            socket_send_buffer: 0,
+            socket_recv_buffer: 0,
+            listen_backlog: 1024,
+            tcp_nodelay: true,
         }
     }
 }
@@ -617,6 +633,19 @@ impl Config {
                  limits.max_pending_handshakes ({})",
                 l.max_pending_handshakes_per_ip, l.max_pending_handshakes
             )));
+        }
+        for (name, bytes) in [
+            ("socket_send_buffer", l.socket_send_buffer),
+            ("socket_recv_buffer", l.socket_recv_buffer),
+        ] {
+            if bytes != 0 && !(2048..=16 << 20).contains(&bytes) {
+                return Err(invalid(format!(
+                    "limits.{name}: 0 (the kernel's default) or from 2048 to 16777216 bytes"
+                )));
+            }
+        }
+        if l.listen_backlog == 0 {
+            return Err(invalid("limits.listen_backlog: must be at least 1"));
         }
         if !(64..=1 << 20).contains(&l.read_buffer_bytes) {
             return Err(invalid("limits.read_buffer_bytes: must be between 64 and 1048576"));

@@ -145,7 +145,7 @@ pub(crate) async fn serve(
     pending: Pending,
     _alive: async_channel::Sender<()>,
 ) {
-    let _ = stream.get_ref().set_nodelay(true);
+    let _ = stream.get_ref().set_nodelay(shell.config.limits.tcp_nodelay);
     let timeout = shell.config.handshake_timeout();
     // Boxed so the handshake's state does not stay in every connection's task after it is done.
     let handshake = Box::pin(upgrade(&shell, &mut stream, peer, port));

@@ -149,7 +149,7 @@ fn run(config: Config) -> Result<(), ConfigError> {
     let listeners = server::bind(&config)
         .map_err(|e| ConfigError(format!("cannot listen on {}: {e}", config.listen)))?;
     info!("config: {}", config.redacted_json());
-    raise_open_files_limit(&config);
+    raise_open_files_limit(&config)?;
     let signals = Signals::new([Signal::Term, Signal::Int])
         .map_err(|e| ConfigError(format!("cannot handle signals: {e}")))?;
     let shutdown = async move {
@@ -161,14 +161,16 @@ fn run(config: Config) -> Result<(), ConfigError> {
     server::run(listeners, config, shutdown)
 }
 
-/// File descriptors the server wants beyond its sockets: the listeners, the history file, Redis,
-/// the log, and some room.
+/// File descriptors the server wants beyond its client sockets: the listeners, the history
+/// file, Redis, the log, and some room.
 const SPARE_FDS: u64 = 64;
 
 /// Raises the soft limit on open files to the hard limit (the soft one is often 1024, far below
-/// `limits.max_connections`), and warns when even that is too low for the configured limits:
-/// `accept` would then fail before the limits are reached.
-fn raise_open_files_limit(config: &Config) {
+/// `limits.max_connections`) and checks the limits against it. A `limits.max_connections` that
+/// the descriptors cannot hold is refused: otherwise the server would start and fail at
+/// connection N. When only the pending handshakes (and the API's connections) might not fit,
+/// it warns: `accept` would then fail under a handshake flood, and back off.
+fn raise_open_files_limit(config: &Config) -> Result<(), ConfigError> {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     if limit.current != limit.maximum {
@@ -178,20 +180,37 @@ fn raise_open_files_limit(config: &Config) {
         }
     }
     let Some(open_files) = getrlimit(Resource::Nofile).current else {
-        return; // unlimited
+        info!("open files limit: unlimited");
+        return Ok(());
     };
     let l = &config.limits;
     // Summed in u64: on a 32-bit board two large limits could overflow a usize.
-    let wanted = l.max_connections as u64 + l.max_pending_handshakes as u64 + SPARE_FDS;
+    let connections = l.max_connections as u64 + SPARE_FDS;
+    if open_files < connections {
+        return Err(ConfigError(format!(
+            "limits.max_connections ({}) needs {connections} open files with the server's own, \
+             and the limit is {open_files}: raise it (LimitNOFILE= under systemd, `ulimit -n` \
+             in a shell) or lower limits.max_connections to {}",
+            l.max_connections,
+            open_files.saturating_sub(SPARE_FDS)
+        )));
+    }
+    let api = if config.api.is_some() { shequ_chat::api::MAX_API_CONNECTIONS as u64 } else { 0 };
+    let wanted = connections + l.max_pending_handshakes as u64 + api;
     if open_files < wanted {
         warn!(
             "the open files limit is {open_files}, below limits.max_connections + \
-             limits.max_pending_handshakes + {SPARE_FDS} = {wanted}: raise it (LimitNOFILE= \
-             under systemd) or lower the limits"
+             limits.max_pending_handshakes + {} = {wanted}: under a flood of handshakes, accept \
+             will fail; raise it (LimitNOFILE= under systemd) or lower the limits",
+            SPARE_FDS + api
         );
     } else {
-        info!("open files limit: {open_files}");
+        info!(
+            "open files limit: {open_files}, enough for {} connections and {} handshakes",
+            l.max_connections, l.max_pending_handshakes
+        );
     }
+    Ok(())
 }
 
 fn init_logging(config: &Config) {

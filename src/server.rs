@@ -38,10 +38,35 @@ pub struct Listeners {
 
 /// Binds `listen` and, when set, `metrics_listen` and `api.listen`.
 pub fn bind(config: &Config) -> io::Result<Listeners> {
-    let main = TcpListener::bind(&config.listen)?;
+    let main = bind_chat(config)?;
     let metrics = config.metrics_listen.as_ref().map(TcpListener::bind).transpose()?;
     let api = config.api.as_ref().map(|api| TcpListener::bind(&api.listen)).transpose()?;
     Ok(Listeners { main, metrics, api })
+}
+
+/// The chat's listener, with `limits.listen_backlog` and the socket buffer sizes of
+/// `limits.socket_send_buffer` and `limits.socket_recv_buffer` (accepted sockets inherit them
+/// from the listener, which also lets the receive buffer shape the window offered in the
+/// handshake).
+fn bind_chat(config: &Config) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let addr: std::net::SocketAddr = config
+        .listen
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e}")))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As std's own bind does: a restart does not wait for the old sockets' TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    let l = &config.limits;
+    if l.socket_send_buffer > 0 {
+        socket.set_send_buffer_size(l.socket_send_buffer)?;
+    }
+    if l.socket_recv_buffer > 0 {
+        socket.set_recv_buffer_size(l.socket_recv_buffer)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(l.listen_backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
 }
 
 /// Runs the server until `shutdown` completes, then closes every connection with 1001 and

@@ -60,19 +60,43 @@ fn a_slowloris_crowd_from_one_address_leaves_room_for_everyone_else() {
 }
 
 #[test]
+fn a_max_connections_the_descriptors_cannot_hold_is_refused_at_start() {
+    let config =
+        std::env::temp_dir().join(format!("shequ-chat-nofile-{}.json", std::process::id()));
+    let mut text = base_config();
+    merge(&mut text, json!({"limits": {"max_connections": 1000}}));
+    std::fs::write(&config, text.to_string()).unwrap();
+    let out = std::process::Command::new("prlimit")
+        .args(["--nofile=256:256", "--", env!("CARGO_BIN_EXE_shequ-chat"), "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&config);
+    assert!(!out.status.success(), "it started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("limits.max_connections (1000) needs 1064 open files")
+            && err.contains("the limit is 256")
+            && err.contains("lower limits.max_connections to 192"),
+        "{err}"
+    );
+}
+
+#[test]
 fn out_of_file_descriptors_the_server_backs_off_reports_rarely_and_recovers() {
     // Limits that the open-files limit cannot honour: `accept` runs out first.
     let mut server = server_with_nofile(
-        64,
+        128,
         json!({
+            "max_connections": 20,
             "max_pending_handshakes": 1000,
             "max_pending_handshakes_per_ip": 0,
             "handshake_timeout_secs": 60
         }),
     );
-    server.expect_warning("the open files limit is 64");
+    server.expect_warning("the open files limit is 128");
     server.expect_warning("accept failed");
-    let crowd = slowloris_crowd(&server, Ipv4Addr::new(127, 0, 0, 3), 100);
+    let crowd = slowloris_crowd(&server, Ipv4Addr::new(127, 0, 0, 3), 200);
     server.wait_for_nth_log("accept failed", 1);
     // No file descriptor is free, not even for a scrape of /metrics: what the server says in
     // these two seconds is all there is to see. At one failure per 100 ms back-off, that is

@@ -56,6 +56,9 @@ pub fn base_config() -> Value {
         "presence_interval_ms": 100,
         "auth": { "secret": SECRET, "leeway_secs": 0 },
         "limits": {
+            // Well within any machine's open files limit: the server refuses more connections
+            // than its descriptors can hold.
+            "max_connections": 1000,
             "rate_per_sec": 100000.0,
             "rate_burst": 100000,
             "max_pending_handshakes_per_ip": 0
