@@ -247,9 +247,61 @@ async fn connect(addr: SocketAddr, user: &str) -> Option<Ws> {
     connect_with(addr, &token(user)).await
 }
 
+/// Client sockets per loopback source address: below the ephemeral port range (28 232 ports by
+/// default), so that 100 000 connections to one server port find a port each.
+const SOCKETS_PER_SOURCE: usize = 20_000;
+
+thread_local! {
+    /// Client sockets opened so far, which picks the next one's source address.
+    static OPENED: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A TCP connection to `addr` from `127.0.0.2`, `127.0.0.3`, … ([`SOCKETS_PER_SOURCE`] each),
+/// bound before it connects: one source address has too few ports for 100 000 clients.
+async fn tcp_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let n = OPENED.with(|opened| opened.replace(opened.get() + 1));
+    let step = u32::try_from(n / SOCKETS_PER_SOURCE).unwrap_or(0) % 250;
+    let source = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 0, 0, 2)) + step);
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::from((source, 0)).into())?;
+    // EINPROGRESS: the connect goes on; the socket turns writable when it is done.
+    const EINPROGRESS: i32 = 115;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = smol::Async::new(std::net::TcpStream::from(socket))?;
+    stream.writable().await?;
+    if let Some(e) = stream.get_ref().take_error()? {
+        return Err(e);
+    }
+    Ok(TcpStream::from(stream))
+}
+
+/// Raises the open files limit, soft and hard, as far as the kernel lets this process
+/// (`fs.nr_open`; a hard limit above the current one needs root), before any server starts:
+/// the servers inherit it. Returns the limit now.
+fn raise_open_files_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let limit = getrlimit(Resource::Nofile);
+    let wanted = Rlimit { current: Some(ceiling), maximum: Some(ceiling) };
+    if setrlimit(Resource::Nofile, wanted).is_err() {
+        let soft = Rlimit { current: limit.maximum, maximum: limit.maximum };
+        let _ = setrlimit(Resource::Nofile, soft);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
 /// Connects with a token minted earlier: a client reconnecting (a page reload) keeps its token.
 async fn connect_with(addr: SocketAddr, token: &str) -> Option<Ws> {
-    let stream = TcpStream::connect(addr).await.ok()?;
+    let stream = tcp_connect(addr).await.ok()?;
     let _ = stream.set_nodelay(true);
     let url = format!("ws://{addr}/ws?token={token}");
     let (ws, _) = async_tungstenite::client_async(url, stream).await.ok()?;
@@ -607,6 +659,13 @@ fn helper_thread_cpu_secs() -> f64 {
 
 fn main() {
     let args = parse_args();
+    let open_files = raise_open_files_limit();
+    let wanted = (args.connections.max(args.receivers + args.senders) + 256) as u64;
+    assert!(
+        open_files >= wanted,
+        "the open files limit is {open_files}, and this run needs about {wanted}: run as root, \
+         or raise the hard limit (ulimit -Hn)"
+    );
     // A run in which the load generator's own helper thread took over is repeated (at most
     // MAX_ATTEMPTS runs), for every server alike; the output says how many runs it took.
     // Each scenario reports the helper's CPU over its measured part only (not the set-up).
