@@ -247,9 +247,9 @@ async fn connect(addr: SocketAddr, user: &str) -> Option<Ws> {
     connect_with(addr, &token(user)).await
 }
 
-/// Client sockets per loopback source address: below the ephemeral port range (28 232 ports by
-/// default), so that 100 000 connections to one server port find a port each.
-const SOCKETS_PER_SOURCE: usize = 20_000;
+/// Client sockets per loopback source address: well below the ephemeral port range (28 232
+/// ports by default), so that 100 000 connections to one server port find a port each.
+const SOCKETS_PER_SOURCE: usize = 10_000;
 
 thread_local! {
     /// Client sockets opened so far, which picks the next one's source address.
@@ -265,6 +265,9 @@ async fn tcp_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let source = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 0, 0, 2)) + step);
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
     socket.set_nonblocking(true)?;
+    // The ports of the last run's sockets are in TIME_WAIT for a minute (the client closes
+    // first); without this, binding to a source address would find none free.
+    socket.set_reuse_address(true)?;
     socket.bind(&SocketAddr::from((source, 0)).into())?;
     // EINPROGRESS: the connect goes on; the socket turns writable when it is done.
     const EINPROGRESS: i32 = 115;
@@ -372,6 +375,7 @@ fn idle(args: &Args) -> serde_json::Value {
     smol::block_on(ex.run(async {
         Timer::after(Duration::from_millis(300)).await;
         let rss_start = server.rss_kib();
+        let kernel_start = KernelMemory::read();
         let started = Instant::now();
         let helper_before = helper_thread_cpu_secs();
         let mut conns = connect_many(&ex, &server, "idle", args.connections).await;
@@ -383,17 +387,59 @@ fn idle(args: &Args) -> serde_json::Value {
         // Let every welcome and presence frame be written and the queues drained.
         Timer::after(Duration::from_secs(3)).await;
         let rss = server.rss_kib();
+        let kernel = KernelMemory::read().since(&kernel_start);
+        // Both ends of every connection live in this kernel, and they cost the same: the
+        // server's side is half.
+        let per_side = |kib: i64| kib as f64 / 2.0 / conns.len() as f64;
         let result = json!({
             "server": args.server, "scenario": "idle", "connections": conns.len(),
             "group": args.group,
             "rss_start_kib": rss_start, "rss_kib": rss,
             "kib_per_connection": (rss - rss_start) as f64 / conns.len() as f64,
+            "kernel_tcp_kib_per_connection": per_side(kernel.tcp_kib),
+            "kernel_slab_kib_per_connection": per_side(kernel.slab_kib),
             "connects_per_sec": conns.len() as f64 / connect_secs,
             "loadgen_helper_cpu_secs": helper,
         });
         drop(conns);
         result
     }))
+}
+
+/// The kernel's memory for sockets, system-wide: TCP buffers (`/proc/net/sockstat`, `mem` in
+/// pages) and the slab caches (`Slab:` of `/proc/meminfo`), where each socket's own structures
+/// live. RSS shows neither.
+struct KernelMemory {
+    tcp_kib: i64,
+    slab_kib: i64,
+}
+
+impl KernelMemory {
+    fn read() -> KernelMemory {
+        let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+        let tcp_pages: i64 = sockstat
+            .lines()
+            .find(|l| l.starts_with("TCP:"))
+            .and_then(|l| l.split_whitespace().skip_while(|w| *w != "mem").nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let slab_kib: i64 = meminfo
+            .lines()
+            .find(|l| l.starts_with("Slab:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let page_kib = (rustix::param::page_size() / 1024) as i64;
+        KernelMemory { tcp_kib: tcp_pages * page_kib, slab_kib }
+    }
+
+    fn since(&self, before: &KernelMemory) -> KernelMemory {
+        KernelMemory {
+            tcp_kib: self.tcp_kib - before.tcp_kib,
+            slab_kib: self.slab_kib - before.slab_kib,
+        }
+    }
 }
 
 fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
