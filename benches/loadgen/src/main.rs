@@ -361,6 +361,13 @@ fn sent_at(text: &str) -> Option<u64> {
     text[start..end].parse().ok()
 }
 
+/// The message a frame carries, as `s=<sender>;m=<number>` after its send time.
+fn message_of(text: &str) -> String {
+    let start = text.find(";s=").map_or(0, |i| i + 1);
+    let end = start + text[start..].find('"').unwrap_or(text.len() - start);
+    text[start..end].to_string()
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -468,6 +475,8 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
         };
         let total: usize = (0..args.receivers).map(expected_of).sum();
         let latencies = Rc::new(RefCell::new(Vec::with_capacity(total)));
+        // Per message (sender, number): when its last receiver had it, after it was sent.
+        let last_of_message = Rc::new(RefCell::new(std::collections::HashMap::new()));
         let received = Rc::new(Cell::new(0usize));
         let closed = Rc::new(Cell::new(0usize));
         let last_receipt = Rc::new(Cell::new(Instant::now()));
@@ -478,6 +487,7 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
             .map(|(i, mut ws)| {
                 let (latencies, received, closed, last) =
                     (latencies.clone(), received.clone(), closed.clone(), last_receipt.clone());
+                let last_of_message = last_of_message.clone();
                 let expected = expected_of(i);
                 ex.spawn(async move {
                     let mut got = 0;
@@ -485,7 +495,11 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
                         match ws.next().await {
                             Some(Ok(Message::Text(t))) => {
                                 if let Some(at) = sent_at(&t) {
-                                    latencies.borrow_mut().push(now_us(origin).saturating_sub(at));
+                                    let latency = now_us(origin).saturating_sub(at);
+                                    latencies.borrow_mut().push(latency);
+                                    let mut slowest = last_of_message.borrow_mut();
+                                    let slowest = slowest.entry(message_of(&t)).or_insert(0);
+                                    *slowest = latency.max(*slowest);
                                     got += 1;
                                     received.set(received.get() + 1);
                                     last.set(Instant::now());
@@ -558,6 +572,8 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
         drop(sending);
         let mut lat = latencies.borrow().clone();
         lat.sort_unstable();
+        let mut to_all: Vec<u64> = last_of_message.borrow().values().copied().collect();
+        to_all.sort_unstable();
         let delivered = received.get();
         json!({
             "server": args.server, "scenario": scenario, "instances": args.instances,
@@ -571,6 +587,10 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
             "loadgen_helper_cpu_secs": helper,
             "latency_ms": {"p50": percentile(&lat, 0.5), "p99": percentile(&lat, 0.99),
                            "max": percentile(&lat, 1.0)},
+            // For each message, until its last receiver had it: a broadcast's whole time.
+            "to_last_receiver_ms": {"p50": percentile(&to_all, 0.5),
+                                    "p99": percentile(&to_all, 0.99),
+                                    "max": percentile(&to_all, 1.0)},
             "rss_kib": server.rss_kib(),
         })
     }))
