@@ -18,7 +18,7 @@ use smol::Timer;
 
 use crate::driver::{READ_BUDGET_FRAMES, Shell, now};
 use crate::hub::Action;
-use crate::hub::moderation::{Moderation, Saved};
+use crate::hub::moderation::{Ban, Moderation, Mute, Saved};
 use crate::protocol::ChatHead;
 
 use super::*;
@@ -198,16 +198,11 @@ fn keep_action(shell: &Shell, broker: &Broker, pipe: &mut redis::Pipeline, actio
     let keys = &broker.keys;
     match action {
         Action::Disconnect { .. } => {}
-        Action::Ban(ban) => {
-            pipe.cmd("HSET").arg(&keys.bans).arg(&ban.user_id).arg(ban.to_json()).ignore();
-        }
+        Action::Ban(ban) => store_ban(pipe, keys, ban),
         Action::Unban { user_id } => {
             pipe.cmd("HDEL").arg(&keys.bans).arg(user_id).ignore();
         }
-        Action::Mute(mute) => {
-            let field = mute_field(&mute.user_id, mute.channel.as_deref());
-            pipe.cmd("HSET").arg(&keys.mutes).arg(field).arg(mute.to_json()).ignore();
-        }
+        Action::Mute(mute) => store_mute(pipe, keys, mute),
         Action::Unmute { user_id, channel } => {
             pipe.cmd("HDEL").arg(&keys.mutes).arg(mute_field(user_id, channel.as_deref())).ignore();
         }
@@ -218,6 +213,17 @@ fn keep_action(shell: &Shell, broker: &Broker, pipe: &mut redis::Pipeline, actio
             pipe.add_command(delete).ignore();
         }
     }
+}
+
+/// Adds the ban's entry in `{prefix}:bans` to `pipe`, its reply ignored.
+fn store_ban(pipe: &mut redis::Pipeline, keys: &Keys, ban: &Ban) {
+    pipe.cmd("HSET").arg(&keys.bans).arg(&ban.user_id).arg(ban.to_json()).ignore();
+}
+
+/// Adds the mute's entry in `{prefix}:mutes` to `pipe`, its reply ignored.
+fn store_mute(pipe: &mut redis::Pipeline, keys: &Keys, mute: &Mute) {
+    let field = mute_field(&mute.user_id, mute.channel.as_deref());
+    pipe.cmd("HSET").arg(&keys.mutes).arg(field).arg(mute.to_json()).ignore();
 }
 
 /// A mute's field in `{prefix}:mutes`.
@@ -249,11 +255,10 @@ async fn load_moderation(
         }
         let mut pipe = redis::pipe();
         for ban in &saved.bans {
-            pipe.cmd("HSET").arg(&keys.bans).arg(&ban.user_id).arg(ban.to_json()).ignore();
+            store_ban(&mut pipe, keys, ban);
         }
         for mute in &saved.mutes {
-            let field = mute_field(&mute.user_id, mute.channel.as_deref());
-            pipe.cmd("HSET").arg(&keys.mutes).arg(field).arg(mute.to_json()).ignore();
+            store_mute(&mut pipe, keys, mute);
         }
         pipe.exec_async(commands).await?;
         info!("cluster: Redis held no bans or mutes; wrote this instance's");
