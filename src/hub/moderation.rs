@@ -53,8 +53,9 @@ impl Mute {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Moderation {
     bans: BTreeMap<String, Ban>,
-    /// By user, then channel (`""`: every channel).
-    mutes: BTreeMap<(String, String), Mute>,
+    /// By user, each of their mutes (everywhere, or one per channel): a chat looks its sender up
+    /// by `&str`, without building a key.
+    mutes: BTreeMap<String, Vec<Mute>>,
 }
 
 /// The file's shape: two lists, so that a person can read it.
@@ -83,7 +84,7 @@ impl Moderation {
     pub fn saved(&self) -> Saved {
         Saved {
             bans: self.bans.values().cloned().collect(),
-            mutes: self.mutes.values().cloned().collect(),
+            mutes: self.mutes.values().flatten().cloned().collect(),
         }
     }
 
@@ -105,33 +106,46 @@ impl Moderation {
     /// Mutes the user (in the channel, or everywhere), replacing an earlier mute of the same
     /// scope.
     pub fn mute(&mut self, mute: Mute) {
-        let scope = (mute.user_id.clone(), mute.channel.clone().unwrap_or_default());
-        self.mutes.insert(scope, mute);
+        let mutes = self.mutes.entry(mute.user_id.clone()).or_default();
+        mutes.retain(|m| m.channel != mute.channel);
+        mutes.push(mute);
+        mutes.sort_by(|a, b| a.channel.cmp(&b.channel));
     }
 
     /// Lifts the user's mute of that scope; whether there was one.
     pub fn unmute(&mut self, user: &str, channel: Option<&str>) -> bool {
-        self.mutes.remove(&(user.to_string(), channel.unwrap_or_default().to_string())).is_some()
+        let Some(mutes) = self.mutes.get_mut(user) else {
+            return false;
+        };
+        let before = mutes.len();
+        mutes.retain(|m| m.channel.as_deref() != channel);
+        let lifted = mutes.len() != before;
+        if mutes.is_empty() {
+            self.mutes.remove(user);
+        }
+        lifted
     }
 
     /// The mute that keeps the user from posting to `channel` at `now_secs`, if any: of the
-    /// mutes everywhere and in the channel, the one that ends last.
+    /// mutes everywhere and in the channel, the one that ends last. No allocation: it runs for
+    /// every chat message.
     pub fn muted(&self, user: &str, channel: &str, now_secs: u64) -> Option<&Mute> {
-        let everywhere = self.mutes.get(&(user.to_string(), String::new()));
-        let here = self.mutes.get(&(user.to_string(), channel.to_string()));
-        [everywhere, here]
-            .into_iter()
-            .flatten()
-            .filter(|mute| now_secs < mute.until)
-            .max_by_key(|mute| mute.until)
+        self.mutes
+            .get(user)?
+            .iter()
+            .filter(|m| m.channel.as_deref().is_none_or(|c| c == channel) && now_secs < m.until)
+            .max_by_key(|m| m.until)
     }
 
     /// Drops what has ended by `now_secs`; whether anything was dropped.
     pub fn expire(&mut self, now_secs: u64) -> bool {
-        let before = self.bans.len() + self.mutes.len();
+        let before = self.bans.len() + self.mutes.values().map(Vec::len).sum::<usize>();
         self.bans.retain(|_, ban| ban.until.is_none_or(|until| now_secs < until));
-        self.mutes.retain(|_, mute| now_secs < mute.until);
-        before != self.bans.len() + self.mutes.len()
+        for mutes in self.mutes.values_mut() {
+            mutes.retain(|mute| now_secs < mute.until);
+        }
+        self.mutes.retain(|_, mutes| !mutes.is_empty());
+        before != self.bans.len() + self.mutes.values().map(Vec::len).sum::<usize>()
     }
 
     /// Bans in force at `now_secs`, by user id.
@@ -141,7 +155,7 @@ impl Moderation {
 
     /// Mutes in force at `now_secs`, by user id and channel.
     pub fn mutes(&self, now_secs: u64) -> impl Iterator<Item = &Mute> {
-        self.mutes.values().filter(move |mute| now_secs < mute.until)
+        self.mutes.values().flatten().filter(move |mute| now_secs < mute.until)
     }
 }
 

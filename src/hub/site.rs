@@ -250,24 +250,24 @@ impl Hub {
     }
 
     /// Takes message `id` out of the history of the channel that holds it; that channel's key.
-    /// Ids are in order within a channel, so each channel is searched in O(log n).
     fn forget_message(&mut self, id: u64) -> Option<Rc<str>> {
-        for (key, channel) in &mut self.channels {
-            let at = channel.history.partition_point(|(held, _)| *held < id);
-            if channel.history.get(at).is_some_and(|(held, _)| *held == id) {
-                channel.history.remove(at);
-                return Some(key.clone());
-            }
-        }
-        None
+        let (key, at) = self.find_message(id)?;
+        self.channels.get_mut(&key)?.history.remove(at);
+        Some(key)
     }
 
     /// The channel whose history holds message `id` (`""` for the room), if one does.
     pub fn channel_of_message(&self, id: u64) -> Option<String> {
+        self.find_message(id).map(|(key, _)| key.to_string())
+    }
+
+    /// Where message `id` is held: its channel and its place in the ring. Ids are in order
+    /// within a channel, so each channel is searched in O(log n).
+    fn find_message(&self, id: u64) -> Option<(Rc<str>, usize)> {
         self.channels.iter().find_map(|(key, channel)| {
             let at = channel.history.partition_point(|(held, _)| *held < id);
             let held = channel.history.get(at).is_some_and(|(held, _)| *held == id);
-            held.then(|| key.to_string())
+            held.then(|| (key.clone(), at))
         })
     }
 
