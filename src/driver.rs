@@ -252,6 +252,7 @@ impl Shell {
 
     pub(crate) fn metrics(&self) -> String {
         let hub = self.hub.borrow();
+        let now_secs = now().unix_ms / 1000;
         #[cfg(feature = "redis")]
         let broker = self.broker.as_ref().map(crate::cluster::Broker::stats);
         #[cfg(not(feature = "redis"))]
@@ -264,8 +265,8 @@ impl Shell {
             broker,
             history: hub.history_len(),
             channels: hub.channel_count(),
-            bans: hub.moderation().bans(now().unix_ms / 1000).count(),
-            mutes: hub.moderation().mutes(now().unix_ms / 1000).count(),
+            bans: hub.moderation().bans(now_secs).count(),
+            mutes: hub.moderation().mutes(now_secs).count(),
             shell: &self.counters,
             handshakes: &self.handshakes,
             start_time_unix_secs: self.start_unix_secs,
