@@ -1554,7 +1554,9 @@ impl Hub {
 
     /// Runs every heartbeat entry that is due: a connection silent for the pong timeout is
     /// closed (at its own deadline, not at the next tick), one whose Ping is due gets it, and the
-    /// entry moves to the connection's next deadline.
+    /// entry moves to the connection's next deadline. A Ping sent late (the loop was busy: a
+    /// restart's handshakes, a broadcast to everyone) keeps the connection's own phase, or every
+    /// connection delayed by the same stall would be pinged in one burst every interval after.
     fn heartbeat(&mut self, now: Now, effects: &mut Vec<Effect>) {
         let (ping_interval, pong_timeout) = (self.config.ping_interval, self.config.pong_timeout);
         while let Some(&(at, conn)) = self.beats.first() {
@@ -1574,7 +1576,7 @@ impl Hub {
             self.beats.pop_first();
             let ping = now.at >= c.next_ping;
             if ping {
-                c.next_ping = now.at + ping_interval;
+                c.next_ping = next_on_phase(c.next_ping, now.at, ping_interval);
             }
             c.beat_at = c.next_ping.min(silence_ends);
             self.beats.insert((c.beat_at, conn));
@@ -1784,6 +1786,14 @@ fn first_ping_delay(conn: ConnId, ping_interval: Duration) -> Duration {
     // Fibonacci hashing: consecutive ids land far apart in [0, 1).
     let spread = (conn.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
     ping_interval.mul_f64(0.5 + spread / 2.0)
+}
+
+/// The first instant after `now` that is `due` plus a whole number of `interval`s: a timer that
+/// fired late stays on its own phase.
+fn next_on_phase(due: Instant, now: Instant, interval: Duration) -> Instant {
+    let late = now.saturating_duration_since(due).as_nanos();
+    let intervals = late / interval.as_nanos().max(1) + 1;
+    due + interval.saturating_mul(u32::try_from(intervals).unwrap_or(u32::MAX))
 }
 
 /// The instant a token's `exp` (plus leeway) is reached, on the monotonic clock.

@@ -461,6 +461,32 @@ fn pings_are_spread_over_the_interval_and_then_keep_their_pace() {
 }
 
 #[test]
+fn pings_sent_late_together_keep_their_own_phases() {
+    let mut h = Harness::new(HubConfig {
+        max_connections: 200,
+        pong_timeout: Duration::from_secs(3600),
+        ..config()
+    });
+    let conns: Vec<ConnId> = (0..200).map(|i| h.connect(&format!("u{i}"))).collect();
+    // The loop is busy for 40 s: every first ping (due at 15–30 s) goes out in one instant.
+    h.stall(Duration::from_secs(40));
+    assert!(conns.iter().all(|&c| h.of_type(c, "ws_ping").len() == 1));
+    // From then on each is pinged on its own phase again, not all together every 30 s.
+    let mut per_second: HashMap<u64, usize> = HashMap::new();
+    for second in 1..=30 {
+        h.advance(Duration::from_secs(1));
+        for &c in &conns {
+            if !h.of_type(c, "ws_ping").is_empty() {
+                *per_second.entry(second).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(per_second.values().sum::<usize>(), 200, "{per_second:?}");
+    assert!(per_second.len() >= 14, "pings fall in {} distinct seconds", per_second.len());
+    assert!(per_second.values().all(|&n| n <= 30), "a wave: {per_second:?}");
+}
+
+#[test]
 fn idle_connections_close_and_chatting_ones_stay() {
     let mut h = Harness::new(HubConfig {
         idle_timeout: Some(Duration::from_secs(2)),
