@@ -8,6 +8,13 @@
 //! `limits.max_pending_handshakes` at once, or beyond one address's share of it, the socket is
 //! closed at once, and the refusal is counted.
 //!
+//! The chat port does not get that far with the total: while `limits.max_pending_handshakes` are
+//! under way it stops accepting ([`Handshakes::room`]) until one ends. A herd of clients
+//! reconnecting after a restart then waits in the kernel's listen backlog (and beyond it, in
+//! TCP's own SYN retries) and gets in as fast as handshakes finish, instead of being closed and
+//! sent into a longer back-off each. What the wait costs is kernel memory for the backlog, no
+//! file descriptor.
+//!
 //! The share is by peer address. Trusted proxies are exempt: every client behind a reverse proxy
 //! arrives from the proxy's address, which only the total bounds.
 
@@ -48,6 +55,10 @@ pub struct Handshakes {
     total: Cell<usize>,
     per_ip: RefCell<HashMap<IpAddr, usize>>,
     refused: [Cell<u64>; HandshakeRefusal::ALL.len()],
+    /// Times [`room`](Self::room) had to wait.
+    waits: Cell<u64>,
+    /// A handshake ended: one signal, kept until [`room`](Self::room) takes it.
+    freed: (async_channel::Sender<()>, async_channel::Receiver<()>),
 }
 
 /// One handshake under way; it stops counting when dropped.
@@ -66,7 +77,28 @@ impl Handshakes {
             total: Cell::new(0),
             per_ip: RefCell::new(HashMap::new()),
             refused: Default::default(),
+            waits: Cell::new(0),
+            freed: async_channel::bounded(1),
         }
+    }
+
+    /// Returns once fewer than `limits.max_pending_handshakes` are under way: the chat port's
+    /// accept loop waits here rather than accept a socket only to close it. One task waits at a
+    /// time (the chat port's loop), so the one kept signal is enough.
+    pub async fn room(&self) {
+        if self.total.get() < self.max_total {
+            return;
+        }
+        self.waits.set(self.waits.get() + 1);
+        while self.total.get() >= self.max_total {
+            // The channel lives as long as `self`: `recv` cannot fail here.
+            let _ = self.freed.1.recv().await;
+        }
+    }
+
+    /// Times the chat port stopped accepting until a handshake ended, since start.
+    pub fn waits(&self) -> u64 {
+        self.waits.get()
     }
 
     /// Admits a freshly accepted socket from `peer`, or says why it must be closed at once.
@@ -110,6 +142,8 @@ impl Drop for Pending {
     fn drop(&mut self) {
         let h = &self.handshakes;
         h.total.set(h.total.get() - 1);
+        // Full already means a signal is waiting to be taken.
+        let _ = h.freed.0.try_send(());
         if let Some(ip) = self.ip {
             let mut per_ip = h.per_ip.borrow_mut();
             if let Some(n) = per_ip.get_mut(&ip) {
@@ -153,6 +187,25 @@ mod tests {
         assert_eq!(h.refused(HandshakeRefusal::PerIp), 1);
         assert_eq!(h.refused(HandshakeRefusal::Total), 1);
         assert_eq!(h.per_ip.borrow().len(), 1, "addresses with nothing pending are forgotten");
+    }
+
+    #[test]
+    fn room_waits_until_a_handshake_ends() {
+        let h = handshakes(2, 0, &[]);
+        let a = IpAddr::from([10, 0, 0, 1]);
+        smol::block_on(h.room()); // room at once
+        let first = h.admit(a).unwrap();
+        let _second = h.admit(a).unwrap();
+        let mut waiting = Box::pin(h.room());
+        assert!(
+            futures_lite::future::block_on(futures_lite::future::poll_once(&mut waiting)).is_none()
+        );
+        drop(first);
+        assert!(
+            futures_lite::future::block_on(futures_lite::future::poll_once(&mut waiting)).is_some()
+        );
+        assert_eq!(h.waits(), 1);
+        assert_eq!(h.refused(HandshakeRefusal::Total), 0);
     }
 
     #[test]

@@ -195,6 +195,12 @@ pub fn render(s: &Snapshot<'_>) -> String {
         out.sample(name, &[("limit", reason.label())], s.handshakes.refused(reason));
     }
     out.single(
+        "shequ_chat_accept_waits_total",
+        "counter",
+        "Times the chat port stopped accepting until one of max_pending_handshakes ended.",
+        s.handshakes.waits(),
+    );
+    out.single(
         "shequ_chat_accept_errors_total",
         "counter",
         "Failed accept calls (out of file descriptors, usually).",

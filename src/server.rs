@@ -234,8 +234,10 @@ fn print_dev_urls(config: &Config, addr: &str) {
     }
 }
 
-/// Accepts connections until dropped, one task each. A socket beyond the handshake limits is
-/// closed at once. When `accept` fails (out of file descriptors), it waits [`ACCEPT_BACKOFF`]
+/// Accepts connections until dropped, one task each. The chat port waits for room while
+/// `limits.max_pending_handshakes` are under way (a restart's herd waits in the listen backlog);
+/// a socket beyond an address's share, or on the metrics port beyond the total, is closed at
+/// once. When `accept` fails (out of file descriptors), it waits [`ACCEPT_BACKOFF`]
 /// and says so at most once per [`ACCEPT_ERROR_REPORT_INTERVAL`].
 async fn accept_loop(
     executor: &LocalExecutor<'_>,
@@ -246,6 +248,9 @@ async fn accept_loop(
 ) {
     let mut reported: Option<(Instant, u64)> = None;
     loop {
+        if port == Port::Main {
+            shell.handshakes.room().await;
+        }
         match listener.accept().await {
             Ok((stream, peer)) => match shell.handshakes.admit(peer.ip()) {
                 Ok(pending) => {

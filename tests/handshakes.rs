@@ -1,10 +1,12 @@
 //! Sockets that never finish their handshake (slowloris), under a low open-files limit: the
 //! pending-handshake limits keep file descriptors for everyone else, and when `accept` does run
-//! out of them, the server backs off and says so once in a while, not ten times a second.
+//! out of them, the server backs off and says so once in a while, not ten times a second. And a
+//! crowd beyond `limits.max_pending_handshakes` (a restart's herd) waits its turn on the chat
+//! port instead of being closed.
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 
 use common::*;
@@ -112,4 +114,35 @@ fn out_of_file_descriptors_the_server_backs_off_reports_rarely_and_recovers() {
     });
     let failures = server.metric("shequ_chat_accept_errors_total");
     assert!((10.0..=60.0).contains(&failures), "{failures} accept failures in about 2 s");
+}
+
+#[test]
+fn beyond_max_pending_handshakes_the_chat_port_waits_its_turn_instead_of_refusing() {
+    let server = Server::start(json!({"limits": {
+        "max_pending_handshakes": 4,
+        "max_pending_handshakes_per_ip": 0,
+        "handshake_timeout_secs": 60
+    }}));
+    let crowd = slowloris_crowd(&server, Ipv4Addr::new(127, 0, 0, 3), 4);
+    // The kernel completes this connection into the listen backlog; the server, with every
+    // handshake slot held, neither accepts it nor closes it. (An absence: nothing to await but
+    // the second in which a refusal would have come.)
+    let waiting = tcp_from(Ipv4Addr::new(127, 0, 0, 2), server.addr);
+    waiting.set_read_timeout(Some(std::time::Duration::from_secs(1))).unwrap();
+    let quiet = (&waiting).read(&mut [0u8; 1]).unwrap_err();
+    assert!(
+        matches!(quiet.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        "closed while waiting: {quiet:?}"
+    );
+    waiting.set_read_timeout(None).unwrap();
+    drop(crowd);
+    smol::block_on(async {
+        let query = format!("token={}", token("waited", 3600));
+        let connected = Client::connect_over(waiting, server.addr, &query).await;
+        let mut client = connected.unwrap_or_else(|e| panic!("refused: {e:?}"));
+        client.recv_type("welcome").await;
+        client.chat_and_see("in, after the crowd").await;
+    });
+    assert_eq!(server.metric("shequ_chat_handshakes_refused_total{limit=\"total\"}"), 0.0);
+    assert!(server.metric("shequ_chat_accept_waits_total") >= 1.0);
 }

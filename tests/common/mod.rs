@@ -424,6 +424,16 @@ impl Client {
         Client::handshake(stream, request).await
     }
 
+    /// Opens a WebSocket over a TCP connection the test made itself.
+    pub async fn connect_over(
+        stream: std::net::TcpStream,
+        addr: SocketAddr,
+        query: &str,
+    ) -> Result<Client, (u16, String)> {
+        let request = format!("ws://{addr}/ws?{query}").into_client_request().unwrap();
+        Client::handshake(TcpStream::from(smol::Async::new(stream).unwrap()), request).await
+    }
+
     async fn handshake(
         stream: TcpStream,
         request: async_tungstenite::tungstenite::handshake::client::Request,
