@@ -73,6 +73,12 @@ struct Args {
     group: usize,
     /// With `group`: the fan-out goes to the senders' `small` channels or to `all`.
     to: String,
+    /// shequ's `heartbeat.ping_interval_secs`; 0 leaves the config's, and in `wave` turns
+    /// pings off (an hour).
+    ping_secs: u64,
+    /// shequ's `limits.socket_send_buffer` and `limits.socket_recv_buffer`; 0 leaves the
+    /// kernel's default.
+    socket_buffer: usize,
 }
 
 fn parse_args() -> Args {
@@ -91,6 +97,8 @@ fn parse_args() -> Args {
         instances: 0,
         group: 0,
         to: "small".into(),
+        ping_secs: 0,
+        socket_buffer: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -110,6 +118,8 @@ fn parse_args() -> Args {
             "--instances" => args.instances = value().parse().unwrap(),
             "--group" => args.group = value().parse().unwrap(),
             "--to" => args.to = value(),
+            "--ping-secs" => args.ping_secs = value().parse().unwrap(),
+            "--socket-buffer" => args.socket_buffer = value().parse().unwrap(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -127,7 +137,62 @@ struct Server {
     children: Vec<Child>,
     /// Where clients connect, spread round-robin.
     addrs: Vec<SocketAddr>,
+    /// The command line of each server process (not Redis's), to start it again.
+    argvs: Vec<Vec<String>>,
 }
+
+fn spawn(argv: &[String]) -> Child {
+    Command::new(&argv[0])
+        .args(&argv[1..])
+        .env("SECRET", SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// `configs/bench.json` (or `--config`) for one shequ-chat process on `port`, with what the
+/// run asks for: room for every connection, channels, the heartbeat, socket buffers, and for
+/// the restart storm a history file.
+fn shequ_config(args: &Args, port: u16, cluster: Option<&serde_json::Value>) -> serde_json::Value {
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&args.config).unwrap()).unwrap();
+    config["listen"] = json!(format!("127.0.0.1:{port}"));
+    if let Some(cluster) = cluster {
+        config["cluster"] = cluster.clone();
+    }
+    let needed = args.connections.max(args.receivers + args.senders) + CONNECTIONS_SPARE;
+    let held = config["limits"]["max_connections"].as_u64().unwrap_or(0) as usize;
+    config["limits"]["max_connections"] = json!(held.max(needed));
+    if args.socket_buffer > 0 {
+        config["limits"]["socket_send_buffer"] = json!(args.socket_buffer);
+        config["limits"]["socket_recv_buffer"] = json!(args.socket_buffer);
+    }
+    if args.group > 0 || args.scenario == "wave" {
+        config["channels"] = json!({"default": "all", "rules": [
+            {"pattern": "all", "join": "public"},
+            {"pattern": "g:*", "join": "public"},
+            {"pattern": "h:*", "join": "public"}
+        ]});
+    }
+    let ping_secs = match (args.ping_secs, args.scenario.as_str()) {
+        (0, "wave") => Some(3600),
+        (0, _) => None,
+        (secs, _) => Some(secs),
+    };
+    if let Some(secs) = ping_secs {
+        config["heartbeat"] = json!({"ping_interval_secs": secs, "pong_timeout_secs": secs * 3});
+    }
+    if args.scenario == "storm" {
+        let file = std::env::temp_dir().join(format!("shequ-bench-{port}.history.jsonl"));
+        let _ = std::fs::remove_file(&file);
+        config["history"] = json!({"file": file, "fsync": "never"});
+    }
+    config
+}
+
+/// Connections a server is asked to hold beyond the run's own clients.
+const CONNECTIONS_SPARE: usize = 100;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -143,7 +208,7 @@ fn wait_until_listening(addr: SocketAddr, what: &str) {
 
 impl Server {
     fn start(args: &Args) -> Server {
-        let mut server = Server { children: Vec::new(), addrs: Vec::new() };
+        let mut server = Server { children: Vec::new(), addrs: Vec::new(), argvs: Vec::new() };
         let mut cluster = None;
         if args.instances > 0 {
             let port = free_port();
@@ -167,43 +232,52 @@ impl Server {
 
     fn start_one(&mut self, args: &Args, cluster: Option<&serde_json::Value>) {
         let port = free_port();
-        let mut command = Command::new("taskset");
-        command.args(["-c", "0"]).env("SECRET", SECRET);
+        let mut argv: Vec<String> = vec!["taskset".into(), "-c".into(), "0".into()];
         match args.server.as_str() {
             "shequ" => {
-                let mut config: serde_json::Value =
-                    serde_json::from_str(&std::fs::read_to_string(&args.config).unwrap()).unwrap();
-                config["listen"] = json!(format!("127.0.0.1:{port}"));
-                if let Some(cluster) = cluster {
-                    config["cluster"] = cluster.clone();
-                }
-                if args.group > 0 {
-                    config["channels"] = json!({"default": "all", "rules": [
-                        {"pattern": "all", "join": "public"},
-                        {"pattern": "g:*", "join": "public"},
-                        {"pattern": "h:*", "join": "public"}
-                    ]});
-                }
                 let path = std::env::temp_dir().join(format!("shequ-bench-{port}.json"));
-                std::fs::write(&path, config.to_string()).unwrap();
-                command.arg(&args.server_bin).arg("--config").arg(path);
+                std::fs::write(&path, shequ_config(args, port, cluster).to_string()).unwrap();
+                argv.extend([args.server_bin.clone(), "--config".into()]);
+                argv.push(path.display().to_string());
             }
-            "go-hub" => {
-                command.arg("target/peers/go-hub").arg(port.to_string());
-            }
-            "node-ws" => {
-                command.args(["node", "benches/peers/node-ws/server.mjs", &port.to_string()]);
-            }
-            "rust-floor" => {
-                command.arg("target/release/shequ-floor").arg(port.to_string());
-            }
+            "go-hub" => argv.extend(["target/peers/go-hub".into(), port.to_string()]),
+            "node-ws" => argv.extend([
+                "node".into(),
+                "benches/peers/node-ws/server.mjs".into(),
+                port.to_string(),
+            ]),
+            "rust-floor" => argv.extend(["target/release/shequ-floor".into(), port.to_string()]),
             other => panic!("unknown server {other}"),
         }
-        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = spawn(&argv);
         wait_until_listening(addr, &args.server);
         self.children.push(child);
         self.addrs.push(addr);
+        self.argvs.push(argv);
+    }
+
+    /// Sends SIGTERM to the first process (the server, or the first instance) and waits for it
+    /// to exit without blocking the clients, which answer its close frames meanwhile.
+    async fn terminate_first(&mut self) {
+        use rustix::process::{Pid, Signal, kill_process};
+        let first = self.leading();
+        let child = &mut self.children[first];
+        kill_process(Pid::from_child(child), Signal::TERM).expect("SIGTERM");
+        while child.try_wait().expect("wait").is_none() {
+            Timer::after(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Starts the first process again, on the same port with the same configuration.
+    fn start_first_again(&mut self) {
+        let i = self.leading();
+        self.children[i] = spawn(&self.argvs[i]);
+    }
+
+    /// The index of the first server process (after Redis, if there is one).
+    fn leading(&self) -> usize {
+        self.children.len() - self.argvs.len()
     }
 
     /// The address for the `i`th client.
@@ -247,9 +321,12 @@ async fn connect(addr: SocketAddr, user: &str) -> Option<Ws> {
     connect_with(addr, &token(user)).await
 }
 
-/// Client sockets per loopback source address: well below the ephemeral port range (28 232
-/// ports by default), so that 100 000 connections to one server port find a port each.
-const SOCKETS_PER_SOURCE: usize = 10_000;
+/// Client sockets per loopback source address: far below the ephemeral port range (28 232
+/// ports by default), so that 100 000 connections to one server port find a port each, and so
+/// that the kernel's search for a free port in `bind` stays short. At 10 000 per address that
+/// search (`inet_csk_get_port`) took the load generator's whole core while 19 000 clients
+/// reconnected, and the restart storm took 20–30 s instead of 3.
+const SOCKETS_PER_SOURCE: usize = 2_000;
 
 thread_local! {
     /// Client sockets opened so far, which picks the next one's source address.
@@ -304,11 +381,33 @@ fn raise_open_files_limit() -> u64 {
 
 /// Connects with a token minted earlier: a client reconnecting (a page reload) keeps its token.
 async fn connect_with(addr: SocketAddr, token: &str) -> Option<Ws> {
-    let stream = tcp_connect(addr).await.ok()?;
+    try_connect(addr, token).await.ok()
+}
+
+/// A client's WebSocket buffers: tungstenite's default read buffer is 128 KiB per connection,
+/// which at 19 000 clients made the load generator, not the server, the limit of a restart
+/// storm (2 GB and a full core while they reconnected).
+fn client_config() -> async_tungstenite::tungstenite::protocol::WebSocketConfig {
+    async_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
+}
+
+/// [`connect_with`], saying what failed: the TCP connect, or the WebSocket handshake.
+async fn try_connect(addr: SocketAddr, token: &str) -> Result<Ws, String> {
+    let stream = tcp_connect(addr).await.map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
     let url = format!("ws://{addr}/ws?token={token}");
-    let (ws, _) = async_tungstenite::client_async(url, stream).await.ok()?;
-    Some(ws)
+    match async_tungstenite::client_async_with_config(url, stream, Some(client_config())).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(async_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(format!("handshake: HTTP {}", response.status().as_u16()))
+        }
+        Err(async_tungstenite::tungstenite::Error::Io(e)) => {
+            Err(format!("handshake: {:?}", e.kind()))
+        }
+        Err(e) => Err(format!("handshake: {e}")),
+    }
 }
 
 /// Opens `n` connections, `CONNECT_PARALLELISM` at a time, spread over the server's instances.
@@ -596,6 +695,342 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
     }))
 }
 
+/// The heartbeat wave: `--connections` idle clients that answer pings (and count them), beside
+/// a steady chat among `--senders` clients in channel `g:chat` at `--rate` messages per second
+/// in all, for `--secs` seconds. The chat's latency with pings every `--ping-secs` against the
+/// same with pings off (`--ping-secs 0`) is what the wave costs.
+fn wave(args: &Args) -> serde_json::Value {
+    let server = Server::start(args);
+    let ex = LocalExecutor::new();
+    let origin = Instant::now();
+    smol::block_on(ex.run(async {
+        let idle = connect_many(&ex, &server, "idle", args.connections).await;
+        let pings = Rc::new(Cell::new(0u64));
+        // Pings in each 10 ms after the measured part starts: how evenly they are spread.
+        let ping_buckets = Rc::new(RefCell::new(vec![0u32; (args.secs as usize + 1) * 100]));
+        let measuring_since = Rc::new(Cell::new(None::<Instant>));
+        let idle_closed = Rc::new(Cell::new(0usize));
+        // Reading is what answers a Ping: tungstenite queues the Pong and writes it on the
+        // next read or write.
+        let _answering: Vec<_> = idle
+            .into_iter()
+            .map(|mut ws| {
+                let (pings, idle_closed) = (pings.clone(), idle_closed.clone());
+                let (buckets, since) = (ping_buckets.clone(), measuring_since.clone());
+                ex.spawn(async move {
+                    loop {
+                        match ws.next().await {
+                            Some(Ok(Message::Ping(_))) => {
+                                pings.set(pings.get() + 1);
+                                if let Some(since) = since.get() {
+                                    let i = since.elapsed().as_millis() as usize / 10;
+                                    if let Some(bucket) = buckets.borrow_mut().get_mut(i) {
+                                        *bucket += 1;
+                                    }
+                                }
+                            }
+                            Some(Ok(_)) => {}
+                            _ => break idle_closed.set(idle_closed.get() + 1),
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut chatters = connect_many(&ex, &server, "chat", args.senders).await;
+        for ws in &mut chatters {
+            let join = json!({"type": "join", "channel": "g:chat"}).to_string();
+            ws.send(Message::Text(join.into())).await.expect("join");
+        }
+        Timer::after(Duration::from_secs(2)).await; // joins, welcomes and presence settle
+        let latencies = Rc::new(RefCell::new(Vec::new()));
+        let until = Instant::now() + Duration::from_secs(args.secs);
+        let interval = Duration::from_secs_f64(args.senders as f64 / args.rate.max(1) as f64);
+        let pings_before = pings.get();
+        let cpu_before = server.cpu_secs();
+        let helper_before = helper_thread_cpu_secs();
+        let started = Instant::now();
+        measuring_since.set(Some(started));
+        let senders = args.senders;
+        let chatting: Vec<_> = chatters
+            .into_iter()
+            .enumerate()
+            .map(|(c, ws)| {
+                let latencies = latencies.clone();
+                ex.spawn(async move {
+                    let (mut sink, mut stream) = ws.split();
+                    let read = async move {
+                        while let Some(Ok(m)) = stream.next().await {
+                            if let Some(at) = m.to_text().ok().and_then(sent_at) {
+                                latencies.borrow_mut().push(now_us(origin).saturating_sub(at));
+                            }
+                        }
+                    };
+                    let send = async move {
+                        // Each chatter on its own phase, as people type.
+                        let mut next = Instant::now() + interval.mul_f64(c as f64 / senders as f64);
+                        while next < until {
+                            Timer::at(next).await;
+                            next += interval;
+                            let text = format!("t={};s={c}", now_us(origin));
+                            let frame =
+                                json!({"type": "chat", "channel": "g:chat", "content": text});
+                            if sink.send(Message::Text(frame.to_string().into())).await.is_err() {
+                                return;
+                            }
+                        }
+                        // The last frames' round trips.
+                        Timer::after(Duration::from_secs(1)).await;
+                    };
+                    send.or(read).await;
+                })
+            })
+            .collect();
+        for c in chatting {
+            c.await;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu = server.cpu_secs() - cpu_before;
+        let helper = helper_thread_cpu_secs() - helper_before;
+        let mut lat = latencies.borrow().clone();
+        lat.sort_unstable();
+        let expected = (args.secs as f64 * args.rate as f64) as usize * args.senders;
+        let mut buckets: Vec<u64> =
+            ping_buckets.borrow()[..args.secs as usize * 100].iter().map(|&n| n as u64).collect();
+        buckets.sort_unstable();
+        json!({
+            "server": args.server, "scenario": "wave", "connections": args.connections,
+            "senders": args.senders, "offered_rate": args.rate, "secs": args.secs,
+            "ping_secs": args.ping_secs,
+            "pings_per_sec": (pings.get() - pings_before) as f64 / elapsed,
+            // Pings that arrived in one 10 ms slice: the median slice and the busiest.
+            "pings_per_10ms": {"p50": buckets[buckets.len() / 2],
+                               "max": buckets.last().copied().unwrap_or(0)},
+            "idle_disconnected": idle_closed.get(),
+            "deliveries": lat.len(), "expected_deliveries": expected,
+            "server_cpu_share": cpu / elapsed,
+            "loadgen_helper_cpu_secs": helper,
+            "latency_ms": {"p50": percentile(&lat, 0.5), "p99": percentile(&lat, 0.99),
+                           "max": percentile(&lat, 1.0)},
+            "rss_kib": server.rss_kib(),
+        })
+    }))
+}
+
+/// The page's reconnect delays: the first try after 250–500 ms, doubling to 15–30 s.
+const BACKOFF_START: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long one reconnect attempt may take before it counts as failed.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the clients of a restart storm saw, counted together.
+#[derive(Default)]
+struct StormCounts {
+    /// Clients connected again after the restart.
+    back: Cell<usize>,
+    /// Clients back that hold every message sent before the restart.
+    recovered: Cell<usize>,
+    /// Reconnect attempts that failed (refused while the server was down, or a handshake that
+    /// failed or timed out).
+    failed: Cell<u64>,
+    /// Of those, the ones after the new server was listening.
+    failed_while_up: Cell<u64>,
+    /// Messages a client got twice.
+    duplicates: Cell<u64>,
+    /// Distinct messages clients got, summed over the clients.
+    held: Cell<u64>,
+    /// `"recovered": false` in a welcome.
+    unrecoverable: Cell<u64>,
+    /// Failed attempts by what failed.
+    failures: RefCell<std::collections::BTreeMap<String, u64>>,
+    /// When the last client came back, and when the last one recovered.
+    all_back_at: Cell<Option<Instant>>,
+    all_recovered_at: Cell<Option<Instant>>,
+    up: Cell<bool>,
+}
+
+/// The restart storm: `--connections` clients connected, a sender posts `--messages` messages
+/// to everyone, and once it has its own copy of the last one (the server holds them all) the
+/// server gets SIGTERM, exits, and starts again on the same port. Every client reconnects as
+/// the page does (backoff with jitter, `?since=` its last id) and counts what it gets; the run
+/// ends when all are back and hold every message, or after `--secs`.
+fn storm(args: &Args) -> serde_json::Value {
+    let mut server = Server::start(args);
+    let ex = LocalExecutor::new();
+    let shequ = args.server == "shequ";
+    smol::block_on(ex.run(async {
+        let n = args.connections;
+        let marks = args.messages;
+        let conns = connect_many(&ex, &server, "storm", n).await;
+        let counts = Rc::new(StormCounts::default());
+        let restarted = Rc::new(Cell::new(false));
+        let _clients: Vec<_> = conns
+            .into_iter()
+            .enumerate()
+            .map(|(i, ws)| {
+                let (counts, restarted) = (counts.clone(), restarted.clone());
+                let addr = server.addr(i);
+                ex.spawn(storm_client(i, ws, addr, marks, n, counts, restarted))
+            })
+            .collect();
+        let mut sender = connect(server.addr(0), "storm-tx").await.expect("sender");
+        Timer::after(Duration::from_secs(1)).await; // welcomes and presence settle
+        for m in 0..marks {
+            let frame = json!({"type": "chat", "content": format!("storm;m={m};")});
+            sender.send(Message::Text(frame.to_string().into())).await.expect("send");
+        }
+        let last = format!("storm;m={};", marks - 1);
+        while let Some(Ok(m)) = sender.next().await {
+            if m.to_text().is_ok_and(|t| t.contains(&last)) {
+                break;
+            }
+        }
+        drop(sender);
+        let helper_before = helper_thread_cpu_secs();
+        let sigterm = Instant::now();
+        restarted.set(true);
+        server.terminate_first().await;
+        let exited = sigterm.elapsed();
+        server.start_first_again();
+        while std::net::TcpStream::connect(server.addr(0)).is_err() {
+            Timer::after(Duration::from_millis(2)).await;
+        }
+        let listening = sigterm.elapsed();
+        counts.up.set(true);
+        let deadline = sigterm + Duration::from_secs(args.secs);
+        // Clients back at each whole second after SIGTERM.
+        let mut back_by_second = Vec::new();
+        loop {
+            let done = counts.back.get() == n && (!shequ || counts.recovered.get() == n);
+            if done || Instant::now() > deadline {
+                break;
+            }
+            Timer::after(Duration::from_millis(10)).await;
+            if sigterm.elapsed() >= Duration::from_secs(back_by_second.len() as u64 + 1) {
+                back_by_second.push(counts.back.get());
+            }
+        }
+        let since_sigterm =
+            |at: Option<Instant>| at.map(|at| at.duration_since(sigterm).as_secs_f64());
+        json!({
+            "server": args.server, "scenario": "storm", "connections": n, "messages": marks,
+            "exit_secs": exited.as_secs_f64(), "listening_secs": listening.as_secs_f64(),
+            "all_back_secs": since_sigterm(counts.all_back_at.get()),
+            "all_recovered_secs": since_sigterm(counts.all_recovered_at.get()),
+            "back": counts.back.get(), "never_back": n - counts.back.get(),
+            "back_by_second": back_by_second,
+            "recovered": counts.recovered.get(),
+            "failed_attempts": counts.failed.get(),
+            "failed_attempts_while_up": counts.failed_while_up.get(),
+            "failures": *counts.failures.borrow(),
+            "duplicates": counts.duplicates.get(),
+            // Messages a client never got, summed over the clients.
+            "lost": (n * marks) as u64 - counts.held.get(),
+            "unrecoverable": counts.unrecoverable.get(),
+            // The restarted process's CPU: start-up, the handshakes and the replays.
+            "new_server_cpu_secs": server.cpu_secs(),
+            "rss_kib": server.rss_kib(),
+            "loadgen_helper_cpu_secs": helper_thread_cpu_secs() - helper_before,
+        })
+    }))
+}
+
+/// One client of the restart storm: reads, and when the server goes away reconnects like the
+/// page, with `?since=` the highest id it has.
+async fn storm_client(
+    i: usize,
+    ws: Ws,
+    addr: SocketAddr,
+    marks: usize,
+    n: usize,
+    counts: Rc<StormCounts>,
+    restarted: Rc<Cell<bool>>,
+) {
+    let token = token(&format!("storm{i}"));
+    let mut seen = vec![false; marks];
+    let mut seen_count = 0;
+    let mut last_id = 0u64;
+    let mut back = false;
+    let mut recovered = false;
+    let mut random = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut ws = ws;
+    loop {
+        while let Some(Ok(message)) = ws.next().await {
+            let Message::Text(text) = message else { continue };
+            let Ok(frame) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+            if frame["recovered"] == json!(false) {
+                counts.unrecoverable.set(counts.unrecoverable.get() + 1);
+            }
+            if let Some(id) = frame["id"].as_u64() {
+                last_id = last_id.max(id);
+            }
+            let content = frame["content"].as_str().unwrap_or("");
+            let mark = content.strip_prefix("storm;m=").and_then(|m| m.split(';').next());
+            if let Some(m) = mark.and_then(|m| m.parse::<usize>().ok()).filter(|m| *m < marks) {
+                if seen[m] {
+                    counts.duplicates.set(counts.duplicates.get() + 1);
+                } else {
+                    seen[m] = true;
+                    seen_count += 1;
+                    counts.held.set(counts.held.get() + 1);
+                }
+            }
+            if back && !recovered && seen_count == marks {
+                recovered = true;
+                bump(&counts.recovered, n, &counts.all_recovered_at);
+            }
+        }
+        if !restarted.get() {
+            return; // closed before the restart: not part of the storm
+        }
+        // The old socket goes before a new one is opened: at 100 000 clients every
+        // descriptor counts.
+        drop(ws);
+        let mut backoff = BACKOFF_START;
+        ws = loop {
+            // xorshift: a jitter of its own for each client.
+            random ^= random << 13;
+            random ^= random >> 7;
+            random ^= random << 17;
+            let jitter = (random >> 11) as f64 / (1u64 << 53) as f64;
+            Timer::after(backoff.mul_f64(0.5 + jitter / 2.0)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            let url_token = format!("{token}&since={last_id}");
+            let attempt = async { try_connect(addr, &url_token).await }
+                .or(async {
+                    Timer::after(ATTEMPT_TIMEOUT).await;
+                    Err("timed out".to_string())
+                })
+                .await;
+            match attempt {
+                Ok(ws) => break ws,
+                Err(why) => {
+                    *counts.failures.borrow_mut().entry(why).or_insert(0) += 1;
+                    counts.failed.set(counts.failed.get() + 1);
+                    if counts.up.get() {
+                        counts.failed_while_up.set(counts.failed_while_up.get() + 1);
+                    }
+                }
+            }
+        };
+        if !back {
+            back = true;
+            bump(&counts.back, n, &counts.all_back_at);
+            if seen_count == marks && !recovered {
+                recovered = true;
+                bump(&counts.recovered, n, &counts.all_recovered_at);
+            }
+        }
+    }
+}
+
+/// Counts one more client, and notes the time when all `n` are counted.
+fn bump(count: &Cell<usize>, n: usize, all_at: &Cell<Option<Instant>>) {
+    count.set(count.get() + 1);
+    if count.get() == n {
+        all_at.set(Some(Instant::now()));
+    }
+}
+
 fn churn(args: &Args) -> serde_json::Value {
     let server = Server::start(args);
     let ex = LocalExecutor::new();
@@ -742,6 +1177,8 @@ fn main() {
             "fanout" => fanout(&args, "fanout"),
             "burst" => fanout(&args, "burst"),
             "churn" => churn(&args),
+            "wave" => wave(&args),
+            "storm" => storm(&args),
             other => panic!("unknown scenario {other}"),
         };
         result["attempts"] = json!(attempt);
