@@ -490,24 +490,30 @@ fn idle(args: &Args) -> serde_json::Value {
             join_groups(&mut conns, args.group).await;
         }
         let helper = helper_thread_cpu_secs() - helper_before;
+        // Idle clients read what they are sent (welcome, presence), as a page does: unread, it
+        // would sit in the clients' receive queues and count as the kernel's TCP memory.
+        let count = conns.len();
+        let _reading: Vec<_> = conns
+            .into_iter()
+            .map(|mut ws| ex.spawn(async move { while let Some(Ok(_)) = ws.next().await {} }))
+            .collect();
         // Let every welcome and presence frame be written and the queues drained.
         Timer::after(Duration::from_secs(3)).await;
         let rss = server.rss_kib();
         let kernel = KernelMemory::read().since(&kernel_start);
         // Both ends of every connection live in this kernel, and they cost the same: the
         // server's side is half.
-        let per_side = |kib: i64| kib as f64 / 2.0 / conns.len() as f64;
+        let per_side = |kib: i64| kib as f64 / 2.0 / count as f64;
         let result = json!({
-            "server": args.server, "scenario": "idle", "connections": conns.len(),
+            "server": args.server, "scenario": "idle", "connections": count,
             "group": args.group,
             "rss_start_kib": rss_start, "rss_kib": rss,
-            "kib_per_connection": (rss - rss_start) as f64 / conns.len() as f64,
+            "kib_per_connection": (rss - rss_start) as f64 / count as f64,
             "kernel_tcp_kib_per_connection": per_side(kernel.tcp_kib),
             "kernel_slab_kib_per_connection": per_side(kernel.slab_kib),
-            "connects_per_sec": conns.len() as f64 / connect_secs,
+            "connects_per_sec": count as f64 / connect_secs,
             "loadgen_helper_cpu_secs": helper,
         });
-        drop(conns);
         result
     }))
 }
@@ -1182,6 +1188,7 @@ fn main() {
             other => panic!("unknown scenario {other}"),
         };
         result["attempts"] = json!(attempt);
+        result["socket_buffer"] = json!(args.socket_buffer);
         let helper = result["loadgen_helper_cpu_secs"].as_f64().unwrap_or(0.0);
         if helper <= HELPER_CPU_LIMIT_SECS || attempt == MAX_ATTEMPTS {
             println!("{result}");

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# How the cost grows toward 100 000 connections, side by side with the Go hub in one run (each
+# server pinned to core 0, the load generator to core 1), at each size N:
+#   idle      RSS per connection, and the kernel's slab and TCP memory per connection
+#   broadcast one message to all N, 2 a second: time until the last receiver has it
+#   wave      a steady chat (10 people in a channel, 200 msg/s) while all N are pinged at the
+#             rate 100 000 connections make at the default 30 s, against pings off (shequ
+#             only: the Go hub has no channels, its chat goes to everyone)
+#   storm     SIGTERM with N clients that reconnect as the page does (backoff with jitter,
+#             ?since=): time until all are back with every message, failed attempts, losses
+#   buffers   idle and broadcast again with limits.socket_send_buffer/recv_buffer at 16 KiB
+# and once: server CPU per delivery at 1 000 receivers × 1 sender (600 msg/s, nobody cut
+# off) beside the bare smol + async-tungstenite floor.
+#
+# Usage: benches/scale.sh [N ...]        (default: 10000 50000 100000)
+# One process holds a descriptor per connection: a size above the open files hard limit
+# (`ulimit -Hn`, less a margin) is replaced by the largest that fits, and the table says so.
+# Raise the limit as root first (`ulimit -Hn 1048576`) to run 100 000 as asked.
+# Prints one JSON line per run (saved to benches/scale-results.jsonl) and a Markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sizes=("${@:-10000 50000 100000}")
+read -r -a sizes <<< "${sizes[*]}"
+
+if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/github.com/gorilla/websocket ]; then
+  apt-get update -qq && apt-get install -y -qq golang-go golang-github-gorilla-websocket-dev >/dev/null
+fi
+mkdir -p target/peers
+(cd benches/peers/go-hub && GO111MODULE=off GOPATH=/usr/share/gocode go build -o ../../../target/peers/go-hub .)
+cargo build --quiet --release --workspace --bins
+
+hard=$(ulimit -Hn)
+[ "$hard" = unlimited ] && hard=1048576
+fits=$(( (hard - 1000) / 1000 * 1000 ))
+out=benches/scale-results.jsonl
+: > "$out"
+run() { taskset -c 1 target/release/shequ-loadgen "$@" | tee -a "$out"; }
+done_sizes=" "
+for asked in "${sizes[@]}"; do
+  n=$asked
+  if (( n > fits )); then
+    n=$fits
+    echo "{\"scenario\":\"limited\",\"asked\":$asked,\"connections\":$n,\"hard_limit\":$hard}" | tee -a "$out"
+  fi
+  [[ "$done_sizes" == *" $n "* ]] && continue
+  done_sizes+="$n "
+  ping_secs=$(( n * 30 / 100000 > 2 ? n * 30 / 100000 : 2 ))
+  for server in shequ go-hub; do
+    run --server "$server" --scenario idle --connections "$n"
+    run --server "$server" --scenario fanout --receivers "$n" --senders 1 --messages 10 --rate 2
+    run --server "$server" --scenario storm --connections "$n" --messages 20 --secs 120
+  done
+  for ping in 0 "$ping_secs"; do
+    run --server shequ --scenario wave --connections "$n" --senders 10 --rate 200 --secs 20 --ping-secs "$ping"
+  done
+  run --server shequ --scenario idle --connections "$n" --socket-buffer 16384
+  run --server shequ --scenario fanout --receivers "$n" --senders 1 --messages 10 --rate 2 --socket-buffer 16384
+done
+for server in shequ rust-floor; do
+  run --server "$server" --scenario fanout --receivers 1000 --senders 1 --messages 3000 --rate 600
+done
+python3 benches/scale_report.py "$out"

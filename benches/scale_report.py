@@ -1,0 +1,93 @@
+"""Turns benches/scale-results.jsonl (benches/scale.sh) into the Markdown tables of
+BENCHMARKS.md's "Toward 100 000" section: one run per row, as measured."""
+import json
+import sys
+
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+
+
+def fmt(v, digits=1):
+    return "–" if v is None else f"{v:,.{digits}f}"
+
+
+def find(scenario, server, n, buffer=0, **extra):
+    for r in rows:
+        if (r["scenario"] == scenario and r["server"] == server and r.get("socket_buffer", 0) == buffer
+                and n in (r.get("connections"), r.get("receivers"))
+                and all(r.get(k) == v for k, v in extra.items())):
+            return r
+    return None
+
+
+for r in rows:
+    if r["scenario"] == "limited":
+        print(f"- {r['asked']:,} asked, {r['connections']:,} run: the open files hard limit here is "
+              f"{r['hard_limit']:,}, and one process holds a descriptor per connection.")
+sizes = sorted({r["connections"] for r in rows if r["scenario"] == "idle"})
+
+print("\n| N | server | RSS KiB/conn | kernel slab KiB/conn | kernel TCP KiB/conn | user + kernel KiB/conn |")
+print("|---|---|---|---|---|---|")
+for n in sizes:
+    for server in ["shequ", "go-hub"]:
+        r = find("idle", server, n)
+        if r:
+            total = r["kib_per_connection"] + r["kernel_slab_kib_per_connection"] + r["kernel_tcp_kib_per_connection"]
+            print(f"| {n:,} | {server} | {fmt(r['kib_per_connection'], 2)} | "
+                  f"{fmt(r['kernel_slab_kib_per_connection'], 2)} | {fmt(r['kernel_tcp_kib_per_connection'], 2)} | "
+                  f"{fmt(total, 2)} |")
+
+print("\n| N | server | broadcast: to last receiver p50 / p99 / max ms | server CPU µs/delivery | lost |")
+print("|---|---|---|---|---|")
+for n in sizes:
+    for server in ["shequ", "go-hub"]:
+        r = find("fanout", server, n)
+        if r:
+            t = r["to_last_receiver_ms"]
+            print(f"| {n:,} | {server} | {fmt(t['p50'])} / {fmt(t['p99'])} / {fmt(t['max'])} | "
+                  f"{fmt(r['server_cpu_us_per_delivery'], 2)} | {r['lost']} |")
+
+print("\n| N | pings | pings/s | busiest 10 ms (median) | chat p50 / p99 / max ms | server CPU |")
+print("|---|---|---|---|---|---|")
+for n in sizes:
+    for r in [x for x in rows if x["scenario"] == "wave" and x["connections"] == n]:
+        lat, slices = r["latency_ms"], r["pings_per_10ms"]
+        pings = "off" if r["pings_per_sec"] == 0 else f"every {r['ping_secs']} s"
+        print(f"| {n:,} | {pings} | {fmt(r['pings_per_sec'], 0)} | {slices['max']} ({slices['p50']}) | "
+              f"{fmt(lat['p50'], 2)} / {fmt(lat['p99'], 2)} / {fmt(lat['max'], 2)} | "
+              f"{fmt(100 * r['server_cpu_share'], 0)}% |")
+
+print("\n| N | server | listening again s | all back s | all recovered s | failed attempts | never back | messages lost | duplicates |")
+print("|---|---|---|---|---|---|---|---|---|")
+for n in sizes:
+    for server in ["shequ", "go-hub"]:
+        r = find("storm", server, n)
+        if r:
+            failed = r["failed_attempts"]
+            causes = ", ".join(f"{v} {k}" for k, v in r["failures"].items())
+            print(f"| {n:,} | {server} | {fmt(r['listening_secs'], 2)} | {fmt(r['all_back_secs'], 2)} | "
+                  f"{fmt(r['all_recovered_secs'], 2)} | {failed}{f' ({causes})' if causes else ''} | "
+                  f"{r['never_back']} | {r['lost']} | {r['duplicates']} |")
+
+print("\n| N | socket buffers | RSS KiB/conn | kernel slab + TCP KiB/conn | broadcast to last p50 / max ms | µs/delivery |")
+print("|---|---|---|---|---|---|")
+for n in sizes:
+    for buffer in [0, 16384]:
+        idle, fan = find("idle", "shequ", n, buffer), find("fanout", "shequ", n, buffer)
+        if idle and fan:
+            kernel = idle["kernel_slab_kib_per_connection"] + idle["kernel_tcp_kib_per_connection"]
+            t = fan["to_last_receiver_ms"]
+            print(f"| {n:,} | {'kernel default' if buffer == 0 else f'{buffer // 1024} KiB'} | "
+                  f"{fmt(idle['kib_per_connection'], 2)} | {fmt(kernel, 2)} | {fmt(t['p50'])} / {fmt(t['max'])} | "
+                  f"{fmt(fan['server_cpu_us_per_delivery'], 2)} |")
+
+print("\n| 1 000 rx × 1 tx, 600 msg/s | deliveries/s | server CPU µs/delivery | p99 ms | cut off |")
+print("|---|---|---|---|---|")
+floor = {}
+for server in ["shequ", "rust-floor"]:
+    r = find("fanout", server, 1000, offered_rate=600)
+    if r:
+        floor[server] = r["server_cpu_us_per_delivery"]
+        print(f"| {server} | {fmt(r['deliveries_per_sec'], 0)} | {fmt(r['server_cpu_us_per_delivery'], 2)} | "
+              f"{fmt(r['latency_ms']['p99'], 2)} | {r['disconnected']} |")
+if len(floor) == 2:
+    print(f"\nshequ / floor, CPU per delivery: {floor['shequ'] / floor['rust-floor']:.2f}")
