@@ -8,7 +8,8 @@
 #             only: the Go hub has no channels, its chat goes to everyone)
 #   storm     SIGTERM with N clients that reconnect as the page does (backoff with jitter,
 #             ?since=): time until all are back with every message, failed attempts, losses
-#   buffers   idle and broadcast again with limits.socket_send_buffer/recv_buffer at 16 KiB
+#   knobs     idle and broadcast with limits.socket_send_buffer/recv_buffer at 16 KiB, broadcast
+#             and wave with limits.tcp_nodelay off, the storm with limits.listen_backlog 4096
 # and once: server CPU per delivery at 1 000 receivers × 1 sender (600 msg/s, nobody cut
 # off) beside the bare smol + async-tungstenite floor.
 #
@@ -53,8 +54,12 @@ for asked in "${sizes[@]}"; do
   for ping in 0 "$ping_secs"; do
     run --server shequ --scenario wave --connections "$n" --senders 10 --rate 200 --secs 20 --ping-secs "$ping"
   done
+  # The kernel knobs, each against the defaults above.
   run --server shequ --scenario idle --connections "$n" --socket-buffer 16384
   run --server shequ --scenario fanout --receivers "$n" --senders 1 --messages 10 --rate 2 --socket-buffer 16384
+  run --server shequ --scenario fanout --receivers "$n" --senders 1 --messages 10 --rate 2 --set limits.tcp_nodelay=false
+  run --server shequ --scenario wave --connections "$n" --senders 10 --rate 200 --secs 20 --ping-secs "$ping_secs" --set limits.tcp_nodelay=false
+  run --server shequ --scenario storm --connections "$n" --messages 20 --secs 120 --set limits.listen_backlog=4096
 done
 for server in shequ rust-floor; do
   run --server "$server" --scenario fanout --receivers 1000 --senders 1 --messages 3000 --rate 600

@@ -10,9 +10,10 @@ def fmt(v, digits=1):
     return "–" if v is None else f"{v:,.{digits}f}"
 
 
-def find(scenario, server, n, buffer=0, **extra):
+def find(scenario, server, n, buffer=0, setting=None, **extra):
     for r in rows:
         if (r["scenario"] == scenario and r["server"] == server and r.get("socket_buffer", 0) == buffer
+                and r.get("set", [None])[0] == setting
                 and n in (r.get("connections"), r.get("receivers"))
                 and all(r.get(k) == v for k, v in extra.items())):
             return r
@@ -49,7 +50,7 @@ for n in sizes:
 print("\n| N | pings | pings/s | busiest 10 ms (median) | chat p50 / p99 / max ms | server CPU |")
 print("|---|---|---|---|---|---|")
 for n in sizes:
-    for r in [x for x in rows if x["scenario"] == "wave" and x["connections"] == n]:
+    for r in [x for x in rows if x["scenario"] == "wave" and x["connections"] == n and "set" not in x]:
         lat, slices = r["latency_ms"], r["pings_per_10ms"]
         pings = "off" if r["pings_per_sec"] == 0 else f"every {r['ping_secs']} s"
         print(f"| {n:,} | {pings} | {fmt(r['pings_per_sec'], 0)} | {slices['max']} ({slices['p50']}) | "
@@ -68,17 +69,29 @@ for n in sizes:
                   f"{fmt(r['all_recovered_secs'], 2)} | {failed}{f' ({causes})' if causes else ''} | "
                   f"{r['never_back']} | {r['lost']} | {r['duplicates']} |")
 
-print("\n| N | socket buffers | RSS KiB/conn | kernel slab + TCP KiB/conn | broadcast to last p50 / max ms | µs/delivery |")
+print("\n| N | knob | idle: RSS + kernel KiB/conn | broadcast to last p50 / max ms, µs/delivery | wave: chat p99 ms, server CPU | storm: all back s, failed |")
 print("|---|---|---|---|---|---|")
+knobs = [("defaults", 0, None), ("socket buffers 16 KiB", 16384, None),
+         ("tcp_nodelay off", 0, "limits.tcp_nodelay=false"),
+         ("listen_backlog 4096", 0, "limits.listen_backlog=4096")]
 for n in sizes:
-    for buffer in [0, 16384]:
-        idle, fan = find("idle", "shequ", n, buffer), find("fanout", "shequ", n, buffer)
-        if idle and fan:
+    ping_rows = [x for x in rows if x["scenario"] == "wave" and x["connections"] == n and x["pings_per_sec"] > 0]
+    for label, buffer, setting in knobs:
+        idle, fan = find("idle", "shequ", n, buffer, setting), find("fanout", "shequ", n, buffer, setting)
+        wave = next((x for x in ping_rows if x.get("set", [None])[0] == setting and buffer == 0), None)
+        storm = find("storm", "shequ", n, buffer, setting)
+        cells = ["–"] * 4
+        if idle:
             kernel = idle["kernel_slab_kib_per_connection"] + idle["kernel_tcp_kib_per_connection"]
+            cells[0] = f"{fmt(idle['kib_per_connection'], 2)} + {fmt(kernel, 2)}"
+        if fan:
             t = fan["to_last_receiver_ms"]
-            print(f"| {n:,} | {'kernel default' if buffer == 0 else f'{buffer // 1024} KiB'} | "
-                  f"{fmt(idle['kib_per_connection'], 2)} | {fmt(kernel, 2)} | {fmt(t['p50'])} / {fmt(t['max'])} | "
-                  f"{fmt(fan['server_cpu_us_per_delivery'], 2)} |")
+            cells[1] = f"{fmt(t['p50'])} / {fmt(t['max'])}, {fmt(fan['server_cpu_us_per_delivery'], 2)}"
+        if wave:
+            cells[2] = f"{fmt(wave['latency_ms']['p99'], 2)}, {fmt(100 * wave['server_cpu_share'], 0)}%"
+        if storm:
+            cells[3] = f"{fmt(storm['all_back_secs'], 2)}, {storm['failed_attempts']}"
+        print(f"| {n:,} | {label} | " + " | ".join(cells) + " |")
 
 print("\n| 1 000 rx × 1 tx, 600 msg/s | deliveries/s | server CPU µs/delivery | p99 ms | cut off |")
 print("|---|---|---|---|---|")

@@ -79,6 +79,9 @@ struct Args {
     /// shequ's `limits.socket_send_buffer` and `limits.socket_recv_buffer`; 0 leaves the
     /// kernel's default.
     socket_buffer: usize,
+    /// `--set limits.listen_backlog=4096`: any other field of shequ's configuration, by its
+    /// dotted path, with a JSON value.
+    set: Vec<(String, serde_json::Value)>,
 }
 
 fn parse_args() -> Args {
@@ -99,6 +102,7 @@ fn parse_args() -> Args {
         to: "small".into(),
         ping_secs: 0,
         socket_buffer: 0,
+        set: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -120,6 +124,12 @@ fn parse_args() -> Args {
             "--to" => args.to = value(),
             "--ping-secs" => args.ping_secs = value().parse().unwrap(),
             "--socket-buffer" => args.socket_buffer = value().parse().unwrap(),
+            "--set" => {
+                let setting = value();
+                let (path, json) = setting.split_once('=').expect("--set PATH=JSON");
+                let json = serde_json::from_str(json).expect("--set PATH=JSON: the value is JSON");
+                args.set.push((path.to_string(), json));
+            }
             other => panic!("unknown flag {other}"),
         }
     }
@@ -182,6 +192,13 @@ fn shequ_config(args: &Args, port: u16, cluster: Option<&serde_json::Value>) -> 
     };
     if let Some(secs) = ping_secs {
         config["heartbeat"] = json!({"ping_interval_secs": secs, "pong_timeout_secs": secs * 3});
+    }
+    for (path, value) in &args.set {
+        let mut field = &mut config;
+        for key in path.split('.') {
+            field = &mut field[key];
+        }
+        *field = value.clone();
     }
     if args.scenario == "storm" {
         let file = std::env::temp_dir().join(format!("shequ-bench-{port}.history.jsonl"));
@@ -1189,6 +1206,9 @@ fn main() {
         };
         result["attempts"] = json!(attempt);
         result["socket_buffer"] = json!(args.socket_buffer);
+        if !args.set.is_empty() {
+            result["set"] = args.set.iter().map(|(path, v)| format!("{path}={v}")).collect();
+        }
         let helper = result["loadgen_helper_cpu_secs"].as_f64().unwrap_or(0.0);
         if helper <= HELPER_CPU_LIMIT_SECS || attempt == MAX_ATTEMPTS {
             println!("{result}");
