@@ -1,5 +1,6 @@
 //! A few-second smoke run of every benchmark scenario against the debug build: it checks
-//! correctness (nothing lost, nobody cut off, no error), not speed. Speed is `benches/run.sh`.
+//! correctness (nothing lost, nobody cut off, no error), not speed. Speed is `benches/run.sh`
+//! and `benches/scale.sh`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -65,6 +66,26 @@ fn churn_keeps_serving() {
     assert_eq!(r["errors"], 0, "{r}");
     assert_eq!(r["still_serving"], true, "{r}");
     assert!(r["handshakes_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+}
+
+#[test]
+fn wave_pings_everyone_and_the_chat_loses_nothing() {
+    let args = ["--scenario", "wave", "--connections", "200", "--senders", "4", "--rate", "100"];
+    let r = loadgen(&[&args[..], &["--secs", "3", "--ping-secs", "1"]].concat());
+    assert_eq!(r["deliveries"], r["expected_deliveries"], "{r}");
+    assert_eq!(r["idle_disconnected"], 0, "{r}");
+    // 200 connections pinged every second.
+    assert!(r["pings_per_sec"].as_f64().unwrap() > 100.0, "{r}");
+}
+
+#[test]
+fn restart_storm_brings_everyone_back_with_every_message_once() {
+    let args = ["--scenario", "storm", "--connections", "200", "--messages", "5", "--secs", "60"];
+    let r = loadgen(&args);
+    assert_eq!(r["never_back"], 0, "{r}");
+    assert_eq!(r["recovered"], 200, "{r}");
+    assert_eq!((r["lost"].as_u64(), r["duplicates"].as_u64()), (Some(0), Some(0)), "{r}");
+    assert_eq!(r["unrecoverable"], 0, "{r}");
 }
 
 /// `benches/cluster.sh`'s set-up: two instances over a Redis the load generator starts.

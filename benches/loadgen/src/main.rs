@@ -193,17 +193,18 @@ fn shequ_config(args: &Args, port: u16, cluster: Option<&serde_json::Value>) -> 
     if let Some(secs) = ping_secs {
         config["heartbeat"] = json!({"ping_interval_secs": secs, "pong_timeout_secs": secs * 3});
     }
+    if args.scenario == "storm" {
+        let file = std::env::temp_dir().join(format!("shequ-bench-{port}.history.jsonl"));
+        let _ = std::fs::remove_file(&file);
+        config["history"]["file"] = json!(file);
+        config["history"]["fsync"] = json!("never");
+    }
     for (path, value) in &args.set {
         let mut field = &mut config;
         for key in path.split('.') {
             field = &mut field[key];
         }
         *field = value.clone();
-    }
-    if args.scenario == "storm" {
-        let file = std::env::temp_dir().join(format!("shequ-bench-{port}.history.jsonl"));
-        let _ = std::fs::remove_file(&file);
-        config["history"] = json!({"file": file, "fsync": "never"});
     }
     config
 }
@@ -839,6 +840,9 @@ fn wave(args: &Args) -> serde_json::Value {
     }))
 }
 
+/// One client in this many is away while the marked messages are sent (see [`storm`]).
+const AWAY_EVERY: usize = 4;
+
 /// The page's reconnect delays: the first try after 250–500 ms, doubling to 15–30 s.
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -852,6 +856,8 @@ struct StormCounts {
     back: Cell<usize>,
     /// Clients back that hold every message sent before the restart.
     recovered: Cell<usize>,
+    /// Clients that went away before the marked messages.
+    away: Cell<usize>,
     /// Reconnect attempts that failed (refused while the server was down, or a handshake that
     /// failed or timed out).
     failed: Cell<u64>,
@@ -871,11 +877,13 @@ struct StormCounts {
     up: Cell<bool>,
 }
 
-/// The restart storm: `--connections` clients connected, a sender posts `--messages` messages
-/// to everyone, and once it has its own copy of the last one (the server holds them all) the
+/// The restart storm: `--connections` clients connected, a sender posts one message to
+/// everyone, one client in [`AWAY_EVERY`] goes away, the sender posts `--messages` marked
+/// messages, and once it has its own copy of the last one (the server holds them all) the
 /// server gets SIGTERM, exits, and starts again on the same port. Every client reconnects as
 /// the page does (backoff with jitter, `?since=` its last id) and counts what it gets; the run
-/// ends when all are back and hold every message, or after `--secs`.
+/// ends when all are back and hold every marked message, or after `--secs`. The clients that
+/// were away can have the marked messages only from the history, across the restart.
 fn storm(args: &Args) -> serde_json::Value {
     let mut server = Server::start(args);
     let ex = LocalExecutor::new();
@@ -897,6 +905,14 @@ fn storm(args: &Args) -> serde_json::Value {
             .collect();
         let mut sender = connect(server.addr(0), "storm-tx").await.expect("sender");
         Timer::after(Duration::from_secs(1)).await; // welcomes and presence settle
+        // A first message everyone gets; then every AWAY_EVERY-th client goes away (its
+        // network drops) and comes back only after the restart, with `?since=` that message's
+        // id: the marked messages reach it only from the history file, across the restart.
+        let warm = json!({"type": "chat", "content": "storm;warm;"}).to_string();
+        sender.send(Message::Text(warm.into())).await.expect("send");
+        while counts.away.get() < n.div_ceil(AWAY_EVERY) {
+            Timer::after(Duration::from_millis(5)).await;
+        }
         for m in 0..marks {
             let frame = json!({"type": "chat", "content": format!("storm;m={m};")});
             sender.send(Message::Text(frame.to_string().into())).await.expect("send");
@@ -941,7 +957,7 @@ fn storm(args: &Args) -> serde_json::Value {
             "all_recovered_secs": since_sigterm(counts.all_recovered_at.get()),
             "back": counts.back.get(), "never_back": n - counts.back.get(),
             "back_by_second": back_by_second,
-            "recovered": counts.recovered.get(),
+            "recovered": counts.recovered.get(), "away": counts.away.get(),
             "failed_attempts": counts.failed.get(),
             "failed_attempts_while_up": counts.failed_while_up.get(),
             "failures": *counts.failures.borrow(),
@@ -974,6 +990,7 @@ async fn storm_client(
     let mut last_id = 0u64;
     let mut back = false;
     let mut recovered = false;
+    let mut went_away = false;
     let mut random = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut ws = ws;
     loop {
@@ -1001,6 +1018,21 @@ async fn storm_client(
                 recovered = true;
                 bump(&counts.recovered, n, &counts.all_recovered_at);
             }
+            if i % AWAY_EVERY == 0 && !went_away && content.starts_with("storm;warm;") {
+                went_away = true;
+                counts.away.set(counts.away.get() + 1);
+                break;
+            }
+        }
+        if went_away && !restarted.get() {
+            drop(ws);
+            while !restarted.get() {
+                Timer::after(Duration::from_millis(5)).await;
+            }
+            ws = reconnect(addr, &token, last_id, &mut random, &counts).await;
+            back = true;
+            bump(&counts.back, n, &counts.all_back_at);
+            continue;
         }
         if !restarted.get() {
             return; // closed before the restart: not part of the storm
@@ -1008,39 +1040,51 @@ async fn storm_client(
         // The old socket goes before a new one is opened: at 100 000 clients every
         // descriptor counts.
         drop(ws);
-        let mut backoff = BACKOFF_START;
-        ws = loop {
-            // xorshift: a jitter of its own for each client.
-            random ^= random << 13;
-            random ^= random >> 7;
-            random ^= random << 17;
-            let jitter = (random >> 11) as f64 / (1u64 << 53) as f64;
-            Timer::after(backoff.mul_f64(0.5 + jitter / 2.0)).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-            let url_token = format!("{token}&since={last_id}");
-            let attempt = async { try_connect(addr, &url_token).await }
-                .or(async {
-                    Timer::after(ATTEMPT_TIMEOUT).await;
-                    Err("timed out".to_string())
-                })
-                .await;
-            match attempt {
-                Ok(ws) => break ws,
-                Err(why) => {
-                    *counts.failures.borrow_mut().entry(why).or_insert(0) += 1;
-                    counts.failed.set(counts.failed.get() + 1);
-                    if counts.up.get() {
-                        counts.failed_while_up.set(counts.failed_while_up.get() + 1);
-                    }
-                }
-            }
-        };
+        ws = reconnect(addr, &token, last_id, &mut random, &counts).await;
         if !back {
             back = true;
             bump(&counts.back, n, &counts.all_back_at);
             if seen_count == marks && !recovered {
                 recovered = true;
                 bump(&counts.recovered, n, &counts.all_recovered_at);
+            }
+        }
+    }
+}
+
+/// Reconnects as the page does: after a random 250–500 ms, doubling after each failure, with
+/// `?since=` the highest id seen; counts the failed attempts by cause.
+async fn reconnect(
+    addr: SocketAddr,
+    token: &str,
+    last_id: u64,
+    random: &mut u64,
+    counts: &StormCounts,
+) -> Ws {
+    let mut backoff = BACKOFF_START;
+    loop {
+        // xorshift: a jitter of its own for each client.
+        *random ^= *random << 13;
+        *random ^= *random >> 7;
+        *random ^= *random << 17;
+        let jitter = (*random >> 11) as f64 / (1u64 << 53) as f64;
+        Timer::after(backoff.mul_f64(0.5 + jitter / 2.0)).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        let url_token = format!("{token}&since={last_id}");
+        let attempt = async { try_connect(addr, &url_token).await }
+            .or(async {
+                Timer::after(ATTEMPT_TIMEOUT).await;
+                Err("timed out".to_string())
+            })
+            .await;
+        match attempt {
+            Ok(ws) => return ws,
+            Err(why) => {
+                *counts.failures.borrow_mut().entry(why).or_insert(0) += 1;
+                counts.failed.set(counts.failed.get() + 1);
+                if counts.up.get() {
+                    counts.failed_while_up.set(counts.failed_while_up.get() + 1);
+                }
             }
         }
     }
