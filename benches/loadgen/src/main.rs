@@ -1018,7 +1018,7 @@ async fn storm_client(
                 recovered = true;
                 bump(&counts.recovered, n, &counts.all_recovered_at);
             }
-            if i % AWAY_EVERY == 0 && !went_away && content.starts_with("storm;warm;") {
+            if i.is_multiple_of(AWAY_EVERY) && !went_away && content.starts_with("storm;warm;") {
                 went_away = true;
                 counts.away.set(counts.away.get() + 1);
                 break;
