@@ -26,26 +26,41 @@ for r in rows:
               f"{r['hard_limit']:,}, and one process holds a descriptor per connection.")
 sizes = sorted({r["connections"] for r in rows if r["scenario"] == "idle"})
 
-print("\n| N | server | RSS KiB/conn | kernel slab KiB/conn | kernel TCP KiB/conn | user + kernel KiB/conn |")
-print("|---|---|---|---|---|---|")
-for n in sizes:
-    for server in ["shequ", "go-hub"]:
-        r = find("idle", server, n)
-        if r:
-            total = r["kib_per_connection"] + r["kernel_slab_kib_per_connection"] + r["kernel_tcp_kib_per_connection"]
-            print(f"| {n:,} | {server} | {fmt(r['kib_per_connection'], 2)} | "
-                  f"{fmt(r['kernel_slab_kib_per_connection'], 2)} | {fmt(r['kernel_tcp_kib_per_connection'], 2)} | "
-                  f"{fmt(total, 2)} |")
+def side_by_side(header, scenario, cells):
+    """One scenario at each size, this server and the Go hub: `cells(r)` gives the cells of a row
+    after N and the server."""
+    print("\n| N | server | " + " | ".join(header) + " |")
+    print("|---" * (len(header) + 2) + "|")
+    for n in sizes:
+        for server in ["shequ", "go-hub"]:
+            r = find(scenario, server, n)
+            if r:
+                print(f"| {n:,} | {server} | " + " | ".join(cells(r)) + " |")
 
-print("\n| N | server | broadcast: to last receiver p50 / p99 / max ms | server CPU µs/delivery | lost |")
-print("|---|---|---|---|---|")
-for n in sizes:
-    for server in ["shequ", "go-hub"]:
-        r = find("fanout", server, n)
-        if r:
-            t = r["to_last_receiver_ms"]
-            print(f"| {n:,} | {server} | {fmt(t['p50'])} / {fmt(t['p99'])} / {fmt(t['max'])} | "
-                  f"{fmt(r['server_cpu_us_per_delivery'], 2)} | {r['lost']} |")
+
+def idle_cells(r):
+    slab, tcp = r["kernel_slab_kib_per_connection"], r["kernel_tcp_kib_per_connection"]
+    return [fmt(r["kib_per_connection"], 2), fmt(slab, 2), fmt(tcp, 2),
+            fmt(r["kib_per_connection"] + slab + tcp, 2)]
+
+
+def broadcast_cells(r):
+    t = r["to_last_receiver_ms"]
+    return [f"{fmt(t['p50'])} / {fmt(t['p99'])} / {fmt(t['max'])}",
+            fmt(r["server_cpu_us_per_delivery"], 2), str(r["lost"])]
+
+
+def storm_cells(r):
+    causes = ", ".join(f"{v} {k}" for k, v in r["failures"].items())
+    failed = f"{r['failed_attempts']}{f' ({causes})' if causes else ''}"
+    return [fmt(r["listening_secs"], 2), fmt(r["all_back_secs"], 2), fmt(r["all_recovered_secs"], 2),
+            failed, str(r["never_back"]), str(r["lost"]), str(r["duplicates"])]
+
+
+side_by_side(["RSS KiB/conn", "kernel slab KiB/conn", "kernel TCP KiB/conn", "user + kernel KiB/conn"],
+             "idle", idle_cells)
+side_by_side(["broadcast: to last receiver p50 / p99 / max ms", "server CPU µs/delivery", "lost"],
+             "fanout", broadcast_cells)
 
 print("\n| N | pings | pings/s | busiest 10 ms (median) | chat p50 / p99 / max ms | server CPU |")
 print("|---|---|---|---|---|---|")
@@ -57,17 +72,8 @@ for n in sizes:
               f"{fmt(lat['p50'], 2)} / {fmt(lat['p99'], 2)} / {fmt(lat['max'], 2)} | "
               f"{fmt(100 * r['server_cpu_share'], 0)}% |")
 
-print("\n| N | server | listening again s | all back s | all recovered s | failed attempts | never back | messages lost | duplicates |")
-print("|---|---|---|---|---|---|---|---|---|")
-for n in sizes:
-    for server in ["shequ", "go-hub"]:
-        r = find("storm", server, n)
-        if r:
-            failed = r["failed_attempts"]
-            causes = ", ".join(f"{v} {k}" for k, v in r["failures"].items())
-            print(f"| {n:,} | {server} | {fmt(r['listening_secs'], 2)} | {fmt(r['all_back_secs'], 2)} | "
-                  f"{fmt(r['all_recovered_secs'], 2)} | {failed}{f' ({causes})' if causes else ''} | "
-                  f"{r['never_back']} | {r['lost']} | {r['duplicates']} |")
+side_by_side(["listening again s", "all back s", "all recovered s", "failed attempts", "never back",
+              "messages lost", "duplicates"], "storm", storm_cells)
 
 print("\n| N | knob | idle: RSS + kernel KiB/conn | broadcast to last p50 / max ms, µs/delivery | wave: chat p99 ms, server CPU | storm: all back s, failed |")
 print("|---|---|---|---|---|---|")
