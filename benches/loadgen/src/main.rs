@@ -82,6 +82,8 @@ struct Args {
     /// `--set limits.listen_backlog=4096`: any other field of shequ's configuration, by its
     /// dotted path, with a JSON value.
     set: Vec<(String, serde_json::Value)>,
+    /// In `wave`: clients that connect all at once halfway through.
+    herd: usize,
 }
 
 fn parse_args() -> Args {
@@ -103,6 +105,7 @@ fn parse_args() -> Args {
         ping_secs: 0,
         socket_buffer: 0,
         set: Vec::new(),
+        herd: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -123,6 +126,7 @@ fn parse_args() -> Args {
             "--group" => args.group = value().parse().unwrap(),
             "--to" => args.to = value(),
             "--ping-secs" => args.ping_secs = value().parse().unwrap(),
+            "--herd" => args.herd = value().parse().unwrap(),
             "--socket-buffer" => args.socket_buffer = value().parse().unwrap(),
             "--set" => {
                 let setting = value();
@@ -171,7 +175,8 @@ fn shequ_config(args: &Args, port: u16, cluster: Option<&serde_json::Value>) -> 
     if let Some(cluster) = cluster {
         config["cluster"] = cluster.clone();
     }
-    let needed = args.connections.max(args.receivers + args.senders) + CONNECTIONS_SPARE;
+    let needed =
+        (args.connections + args.herd).max(args.receivers + args.senders) + CONNECTIONS_SPARE;
     let held = config["limits"]["max_connections"].as_u64().unwrap_or(0) as usize;
     config["limits"]["max_connections"] = json!(held.max(needed));
     if args.socket_buffer > 0 {
@@ -809,6 +814,26 @@ fn wave(args: &Args) -> serde_json::Value {
                 })
             })
             .collect();
+        // `--herd H`: halfway through, H more clients connect all at once (a network blip at
+        // a big site), not CONNECT_PARALLELISM at a time.
+        let herd_connected = Rc::new(Cell::new(0usize));
+        let _herd: Vec<_> = if args.herd > 0 {
+            Timer::after(Duration::from_secs(args.secs) / 2).await;
+            (0..args.herd)
+                .map(|i| {
+                    let (addr, connected) = (server.addr(i), herd_connected.clone());
+                    ex.spawn(async move {
+                        let ws = connect(addr, &format!("herd{i}")).await;
+                        connected.set(connected.get() + usize::from(ws.is_some()));
+                        let mut ws = ws?;
+                        while let Some(Ok(_)) = ws.next().await {}
+                        Some(())
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         for c in chatting {
             c.await;
         }
@@ -824,7 +849,7 @@ fn wave(args: &Args) -> serde_json::Value {
         json!({
             "server": args.server, "scenario": "wave", "connections": args.connections,
             "senders": args.senders, "offered_rate": args.rate, "secs": args.secs,
-            "ping_secs": args.ping_secs,
+            "ping_secs": args.ping_secs, "herd": args.herd, "herd_connected": herd_connected.get(),
             "pings_per_sec": (pings.get() - pings_before) as f64 / elapsed,
             // Pings that arrived in one 10 ms slice: the median slice and the busiest.
             "pings_per_10ms": {"p50": buckets[buckets.len() / 2],
@@ -1228,7 +1253,7 @@ fn helper_thread_cpu_secs() -> f64 {
 fn main() {
     let args = parse_args();
     let open_files = raise_open_files_limit();
-    let wanted = (args.connections.max(args.receivers + args.senders) + 256) as u64;
+    let wanted = ((args.connections + args.herd).max(args.receivers + args.senders) + 256) as u64;
     assert!(
         open_files >= wanted,
         "the open files limit is {open_files}, and this run needs about {wanted}: run as root, \
