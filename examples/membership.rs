@@ -60,6 +60,7 @@ fn config(channels: bool) -> HubConfig {
         idle_timeout: None,
         idle_check_interval: Duration::from_secs(60),
         presence_interval: Duration::from_secs(1),
+        presence_deliveries_per_sec: shequ_chat::hub::PRESENCE_DELIVERIES_PER_SEC,
         presence_grace: Duration::from_secs(3),
         token_leeway: Duration::ZERO,
         history_size: 200,

@@ -488,6 +488,7 @@ impl From<&Config> for HubConfig {
                 .then(|| Duration::from_secs(c.idle.timeout_secs)),
             idle_check_interval: Duration::from_secs(c.idle.check_interval_secs),
             presence_interval: Duration::from_millis(c.presence_interval_ms),
+            presence_deliveries_per_sec: crate::hub::PRESENCE_DELIVERIES_PER_SEC,
             presence_grace: Duration::from_millis(c.presence.grace_ms),
             token_leeway: Duration::from_secs(c.auth.leeway_secs),
             history_size: c.history.size,

@@ -101,6 +101,10 @@ pub struct HubConfig {
     pub idle_timeout: Option<Duration>,
     pub idle_check_interval: Duration,
     pub presence_interval: Duration,
+    /// `online` frames per second, at most, over all channels: after a flush that reached N
+    /// connections the next waits N / this, when that is longer than `presence_interval`.
+    /// [`PRESENCE_DELIVERIES_PER_SEC`] unless a test says otherwise.
+    pub presence_deliveries_per_sec: u32,
     /// How long a user whose last connection closed still counts as online: a reconnect within
     /// it (a page refresh) changes nobody's view. Zero counts the departure at once.
     pub presence_grace: Duration,
@@ -302,9 +306,10 @@ pub struct Hub {
     channels: HashMap<Rc<str>, Box<Channel>>,
     /// Channels whose count may need an `online` frame (each once: [`Channel::dirty`]).
     dirty: Vec<Rc<str>>,
-    /// When the last flush sent `online` frames: flushes are at least `presence_interval`
-    /// apart, each sending one frame per channel whose count changed.
-    presence_sent_at: Option<Instant>,
+    /// When the next flush of `online` frames may run: `presence_interval` after the last one
+    /// that sent any, or longer after a large one (`presence_deliveries_per_sec`). Each flush
+    /// sends one frame per channel whose count changed.
+    presence_due: Option<Instant>,
     /// The most frames a queue may hold: `send_queue` for live traffic, plus one replay (which
     /// is queued whole, when the queue is below `send_queue`).
     queue_bound: usize,
@@ -366,7 +371,7 @@ impl Hub {
             last_message_id: 0,
             channels,
             dirty: Vec::new(),
-            presence_sent_at: None,
+            presence_due: None,
             expiries: BTreeSet::new(),
             ips: HashMap::new(),
             beats: BTreeSet::new(),
@@ -1625,7 +1630,7 @@ impl Hub {
         if self.dirty.is_empty() {
             return;
         }
-        let due = self.presence_sent_at.map_or(now.at, |at| at + self.config.presence_interval);
+        let due = self.presence_due.unwrap_or(now.at);
         if now.at >= due {
             self.flush_presence(now, effects);
         } else {
@@ -1645,7 +1650,8 @@ impl Hub {
     /// Sends one `online` frame to each dirty channel whose count differs.
     fn flush_presence(&mut self, now: Now, effects: &mut Vec<Effect>) {
         self.timers.stop(Timer::PresenceFlush);
-        let mut sent = false;
+        // Connections that got an `online` frame in this flush.
+        let mut reached = 0;
         for key in std::mem::take(&mut self.dirty) {
             let differs = self.presence_differs(&key);
             let shown = self.shown_count(&key);
@@ -1658,12 +1664,17 @@ impl Hub {
                 channel.last_sent = count;
                 let name = self.config.channels.is_some().then_some(&*key);
                 let json = ServerMessage::Online { channel: name, count }.to_json();
+                reached += channel.members.len();
                 self.broadcast(now, &key, Frame::Text(json.into()), effects);
-                sent = true;
             }
         }
-        if sent {
-            self.presence_sent_at = Some(now.at);
+        if reached > 0 {
+            // A count in a channel of 100 000 is a broadcast to 100 000: at most
+            // `presence_deliveries_per_sec` of those a second, so that presence under steady
+            // arrivals cannot take the core that the chat needs.
+            let budget = f64::from(self.config.presence_deliveries_per_sec.max(1));
+            let paced = Duration::from_secs_f64(reached as f64 / budget);
+            self.presence_due = Some(now.at + self.config.presence_interval.max(paced));
         }
     }
 
@@ -1787,6 +1798,12 @@ fn first_ping_delay(conn: ConnId, ping_interval: Duration) -> Duration {
     let spread = (conn.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
     ping_interval.mul_f64(0.5 + spread / 2.0)
 }
+
+/// `online` deliveries a second, at most, by default ([`HubConfig::presence_deliveries_per_sec`]):
+/// about a tenth of a core at the 13 µs a delivery to an idle connection costs
+/// (`BENCHMARKS.md`), so a channel of up to 10 000 members gets its count every
+/// `presence_interval_ms`, and one of 100 000 every 10 s.
+pub const PRESENCE_DELIVERIES_PER_SEC: u32 = 10_000;
 
 /// The first instant after `now` that is `due` plus a whole number of `interval`s: a timer that
 /// fired late stays on its own phase.

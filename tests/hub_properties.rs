@@ -140,6 +140,7 @@ fn config() -> HubConfig {
         idle_timeout: Some(Duration::from_secs(60)),
         idle_check_interval: Duration::from_secs(5),
         presence_interval: Duration::from_millis(500),
+        presence_deliveries_per_sec: 50,
         presence_grace: PRESENCE_GRACE,
         token_leeway: Duration::from_secs(0),
         history_size: 16,

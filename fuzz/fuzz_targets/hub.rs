@@ -56,6 +56,7 @@ fn config() -> HubConfig {
         idle_timeout: Some(Duration::from_secs(30)),
         idle_check_interval: Duration::from_secs(3),
         presence_interval: Duration::from_millis(300),
+        presence_deliveries_per_sec: 50,
         presence_grace: Duration::from_secs(2),
         token_leeway: Duration::from_secs(1),
         history_size: 8,

@@ -31,6 +31,7 @@ fn config() -> HubConfig {
         idle_timeout: Some(Duration::from_secs(600)),
         idle_check_interval: Duration::from_secs(60),
         presence_interval: Duration::from_secs(1),
+        presence_deliveries_per_sec: PRESENCE_DELIVERIES_PER_SEC,
         // Departures count at once unless a test is about the grace.
         presence_grace: Duration::ZERO,
         token_leeway: Duration::from_secs(0),
@@ -193,6 +194,24 @@ fn two_devices_stay_and_a_third_replaces_the_oldest() {
     assert!(h.close_reason(laptop).is_none());
     assert_eq!(h.of_type(tablet, "welcome")[0]["online"], 1);
     assert_eq!(h.hub.connection_count(), 2);
+}
+
+#[test]
+fn presence_in_a_large_channel_is_paced_by_the_deliveries_it_costs() {
+    // 10 `online` deliveries a second: a flush that reaches 30 connections waits 3 s, not 1.
+    let mut h = Harness::new(HubConfig { presence_deliveries_per_sec: 10, ..config() });
+    let first = h.connect("u0");
+    assert_eq!(h.of_type(first, "online")[0]["count"], 1, "one delivery: the interval rules");
+    for i in 1..30 {
+        h.connect(&format!("u{i}"));
+    }
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.of_type(first, "online")[0]["count"], 30);
+    h.connect("late");
+    h.advance(Duration::from_millis(2999));
+    assert!(h.of_type(first, "online").is_empty(), "30 deliveries hold the next flush for 3 s");
+    h.advance(Duration::from_millis(1));
+    assert_eq!(h.of_type(first, "online")[0]["count"], 31);
 }
 
 #[test]
