@@ -82,8 +82,10 @@ struct Args {
     /// `--set limits.listen_backlog=4096`: any other field of shequ's configuration, by its
     /// dotted path, with a JSON value.
     set: Vec<(String, serde_json::Value)>,
-    /// In `wave`: clients that connect all at once halfway through.
+    /// In `wave`: clients that connect all at once halfway through, or with `herd_secs`,
+    /// spread over that many seconds from the start.
     herd: usize,
+    herd_secs: u64,
 }
 
 fn parse_args() -> Args {
@@ -106,6 +108,7 @@ fn parse_args() -> Args {
         socket_buffer: 0,
         set: Vec::new(),
         herd: 0,
+        herd_secs: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -127,6 +130,7 @@ fn parse_args() -> Args {
             "--to" => args.to = value(),
             "--ping-secs" => args.ping_secs = value().parse().unwrap(),
             "--herd" => args.herd = value().parse().unwrap(),
+            "--herd-secs" => args.herd_secs = value().parse().unwrap(),
             "--socket-buffer" => args.socket_buffer = value().parse().unwrap(),
             "--set" => {
                 let setting = value();
@@ -815,14 +819,20 @@ fn wave(args: &Args) -> serde_json::Value {
             })
             .collect();
         // `--herd H`: halfway through, H more clients connect all at once (a network blip at
-        // a big site), not CONNECT_PARALLELISM at a time.
+        // a big site), not CONNECT_PARALLELISM at a time; with `--herd-secs S`, spread evenly
+        // over S seconds from the start instead (people arriving).
         let herd_connected = Rc::new(Cell::new(0usize));
         let _herd: Vec<_> = if args.herd > 0 {
-            Timer::after(Duration::from_secs(args.secs) / 2).await;
+            if args.herd_secs == 0 {
+                Timer::after(Duration::from_secs(args.secs) / 2).await;
+            }
+            let spacing = Duration::from_secs(args.herd_secs) / args.herd as u32;
             (0..args.herd)
                 .map(|i| {
                     let (addr, connected) = (server.addr(i), herd_connected.clone());
+                    let at = Instant::now() + spacing * i as u32;
                     ex.spawn(async move {
+                        Timer::at(at).await;
                         let ws = connect(addr, &format!("herd{i}")).await;
                         connected.set(connected.get() + usize::from(ws.is_some()));
                         let mut ws = ws?;
@@ -849,7 +859,8 @@ fn wave(args: &Args) -> serde_json::Value {
         json!({
             "server": args.server, "scenario": "wave", "connections": args.connections,
             "senders": args.senders, "offered_rate": args.rate, "secs": args.secs,
-            "ping_secs": args.ping_secs, "herd": args.herd, "herd_connected": herd_connected.get(),
+            "ping_secs": args.ping_secs, "herd": args.herd, "herd_secs": args.herd_secs,
+            "herd_connected": herd_connected.get(),
             "pings_per_sec": (pings.get() - pings_before) as f64 / elapsed,
             // Pings that arrived in one 10 ms slice: the median slice and the busiest.
             "pings_per_10ms": {"p50": buckets[buckets.len() / 2],
