@@ -445,31 +445,48 @@ fn a_silent_connection_closes_at_its_own_deadline_not_at_a_later_tick() {
     assert!(h.close_reason(bystander).is_none());
 }
 
-#[test]
-fn pings_are_spread_over_the_interval_and_then_keep_their_pace() {
+/// A restart storm: 200 connections in the same instant, never silent for long enough to be
+/// closed.
+fn two_hundred_at_once() -> (Harness, Vec<ConnId>) {
     let mut h = Harness::new(HubConfig {
         max_connections: 200,
         pong_timeout: Duration::from_secs(3600),
         ..config()
     });
-    // A restart storm: 200 connections in the same instant.
-    let conns: Vec<ConnId> = (0..200).map(|i| h.connect(&format!("u{i}"))).collect();
-    let mut first_ping_second: HashMap<ConnId, u64> = HashMap::new();
+    let conns = (0..200).map(|i| h.connect(&format!("u{i}"))).collect();
+    (h, conns)
+}
+
+/// Moves the clock a second at a time for `secs` seconds: the seconds (from 1) in which each
+/// connection got a Ping.
+fn ping_seconds(h: &mut Harness, conns: &[ConnId], secs: u64) -> HashMap<ConnId, Vec<u64>> {
     let mut pings: HashMap<ConnId, Vec<u64>> = HashMap::new();
-    for second in 1..=90 {
+    for second in 1..=secs {
         h.advance(Duration::from_secs(1));
-        for &c in &conns {
+        for &c in conns {
             if !h.of_type(c, "ws_ping").is_empty() {
-                first_ping_second.entry(c).or_insert(second);
                 pings.entry(c).or_default().push(second);
             }
         }
     }
+    pings
+}
+
+/// How many connections have `which` of their ping seconds in each second.
+fn per_second(pings: &HashMap<ConnId, Vec<u64>>, which: usize) -> HashMap<u64, usize> {
     let mut per_second: HashMap<u64, usize> = HashMap::new();
-    for second in first_ping_second.values() {
-        *per_second.entry(*second).or_default() += 1;
+    for seconds in pings.values() {
+        *per_second.entry(seconds[which]).or_default() += 1;
     }
-    assert_eq!(first_ping_second.len(), 200, "everyone is pinged within the interval");
+    per_second
+}
+
+#[test]
+fn pings_are_spread_over_the_interval_and_then_keep_their_pace() {
+    let (mut h, conns) = two_hundred_at_once();
+    let pings = ping_seconds(&mut h, &conns, 90);
+    let per_second = per_second(&pings, 0);
+    assert_eq!(pings.len(), 200, "everyone is pinged within the interval");
     assert!(per_second.keys().all(|s| (15..=30).contains(s)), "{per_second:?}");
     assert!(per_second.len() >= 14, "first pings fall in {} distinct seconds", per_second.len());
     assert!(per_second.values().all(|&n| n <= 30), "a wave: {per_second:?}");
@@ -481,25 +498,14 @@ fn pings_are_spread_over_the_interval_and_then_keep_their_pace() {
 
 #[test]
 fn pings_sent_late_together_keep_their_own_phases() {
-    let mut h = Harness::new(HubConfig {
-        max_connections: 200,
-        pong_timeout: Duration::from_secs(3600),
-        ..config()
-    });
-    let conns: Vec<ConnId> = (0..200).map(|i| h.connect(&format!("u{i}"))).collect();
+    let (mut h, conns) = two_hundred_at_once();
     // The loop is busy for 40 s: every first ping (due at 15–30 s) goes out in one instant.
     h.stall(Duration::from_secs(40));
     assert!(conns.iter().all(|&c| h.of_type(c, "ws_ping").len() == 1));
     // From then on each is pinged on its own phase again, not all together every 30 s.
-    let mut per_second: HashMap<u64, usize> = HashMap::new();
-    for second in 1..=30 {
-        h.advance(Duration::from_secs(1));
-        for &c in &conns {
-            if !h.of_type(c, "ws_ping").is_empty() {
-                *per_second.entry(second).or_default() += 1;
-            }
-        }
-    }
+    let pings = ping_seconds(&mut h, &conns, 30);
+    assert!(pings.values().all(|seconds| seconds.len() == 1), "{pings:?}");
+    let per_second = per_second(&pings, 0);
     assert_eq!(per_second.values().sum::<usize>(), 200, "{per_second:?}");
     assert!(per_second.len() >= 14, "pings fall in {} distinct seconds", per_second.len());
     assert!(per_second.values().all(|&n| n <= 30), "a wave: {per_second:?}");

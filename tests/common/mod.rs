@@ -419,9 +419,7 @@ impl Client {
         addr: SocketAddr,
         query: &str,
     ) -> Result<Client, (u16, String)> {
-        let request = format!("ws://{addr}/ws?{query}").into_client_request().unwrap();
-        let stream = TcpStream::from(smol::Async::new(tcp_from(from, addr)).unwrap());
-        Client::handshake(stream, request).await
+        Client::connect_over(tcp_from(from, addr), addr, query).await
     }
 
     /// Opens a WebSocket over a TCP connection the test made itself.
