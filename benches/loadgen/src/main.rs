@@ -894,23 +894,18 @@ struct StormCounts {
     recovered: Cell<usize>,
     /// Clients that went away before the marked messages.
     away: Cell<usize>,
-    /// Reconnect attempts that failed (refused while the server was down, or a handshake that
-    /// failed or timed out).
-    failed: Cell<u64>,
-    /// Of those, the ones after the new server was listening.
-    failed_while_up: Cell<u64>,
     /// Messages a client got twice.
     duplicates: Cell<u64>,
     /// Distinct messages clients got, summed over the clients.
     held: Cell<u64>,
     /// `"recovered": false` in a welcome.
     unrecoverable: Cell<u64>,
-    /// Failed attempts by what failed.
+    /// Reconnect attempts that failed, by what failed (refused while the server was down, a
+    /// handshake that failed or timed out).
     failures: RefCell<std::collections::BTreeMap<String, u64>>,
     /// When the last client came back, and when the last one recovered.
     all_back_at: Cell<Option<Instant>>,
     all_recovered_at: Cell<Option<Instant>>,
-    up: Cell<bool>,
 }
 
 /// The restart storm: `--connections` clients connected, a sender posts one message to
@@ -970,7 +965,6 @@ fn storm(args: &Args) -> serde_json::Value {
             Timer::after(Duration::from_millis(2)).await;
         }
         let listening = sigterm.elapsed();
-        counts.up.set(true);
         let deadline = sigterm + Duration::from_secs(args.secs);
         // Clients back at each whole second after SIGTERM.
         let mut back_by_second = Vec::new();
@@ -994,8 +988,7 @@ fn storm(args: &Args) -> serde_json::Value {
             "back": counts.back.get(), "never_back": n - counts.back.get(),
             "back_by_second": back_by_second,
             "recovered": counts.recovered.get(), "away": counts.away.get(),
-            "failed_attempts": counts.failed.get(),
-            "failed_attempts_while_up": counts.failed_while_up.get(),
+            "failed_attempts": counts.failures.borrow().values().sum::<u64>(),
             "failures": *counts.failures.borrow(),
             "duplicates": counts.duplicates.get(),
             // Messages a client never got, summed over the clients.
@@ -1117,10 +1110,6 @@ async fn reconnect(
             Ok(ws) => return ws,
             Err(why) => {
                 *counts.failures.borrow_mut().entry(why).or_insert(0) += 1;
-                counts.failed.set(counts.failed.get() + 1);
-                if counts.up.get() {
-                    counts.failed_while_up.set(counts.failed_while_up.get() + 1);
-                }
             }
         }
     }
