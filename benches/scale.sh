@@ -13,29 +13,49 @@
 # and once: server CPU per delivery at 1 000 receivers × 1 sender (600 msg/s, nobody cut
 # off) beside the bare smol + async-tungstenite floor.
 #
-# Usage: benches/scale.sh [N ...]        (default: 10000 50000 100000)
+# Usage: benches/scale.sh [--build-only | --no-build] [--memory-only] [N ...]
+#        (default sizes: 10000 50000 100000; --memory-only runs the idle scenarios alone, for a
+#        machine whose timings mean nothing, such as an emulated one)
 # One process holds a descriptor per connection: a size above the open files hard limit
 # (`ulimit -Hn`, less a margin) is replaced by the largest that fits, and the table says so.
-# Raise the limit as root first (`ulimit -Hn 1048576`) to run 100 000 as asked.
+# Raise the limit as root first (`ulimit -Hn 1048576`) to run 100 000 as asked; where it cannot
+# be raised (a container without CAP_SYS_RESOURCE), benches/scale-vm.sh runs this script in a
+# virtual machine.
 # Prints one JSON line per run (saved to benches/scale-results.jsonl) and a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+build=yes measure=yes timed=yes
+while [[ "${1:-}" == --* ]]; do
+  case "$1" in
+    --build-only) measure=no ;;
+    --no-build) build=no ;;
+    --memory-only) timed=no ;;
+    *) echo "scale.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
 sizes=("${@:-10000 50000 100000}")
 read -r -a sizes <<< "${sizes[*]}"
 
-if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/github.com/gorilla/websocket ]; then
-  apt-get update -qq && apt-get install -y -qq golang-go golang-github-gorilla-websocket-dev >/dev/null
+if [ "$build" = yes ]; then
+  if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/github.com/gorilla/websocket ]; then
+    apt-get update -qq && apt-get install -y -qq golang-go golang-github-gorilla-websocket-dev >/dev/null
+  fi
+  mkdir -p target/peers
+  (cd benches/peers/go-hub && GO111MODULE=off GOPATH=/usr/share/gocode go build -o ../../../target/peers/go-hub .)
+  cargo build --quiet --release --workspace --bins
 fi
-mkdir -p target/peers
-(cd benches/peers/go-hub && GO111MODULE=off GOPATH=/usr/share/gocode go build -o ../../../target/peers/go-hub .)
-cargo build --quiet --release --workspace --bins
+[ "$measure" = yes ] || exit 0
 
 hard=$(ulimit -Hn)
 [ "$hard" = unlimited ] && hard=1048576
 fits=$(( (hard - 1000) / 1000 * 1000 ))
 out=benches/scale-results.jsonl
 : > "$out"
+echo "{\"scenario\":\"machine\",\"kernel\":\"$(uname -r)\",\"nproc\":$(nproc),\"timed\":\"$timed\",\"emulated\":\"${SCALE_EMULATED:-}\"}" | tee -a "$out"
 run() { taskset -c 1 target/release/shequ-loadgen "$@" | tee -a "$out"; }
+# The runs that measure time: skipped with --memory-only.
+timed() { if [ "$timed" = yes ]; then run "$@"; fi; }
 done_sizes=" "
 for asked in "${sizes[@]}"; do
   n=$asked
@@ -48,20 +68,21 @@ for asked in "${sizes[@]}"; do
   ping_secs=$(( n * 30 / 100000 > 2 ? n * 30 / 100000 : 2 ))
   for server in shequ go-hub; do
     run --server "$server" --scenario idle --connections "$n"
-    run --server "$server" --scenario fanout --receivers "$n" --senders 1 --messages 10 --rate 2
-    run --server "$server" --scenario storm --connections "$n" --messages 20 --secs 120
+    timed --server "$server" --scenario fanout --receivers "$n" --senders 1 --messages 10 --rate 2
+    timed --server "$server" --scenario storm --connections "$n" --messages 20 --secs 120
   done
   for ping in 0 "$ping_secs"; do
-    run --server shequ --scenario wave --connections "$n" --senders 10 --rate 200 --secs 20 --ping-secs "$ping"
+    timed --server shequ --scenario wave --connections "$n" --senders 10 --rate 200 --secs 20 --ping-secs "$ping"
   done
   # The kernel knobs, each against the defaults above.
   run --server shequ --scenario idle --connections "$n" --socket-buffer 16384
-  run --server shequ --scenario fanout --receivers "$n" --senders 1 --messages 10 --rate 2 --socket-buffer 16384
-  run --server shequ --scenario fanout --receivers "$n" --senders 1 --messages 10 --rate 2 --set limits.tcp_nodelay=false
-  run --server shequ --scenario wave --connections "$n" --senders 10 --rate 200 --secs 20 --ping-secs "$ping_secs" --set limits.tcp_nodelay=false
-  run --server shequ --scenario storm --connections "$n" --messages 20 --secs 120 --set limits.listen_backlog=4096
+  timed --server shequ --scenario fanout --receivers "$n" --senders 1 --messages 10 --rate 2 --socket-buffer 16384
+  timed --server shequ --scenario fanout --receivers "$n" --senders 1 --messages 10 --rate 2 --set limits.tcp_nodelay=false
+  timed --server shequ --scenario wave --connections "$n" --senders 10 --rate 200 --secs 20 --ping-secs "$ping_secs" --set limits.tcp_nodelay=false
+  timed --server shequ --scenario storm --connections "$n" --messages 20 --secs 120 --set limits.listen_backlog=4096
 done
 for server in shequ rust-floor; do
-  run --server "$server" --scenario fanout --receivers 1000 --senders 1 --messages 3000 --rate 600
+  timed --server "$server" --scenario fanout --receivers 1000 --senders 1 --messages 3000 --rate 600
 done
-python3 benches/scale_report.py "$out"
+# (A virtual machine of benches/scale-vm.sh has no Python: its host prints the table.)
+if command -v python3 >/dev/null; then python3 benches/scale_report.py "$out"; fi

@@ -20,7 +20,18 @@ def find(scenario, server, n, buffer=0, setting=None, **extra):
     return None
 
 
+def table(header, lines):
+    """A Markdown table, left out when the run has no row for it (`scale.sh --memory-only`)."""
+    if lines:
+        print("\n| " + " | ".join(header) + " |")
+        print("|---" * len(header) + "|")
+        print("\n".join(lines))
+
+
 for r in rows:
+    if r["scenario"] == "machine":
+        how = {"tcg": ", emulated by qemu (TCG): memory only", "kvm": ", a KVM virtual machine"}
+        print(f"- Linux {r['kernel']}, {r['nproc']} cores{how.get(r['emulated'], '')}.")
     if r["scenario"] == "limited":
         print(f"- {r['asked']:,} asked, {r['connections']:,} run: the open files hard limit here is "
               f"{r['hard_limit']:,}, and one process holds a descriptor per connection.")
@@ -29,13 +40,13 @@ sizes = sorted({r["connections"] for r in rows if r["scenario"] == "idle"})
 def side_by_side(header, scenario, cells):
     """One scenario at each size, this server and the Go hub: `cells(r)` gives the cells of a row
     after N and the server."""
-    print("\n| N | server | " + " | ".join(header) + " |")
-    print("|---" * (len(header) + 2) + "|")
+    lines = []
     for n in sizes:
         for server in ["shequ", "go-hub"]:
             r = find(scenario, server, n)
             if r:
-                print(f"| {n:,} | {server} | " + " | ".join(cells(r)) + " |")
+                lines.append(f"| {n:,} | {server} | " + " | ".join(cells(r)) + " |")
+    table(["N", "server"] + header, lines)
 
 
 def idle_cells(r):
@@ -62,21 +73,20 @@ side_by_side(["RSS KiB/conn", "kernel slab KiB/conn", "kernel TCP KiB/conn", "us
 side_by_side(["broadcast: to last receiver p50 / p99 / max ms", "server CPU µs/delivery", "lost"],
              "fanout", broadcast_cells)
 
-print("\n| N | pings | pings/s | busiest 10 ms (median) | chat p50 / p99 / max ms | server CPU |")
-print("|---|---|---|---|---|---|")
+lines = []
 for n in sizes:
     for r in [x for x in rows if x["scenario"] == "wave" and x["connections"] == n and "set" not in x]:
         lat, slices = r["latency_ms"], r["pings_per_10ms"]
         pings = "off" if r["pings_per_sec"] == 0 else f"every {r['ping_secs']} s"
-        print(f"| {n:,} | {pings} | {fmt(r['pings_per_sec'], 0)} | {slices['max']} ({slices['p50']}) | "
-              f"{fmt(lat['p50'], 2)} / {fmt(lat['p99'], 2)} / {fmt(lat['max'], 2)} | "
-              f"{fmt(100 * r['server_cpu_share'], 0)}% |")
+        lines.append(f"| {n:,} | {pings} | {fmt(r['pings_per_sec'], 0)} | {slices['max']} ({slices['p50']}) | "
+                     f"{fmt(lat['p50'], 2)} / {fmt(lat['p99'], 2)} / {fmt(lat['max'], 2)} | "
+                     f"{fmt(100 * r['server_cpu_share'], 0)}% |")
+table(["N", "pings", "pings/s", "busiest 10 ms (median)", "chat p50 / p99 / max ms", "server CPU"], lines)
 
 side_by_side(["listening again s", "all back s", "all recovered s", "failed attempts", "never back",
               "messages lost", "duplicates"], "storm", storm_cells)
 
-print("\n| N | knob | idle: RSS + kernel KiB/conn | broadcast to last p50 / max ms, µs/delivery | wave: chat p99 ms, server CPU | storm: all back s, failed |")
-print("|---|---|---|---|---|---|")
+lines = []
 knobs = [("defaults", 0, None), ("socket buffers 16 KiB", 16384, None),
          ("tcp_nodelay off", 0, "limits.tcp_nodelay=false"),
          ("listen_backlog 4096", 0, "limits.listen_backlog=4096")]
@@ -97,16 +107,19 @@ for n in sizes:
             cells[2] = f"{fmt(wave['latency_ms']['p99'], 2)}, {fmt(100 * wave['server_cpu_share'], 0)}%"
         if storm:
             cells[3] = f"{fmt(storm['all_back_secs'], 2)}, {storm['failed_attempts']}"
-        print(f"| {n:,} | {label} | " + " | ".join(cells) + " |")
+        if cells != ["–"] * 4:
+            lines.append(f"| {n:,} | {label} | " + " | ".join(cells) + " |")
+table(["N", "knob", "idle: RSS + kernel KiB/conn", "broadcast to last p50 / max ms, µs/delivery",
+       "wave: chat p99 ms, server CPU", "storm: all back s, failed"], lines)
 
-print("\n| 1 000 rx × 1 tx, 600 msg/s | deliveries/s | server CPU µs/delivery | p99 ms | cut off |")
-print("|---|---|---|---|---|")
+lines = []
 floor = {}
 for server in ["shequ", "rust-floor"]:
     r = find("fanout", server, 1000, offered_rate=600)
     if r:
         floor[server] = r["server_cpu_us_per_delivery"]
-        print(f"| {server} | {fmt(r['deliveries_per_sec'], 0)} | {fmt(r['server_cpu_us_per_delivery'], 2)} | "
-              f"{fmt(r['latency_ms']['p99'], 2)} | {r['disconnected']} |")
+        lines.append(f"| {server} | {fmt(r['deliveries_per_sec'], 0)} | {fmt(r['server_cpu_us_per_delivery'], 2)} | "
+                     f"{fmt(r['latency_ms']['p99'], 2)} | {r['disconnected']} |")
+table(["1 000 rx × 1 tx, 600 msg/s", "deliveries/s", "server CPU µs/delivery", "p99 ms", "cut off"], lines)
 if len(floor) == 2:
     print(f"\nshequ / floor, CPU per delivery: {floor['shequ'] / floor['rust-floor']:.2f}")
