@@ -636,6 +636,11 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
         let received = Rc::new(Cell::new(0usize));
         let closed = Rc::new(Cell::new(0usize));
         let last_receipt = Rc::new(Cell::new(Instant::now()));
+        // Each receiver says when it has every message, and stays connected until the run is
+        // over: a client that left at once would make the server handle its close while the
+        // last message is still going out to the others, and that would count as the
+        // broadcast's time and CPU.
+        let (all_mine, complete) = smol::channel::unbounded::<()>();
         let reading: Vec<_> = receivers
             .into_iter()
             .enumerate()
@@ -645,6 +650,7 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
                     (latencies.clone(), received.clone(), closed.clone(), last_receipt.clone());
                 let last_of_message = last_of_message.clone();
                 let expected = expected_of(i);
+                let all_mine = all_mine.clone();
                 ex.spawn(async move {
                     let mut got = 0;
                     while got < expected {
@@ -668,9 +674,12 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
                             }
                         }
                     }
+                    let _ = all_mine.send(()).await;
+                    while let Some(Ok(_)) = ws.next().await {}
                 })
             })
             .collect();
+        let readers = reading.len();
         let cpu_before = server.cpu_secs();
         let helper_before = helper_thread_cpu_secs();
         let started = Instant::now();
@@ -708,8 +717,8 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
             })
             .collect();
         let all_in = async {
-            for r in reading {
-                r.await;
+            for _ in 0..readers {
+                let _ = complete.recv().await;
             }
         };
         // Done when every delivery arrived, or nothing arrived for 3 s (losses).
@@ -726,6 +735,7 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
         let cpu = server.cpu_secs() - cpu_before;
         let helper = helper_thread_cpu_secs() - helper_before;
         drop(sending);
+        drop(reading);
         let mut lat = latencies.borrow().clone();
         lat.sort_unstable();
         let mut to_all: Vec<u64> = last_of_message.borrow().values().copied().collect();
