@@ -22,7 +22,7 @@ use crate::handshakes::Handshakes;
 use crate::history::HistoryFile;
 use crate::hub::{ConnId, Effect, Hub, Join, Now, Refused};
 use crate::metrics::{self, ShellCounters, Snapshot};
-use crate::outbox::OutboxRx;
+use crate::outbox::{OutboxRx, Pacer, WAKES_PER_TURN};
 use crate::page::Page;
 use crate::protocol::CloseReason;
 
@@ -294,6 +294,16 @@ pub(crate) async fn sync_history_every_second(shell: Rc<Shell>) {
     }
 }
 
+/// Wakes the connection tasks of large broadcasts, [`WAKES_PER_TURN`] at a time, and yields
+/// after each turn: the tasks it woke, and anything else that became ready meanwhile (a chat
+/// frame read from another socket), run before its next turn (`outbox.rs`).
+pub(crate) async fn drive_pacer(pacer: Pacer) {
+    loop {
+        std::future::poll_fn(|cx| pacer.poll_turn(cx, WAKES_PER_TURN)).await;
+        futures_lite::future::yield_now().await;
+    }
+}
+
 /// How late the hub's timers may fire, so that one wake-up serves every deadline within it.
 /// Heartbeats are spread, one deadline per connection: at 19 000 connections pinged every 5 s
 /// (the rate of 100 000 at the default 30 s), waking for each deadline alone took 32% of the
@@ -316,5 +326,55 @@ pub(crate) async fn drive_timers(shell: Rc<Shell>, rearm: async_channel::Receive
             })
             .await;
         shell.apply(|hub, now| hub.handle_timeout(now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Frame, Next, outbox};
+    use async_tungstenite::tungstenite::Utf8Bytes;
+    use smol::LocalExecutor;
+
+    /// On the server's own executor: a frame for one connection, queued while a broadcast to
+    /// four turns' worth of connections is being written, is written after at most one turn of
+    /// them, not after all of them; and every receiver of the broadcast gets it once, in the
+    /// order it was queued.
+    #[test]
+    fn a_frame_queued_during_a_large_broadcast_waits_for_one_turn_not_for_all() {
+        let receivers = 4 * WAKES_PER_TURN;
+        let ex = LocalExecutor::new();
+        let pacer = Pacer::default();
+        let written = Rc::new(RefCell::new(Vec::new()));
+        // One task per queue, taking frames as a connection's pump does: receivers 0..n, and
+        // the chat's receiver, n.
+        let mut queues = Vec::new();
+        for i in 0..=receivers {
+            let (tx, rx) = outbox();
+            let written = written.clone();
+            ex.spawn(async move {
+                while let Next::Frame(_) = std::future::poll_fn(|cx| rx.poll_next(cx)).await {
+                    written.borrow_mut().push(i);
+                }
+            })
+            .detach();
+            queues.push(tx);
+        }
+        ex.spawn(drive_pacer(pacer.clone())).detach();
+        while ex.try_tick() {}
+        let chat = queues.pop().unwrap();
+        let everyone = Frame::Text(Utf8Bytes::from_static("everyone"));
+        for tx in &queues {
+            assert!(tx.push_paced(everyone.clone(), 8, &pacer));
+        }
+        ex.try_tick(); // the pacer's first turn
+        chat.push(Frame::Text(Utf8Bytes::from_static("to one")));
+        while ex.try_tick() {}
+
+        let written = written.borrow();
+        let chat_at = written.iter().position(|&i| i == receivers).unwrap();
+        assert!(chat_at <= WAKES_PER_TURN, "the chat was written after {chat_at} others");
+        let broadcast: Vec<usize> = written.iter().copied().filter(|&i| i != receivers).collect();
+        assert_eq!(broadcast, (0..receivers).collect::<Vec<_>>());
     }
 }

@@ -45,7 +45,7 @@ use self::moderation::Moderation;
 use self::timers::{Timer, TimerTable};
 
 use crate::channels::{Kind, Pattern, Policy, dm_members};
-use crate::outbox::{Frame, OutboxRx, OutboxTx, outbox};
+use crate::outbox::{Frame, OutboxRx, OutboxTx, Pacer, WAKES_PER_TURN, outbox};
 use crate::protocol::{
     ChannelError, ChatHead, CloseReason, PROTOCOL_CHANNELS, ProtocolError, ServerMessage,
 };
@@ -341,6 +341,9 @@ pub struct Hub {
     /// The site's bans and mutes (`site.rs`).
     moderation: Moderation,
     stats: Stats,
+    /// Wakes the tasks of a broadcast to more than [`WAKES_PER_TURN`] in turns; the shell runs
+    /// its turns ([`Hub::pacer`]).
+    pacer: Pacer,
 }
 
 impl Hub {
@@ -382,7 +385,13 @@ impl Hub {
             evicted_up_to: 0,
             moderation: Moderation::default(),
             stats: Stats::default(),
+            pacer: Pacer::default(),
         }
+    }
+
+    /// The wake-ups of large broadcasts, for the shell to hand out in turns (`outbox.rs`).
+    pub fn pacer(&self) -> Pacer {
+        self.pacer.clone()
     }
 
     /// Open connections.
@@ -1407,18 +1416,27 @@ impl Hub {
 
     /// Queues one frame for every member of a channel: O(members), whatever else the hub
     /// holds. The bytes are shared, not copied. A receiver whose queue is full is closed
-    /// ([`CloseReason::TooSlow`]) rather than skipped, so no one loses messages silently.
+    /// ([`CloseReason::TooSlow`]) rather than skipped, so no one loses messages silently. For
+    /// more than [`WAKES_PER_TURN`] members, their tasks are woken in turns by the pacer, so
+    /// that other traffic does not wait behind all of them (`outbox.rs`).
     /// Returns how many receivers it was queued for.
     fn broadcast(&mut self, now: Now, key: &str, frame: Frame, effects: &mut Vec<Effect>) -> u64 {
         let Some(channel) = self.channels.get(key) else {
             return 0;
         };
         let mut full = Vec::new();
+        let paced = channel.members.len() > WAKES_PER_TURN;
+        let bound = self.config.send_queue;
         for conn in &channel.members {
-            if let Some(c) = self.conns.get(conn)
-                && !c.outbox.push_below(frame.clone(), self.config.send_queue)
-            {
-                full.push(*conn);
+            if let Some(c) = self.conns.get(conn) {
+                let queued = if paced {
+                    c.outbox.push_paced(frame.clone(), bound, &self.pacer)
+                } else {
+                    c.outbox.push_below(frame.clone(), bound)
+                };
+                if !queued {
+                    full.push(*conn);
+                }
             }
         }
         let queued = channel.members.len() - full.len();

@@ -9,6 +9,13 @@
 //! reachable from outside it; [`OutboxTx::close`] takes it by value. So a queue cannot be closed
 //! twice, and nothing can push to a queue after it was closed: the type system holds the rule that
 //! the Go handler broke with "close of closed channel".
+//!
+//! A frame for a very large channel is queued at once, like any other, but the task that writes
+//! it is woken by the [`Pacer`], a few hundred tasks at a time: woken all at once, 100 000 tasks
+//! would stand in the executor's queue ahead of everything else, and a chat message arriving
+//! meanwhile would wait for all of their writes (a second or more). A connection that is sent
+//! anything else in the meantime is woken at once, and writes the paced frame with it. Only the
+//! moment of the wake-up moves: every queue still holds its frames in the hub's order.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -18,6 +25,11 @@ use std::task::{Context, Poll, Waker};
 use async_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::protocol::CloseReason;
+
+/// The connection tasks the [`Pacer`] wakes in one turn; a broadcast to more receivers is paced.
+/// At about 10 µs of writing each, a turn is a few milliseconds: the longest a chat message
+/// waits behind a broadcast to everyone.
+pub const WAKES_PER_TURN: usize = 256;
 
 /// One frame waiting to be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,11 +46,69 @@ struct Shared {
     frames: VecDeque<Frame>,
     closed: Option<CloseReason>,
     waker: Option<Waker>,
+    /// In the [`Pacer`]'s queue, to be woken at its turn.
+    paced: bool,
 }
 
 impl Shared {
     fn wake(&mut self) {
+        self.paced = false;
         if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// The wake-ups of connection tasks held back by [`OutboxTx::push_paced`], in order, and the
+/// task that hands them out ([`Pacer::poll_turn`]). One per hub; cloning shares it.
+#[derive(Debug, Clone, Default)]
+pub struct Pacer {
+    inner: Rc<RefCell<PacerQueue>>,
+}
+
+#[derive(Debug, Default)]
+struct PacerQueue {
+    waiting: VecDeque<Rc<RefCell<Shared>>>,
+    /// The pacing task, while it waits for work.
+    waker: Option<Waker>,
+}
+
+impl Pacer {
+    /// Wake-ups waiting for their turn.
+    pub fn len(&self) -> usize {
+        self.inner.borrow().waiting.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One turn: wakes the next `n` held-back tasks and is ready, or, with none waiting,
+    /// registers the pacing task to be woken when one is. The task then yields, so that the
+    /// tasks it woke (and whatever else is ready) run before its next turn.
+    pub fn poll_turn(&self, cx: &mut Context<'_>, n: usize) -> Poll<usize> {
+        let mut inner = self.inner.borrow_mut();
+        if inner.waiting.is_empty() {
+            inner.waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let mut woken = 0;
+        while woken < n {
+            let Some(shared) = inner.waiting.pop_front() else { break };
+            let mut shared = shared.borrow_mut();
+            // Not paced any more: woken meanwhile, by another frame or its own socket.
+            if shared.paced {
+                shared.wake();
+                woken += 1;
+            }
+        }
+        Poll::Ready(woken)
+    }
+
+    fn hold(&self, shared: Rc<RefCell<Shared>>) {
+        let mut inner = self.inner.borrow_mut();
+        inner.waiting.push_back(shared);
+        if let Some(waker) = inner.waker.take() {
             waker.wake();
         }
     }
@@ -99,6 +169,22 @@ impl OutboxTx {
         true
     }
 
+    /// [`push_below`](Self::push_below), for a frame that goes to so many receivers that their
+    /// tasks are woken in turns by `pacer` (see the module documentation).
+    pub fn push_paced(&self, frame: Frame, bound: usize, pacer: &Pacer) -> bool {
+        let mut shared = self.shared.borrow_mut();
+        if shared.frames.len() >= bound {
+            return false;
+        }
+        shared.frames.push_back(frame);
+        // A task that is not waiting (running, or woken already) will see the frame anyway.
+        if shared.waker.is_some() && !shared.paced {
+            shared.paced = true;
+            pacer.hold(self.shared.clone());
+        }
+        true
+    }
+
     /// Closes the queue. Frames already queued are still written, then the close frame, except
     /// for a client that is too slow: its backlog is what made it too slow, so it is dropped.
     pub fn close(self, reason: CloseReason) {
@@ -138,6 +224,8 @@ impl OutboxRx {
         if let Some(reason) = shared.closed {
             return Poll::Ready(Next::Closed(reason));
         }
+        // Everything is taken: a paced wake-up still waiting would find nothing.
+        shared.paced = false;
         if !shared.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             shared.waker = Some(cx.waker().clone());
         }
@@ -195,6 +283,106 @@ mod tests {
         let (tx, rx) = outbox();
         drop(tx);
         assert_eq!(rx.closed(), Some(CloseReason::Shutdown));
+    }
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    impl Count {
+        fn get(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    /// `n` queues whose tasks wait on them, each with its wake-up counter.
+    fn waiting(n: usize) -> Vec<(OutboxTx, OutboxRx, std::sync::Arc<Count>)> {
+        (0..n)
+            .map(|_| {
+                let (tx, rx) = outbox();
+                let count = std::sync::Arc::new(Count::default());
+                let waker = Waker::from(count.clone());
+                assert_eq!(rx.poll_next(&mut Context::from_waker(&waker)), Poll::Pending);
+                (tx, rx, count)
+            })
+            .collect()
+    }
+
+    fn turn(pacer: &Pacer, n: usize) -> Poll<usize> {
+        pacer.poll_turn(&mut Context::from_waker(Waker::noop()), n)
+    }
+
+    #[test]
+    fn paced_frames_are_queued_at_once_and_their_tasks_woken_in_turns() {
+        let pacer = Pacer::default();
+        let queues = waiting(5);
+        for (tx, _, _) in &queues {
+            assert!(tx.push_paced(text("everyone"), 10, &pacer));
+            assert_eq!(tx.len(), 1);
+        }
+        let woken = || queues.iter().map(|(_, _, count)| count.get()).collect::<Vec<_>>();
+        assert_eq!(woken(), [0, 0, 0, 0, 0]);
+        assert_eq!(turn(&pacer, 2), Poll::Ready(2));
+        assert_eq!(woken(), [1, 1, 0, 0, 0]);
+        assert_eq!(turn(&pacer, 2), Poll::Ready(2));
+        assert_eq!(turn(&pacer, 2), Poll::Ready(1));
+        assert_eq!(woken(), [1, 1, 1, 1, 1]);
+        assert_eq!(turn(&pacer, 2), Poll::Pending);
+        for (_, rx, _) in &queues {
+            assert_eq!(poll(rx), Poll::Ready(Next::Frame(text("everyone"))));
+        }
+    }
+
+    #[test]
+    fn another_frame_wakes_a_paced_task_at_once_and_its_turn_is_skipped() {
+        let pacer = Pacer::default();
+        let queues = waiting(2);
+        for (tx, _, _) in &queues {
+            tx.push_paced(text("everyone"), 10, &pacer);
+        }
+        // Paced twice, held once.
+        queues[0].0.push_paced(text("everyone again"), 10, &pacer);
+        assert_eq!(pacer.len(), 2);
+        queues[0].0.push(text("to you"));
+        assert_eq!(queues[0].2.get(), 1);
+        // The second queue's task drained its queue by itself (its socket woke it).
+        assert_eq!(poll(&queues[1].1), Poll::Ready(Next::Frame(text("everyone"))));
+        assert_eq!(poll(&queues[1].1), Poll::Pending);
+        assert_eq!(turn(&pacer, 10), Poll::Ready(0));
+        assert_eq!(queues[0].2.get(), 1);
+        assert_eq!(queues[1].2.get(), 0);
+        // The frames are still in the hub's order.
+        assert_eq!(poll(&queues[0].1), Poll::Ready(Next::Frame(text("everyone"))));
+        assert_eq!(poll(&queues[0].1), Poll::Ready(Next::Frame(text("everyone again"))));
+        assert_eq!(poll(&queues[0].1), Poll::Ready(Next::Frame(text("to you"))));
+    }
+
+    #[test]
+    fn a_task_not_waiting_is_not_held_and_a_full_queue_refuses() {
+        let pacer = Pacer::default();
+        let (tx, rx) = outbox();
+        // Never polled: its task is running (or not started), and will look at the queue.
+        assert!(tx.push_paced(text("a"), 1, &pacer));
+        assert!(pacer.is_empty());
+        assert!(!tx.push_paced(text("b"), 1, &pacer));
+        assert_eq!(rx.drain(), [text("a")]);
+    }
+
+    #[test]
+    fn the_pacing_task_is_woken_when_a_wake_up_is_held() {
+        let pacer = Pacer::default();
+        let count = std::sync::Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        assert_eq!(pacer.poll_turn(&mut Context::from_waker(&waker), 4), Poll::Pending);
+        let queues = waiting(1);
+        queues[0].0.push_paced(text("everyone"), 10, &pacer);
+        assert_eq!(count.get(), 1);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use smol::{Async, LocalExecutor, Timer};
 use crate::auth::Verifier;
 use crate::config::{Config, ConfigError, Fsync};
 use crate::conn::{Port, serve};
-use crate::driver::{Shell, drive_timers, now, sync_history_every_second};
+use crate::driver::{Shell, drive_pacer, drive_timers, now, sync_history_every_second};
 use crate::history::HistoryFile;
 use crate::hub::moderation::Moderation;
 use crate::hub::{Hub, HubConfig};
@@ -141,6 +141,7 @@ pub fn run(
     let executor = LocalExecutor::new();
     smol::block_on(executor.run(async {
         executor.spawn(drive_timers(shell.clone(), rearm_rx)).detach();
+        executor.spawn(drive_pacer(shell.hub().pacer())).detach();
         if sync_history {
             executor.spawn(sync_history_every_second(shell.clone())).detach();
         }

@@ -915,3 +915,30 @@ fn cluster_message_refused_by_a_full_outbox_tells_the_sender_without_a_violation
 
 mod channels;
 mod site;
+
+/// Every queue drained, with its task waiting on it again (as a connection's pump waits).
+fn all_waiting(h: &Harness) {
+    for rx in h.open.values() {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        while rx.poll_next(&mut cx).is_ready() {}
+    }
+}
+
+#[test]
+fn a_broadcast_to_more_than_one_turn_of_wakes_is_paced() {
+    let mut h = Harness::new(HubConfig { max_connections: WAKES_PER_TURN + 1, ..config() });
+    let conns: Vec<ConnId> = (0..WAKES_PER_TURN).map(|i| h.connect(&format!("u{i}"))).collect();
+    all_waiting(&h);
+    h.chat(conns[0], "to a turn's worth");
+    assert!(h.hub.pacer().is_empty());
+    assert!(conns.iter().all(|&c| h.of_type(c, "chat").len() == 1));
+
+    let last = h.connect("one more");
+    all_waiting(&h);
+    h.chat(conns[0], "to more");
+    // Every member's frame is queued now; only the wake-ups wait for the pacer.
+    assert_eq!(h.hub.pacer().len(), WAKES_PER_TURN + 1);
+    for c in conns.iter().chain([&last]) {
+        assert_eq!(h.of_type(*c, "chat")[0]["content"], "to more");
+    }
+}
