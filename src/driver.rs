@@ -365,7 +365,7 @@ mod tests {
         let chat = queues.pop().unwrap();
         let everyone = Frame::Text(Utf8Bytes::from_static("everyone"));
         for tx in &queues {
-            assert!(tx.push_paced(everyone.clone(), 8, &pacer));
+            assert!(tx.push_below(everyone.clone(), 8, Some(&pacer)));
         }
         ex.try_tick(); // the pacer's first turn
         chat.push(Frame::Text(Utf8Bytes::from_static("to one")));

@@ -1425,18 +1425,12 @@ impl Hub {
             return 0;
         };
         let mut full = Vec::new();
-        let paced = channel.members.len() > WAKES_PER_TURN;
-        let bound = self.config.send_queue;
+        let pacer = (channel.members.len() > WAKES_PER_TURN).then_some(&self.pacer);
         for conn in &channel.members {
-            if let Some(c) = self.conns.get(conn) {
-                let queued = if paced {
-                    c.outbox.push_paced(frame.clone(), bound, &self.pacer)
-                } else {
-                    c.outbox.push_below(frame.clone(), bound)
-                };
-                if !queued {
-                    full.push(*conn);
-                }
+            if let Some(c) = self.conns.get(conn)
+                && !c.outbox.push_below(frame.clone(), self.config.send_queue, pacer)
+            {
+                full.push(*conn);
             }
         }
         let queued = channel.members.len() - full.len();

@@ -59,7 +59,7 @@ impl Shared {
     }
 }
 
-/// The wake-ups of connection tasks held back by [`OutboxTx::push_paced`], in order, and the
+/// The wake-ups of connection tasks held back by [`OutboxTx::push_below`], in order, and the
 /// task that hands them out ([`Pacer::poll_turn`]). One per hub; cloning shares it.
 #[derive(Debug, Clone, Default)]
 pub struct Pacer {
@@ -158,29 +158,23 @@ impl OutboxTx {
     }
 
     /// Queues a frame if fewer than `bound` are waiting (one look at the queue, for the
-    /// broadcast loop); returns whether it did.
-    pub fn push_below(&self, frame: Frame, bound: usize) -> bool {
+    /// broadcast loop); returns whether it did. With a `pacer` (a frame for so many receivers
+    /// that their tasks are woken in turns, see the module documentation), a task waiting on
+    /// its queue is woken at its turn instead of now.
+    pub fn push_below(&self, frame: Frame, bound: usize, pacer: Option<&Pacer>) -> bool {
         let mut shared = self.shared.borrow_mut();
         if shared.frames.len() >= bound {
             return false;
         }
         shared.frames.push_back(frame);
-        shared.wake();
-        true
-    }
-
-    /// [`push_below`](Self::push_below), for a frame that goes to so many receivers that their
-    /// tasks are woken in turns by `pacer` (see the module documentation).
-    pub fn push_paced(&self, frame: Frame, bound: usize, pacer: &Pacer) -> bool {
-        let mut shared = self.shared.borrow_mut();
-        if shared.frames.len() >= bound {
-            return false;
-        }
-        shared.frames.push_back(frame);
-        // A task that is not waiting (running, or woken already) will see the frame anyway.
-        if shared.waker.is_some() && !shared.paced {
-            shared.paced = true;
-            pacer.hold(self.shared.clone());
+        match pacer {
+            None => shared.wake(),
+            // A task that is not waiting (running, or woken already) will see the frame anyway.
+            Some(pacer) if shared.waker.is_some() && !shared.paced => {
+                shared.paced = true;
+                pacer.hold(self.shared.clone());
+            }
+            Some(_) => {}
         }
         true
     }
@@ -323,7 +317,7 @@ mod tests {
         let pacer = Pacer::default();
         let queues = waiting(5);
         for (tx, _, _) in &queues {
-            assert!(tx.push_paced(text("everyone"), 10, &pacer));
+            assert!(tx.push_below(text("everyone"), 10, Some(&pacer)));
             assert_eq!(tx.len(), 1);
         }
         let woken = || queues.iter().map(|(_, _, count)| count.get()).collect::<Vec<_>>();
@@ -344,10 +338,10 @@ mod tests {
         let pacer = Pacer::default();
         let queues = waiting(2);
         for (tx, _, _) in &queues {
-            tx.push_paced(text("everyone"), 10, &pacer);
+            tx.push_below(text("everyone"), 10, Some(&pacer));
         }
         // Paced twice, held once.
-        queues[0].0.push_paced(text("everyone again"), 10, &pacer);
+        queues[0].0.push_below(text("everyone again"), 10, Some(&pacer));
         assert_eq!(pacer.len(), 2);
         queues[0].0.push(text("to you"));
         assert_eq!(queues[0].2.get(), 1);
@@ -368,9 +362,9 @@ mod tests {
         let pacer = Pacer::default();
         let (tx, rx) = outbox();
         // Never polled: its task is running (or not started), and will look at the queue.
-        assert!(tx.push_paced(text("a"), 1, &pacer));
+        assert!(tx.push_below(text("a"), 1, Some(&pacer)));
         assert!(pacer.is_empty());
-        assert!(!tx.push_paced(text("b"), 1, &pacer));
+        assert!(!tx.push_below(text("b"), 1, Some(&pacer)));
         assert_eq!(rx.drain(), [text("a")]);
     }
 
@@ -381,7 +375,7 @@ mod tests {
         let waker = Waker::from(count.clone());
         assert_eq!(pacer.poll_turn(&mut Context::from_waker(&waker), 4), Poll::Pending);
         let queues = waiting(1);
-        queues[0].0.push_paced(text("everyone"), 10, &pacer);
+        queues[0].0.push_below(text("everyone"), 10, Some(&pacer));
         assert_eq!(count.get(), 1);
     }
 
