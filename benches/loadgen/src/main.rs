@@ -440,32 +440,31 @@ async fn try_connect(addr: SocketAddr, token: &str) -> Result<Ws, String> {
 /// Opens `n` connections, `CONNECT_PARALLELISM` at a time, spread over the server's instances.
 async fn connect_many(ex: &LocalExecutor<'_>, server: &Server, prefix: &str, n: usize) -> Vec<Ws> {
     let mut out = Vec::with_capacity(n);
-    for chunk_start in (0..n).step_by(CONNECT_PARALLELISM) {
-        let chunk = chunk_start..(chunk_start + CONNECT_PARALLELISM).min(n);
-        out.extend(connect_chunk(ex, server, prefix, chunk).await);
-    }
+    connect_each(ex, server, prefix, n, |ws| out.push(ws)).await;
     out
 }
 
-/// Opens the connections numbered `chunk` at once (users `<prefix><i>`).
-async fn connect_chunk(
+/// [`connect_many`], handing each connection to `each` as soon as its batch is in (users
+/// `<prefix><i>`).
+async fn connect_each(
     ex: &LocalExecutor<'_>,
     server: &Server,
     prefix: &str,
-    chunk: std::ops::Range<usize>,
-) -> Vec<Ws> {
-    let tasks: Vec<_> = chunk
-        .map(|i| {
-            let user = format!("{prefix}{i}");
-            let addr = server.addr(i);
-            ex.spawn(async move { connect(addr, &user).await })
-        })
-        .collect();
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        out.push(t.await.expect("connect"));
+    n: usize,
+    mut each: impl FnMut(Ws),
+) {
+    for chunk_start in (0..n).step_by(CONNECT_PARALLELISM) {
+        let tasks: Vec<_> = (chunk_start..(chunk_start + CONNECT_PARALLELISM).min(n))
+            .map(|i| {
+                let user = format!("{prefix}{i}");
+                let addr = server.addr(i);
+                ex.spawn(async move { connect(addr, &user).await })
+            })
+            .collect();
+        for t in tasks {
+            each(t.await.expect("connect"));
+        }
     }
-    out
 }
 
 /// With `--group`: connection `i` of `conns` joins `g:<i / G>` and `h:<i mod (N / G)>`, and
@@ -540,12 +539,8 @@ fn idle(args: &Args) -> serde_json::Value {
             join_groups(&mut conns, args.group).await;
             readers.extend(conns.into_iter().map(reading));
         } else {
-            for chunk_start in (0..args.connections).step_by(CONNECT_PARALLELISM) {
-                let chunk = chunk_start..(chunk_start + CONNECT_PARALLELISM).min(args.connections);
-                readers.extend(
-                    connect_chunk(&ex, &server, "idle", chunk).await.into_iter().map(reading),
-                );
-            }
+            connect_each(&ex, &server, "idle", args.connections, |ws| readers.push(reading(ws)))
+                .await;
         }
         let connect_secs = started.elapsed().as_secs_f64();
         let count = readers.len();
@@ -636,8 +631,8 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
         let received = Rc::new(Cell::new(0usize));
         let closed = Rc::new(Cell::new(0usize));
         let last_receipt = Rc::new(Cell::new(Instant::now()));
-        // Each receiver says when it has every message, and stays connected until the run is
-        // over: a client that left at once would make the server handle its close while the
+        // Each receiver says when it has every message (or was cut off), and stays connected
+        // until the run is over: a client that left at once would make the server handle its close while the
         // last message is still going out to the others, and that would count as the
         // broadcast's time and CPU.
         let (all_mine, complete) = smol::channel::unbounded::<()>();
@@ -669,7 +664,9 @@ fn fanout(args: &Args, scenario: &str) -> serde_json::Value {
                             }
                             Some(Ok(_)) => {}
                             _ => {
+                                // Cut off: done too, with what it got.
                                 closed.set(closed.get() + 1);
+                                let _ = all_mine.send(()).await;
                                 return;
                             }
                         }
