@@ -203,7 +203,9 @@ pub struct Limits {
     /// The share of `max_pending_handshakes` one client address may hold. Trusted proxies are
     /// exempt (every client behind them shares their address); 0 turns the share off.
     pub max_pending_handshakes_per_ip: usize,
-    /// Bytes the WebSocket layer reads at once per connection (allocated per connection).
+    /// Bytes the WebSocket layer reads at once per connection, allocated per connection for
+    /// as long as it is open: most connections are idle, so this is most of what an idle one
+    /// costs. A larger frame is read in several reads of this size.
     pub read_buffer_bytes: usize,
     /// Channels that exist at once (someone is in them, or they hold history).
     pub max_channels: usize,
@@ -238,7 +240,7 @@ impl Default for Limits {
             handshake_timeout_secs: 10,
             max_pending_handshakes: 1024,
             max_pending_handshakes_per_ip: 16,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 512,
             max_channels: 10_000,
             max_channels_per_connection: 32,
             socket_send_buffer: 0,
