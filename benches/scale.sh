@@ -8,8 +8,9 @@
 #             only: the Go hub has no channels, its chat goes to everyone)
 #   storm     SIGTERM with N clients that reconnect as the page does (backoff with jitter,
 #             ?since=): time until all are back with every message, failed attempts, losses
-#   knobs     idle and broadcast with limits.socket_send_buffer/recv_buffer at 16 KiB, broadcast
-#             and wave with limits.tcp_nodelay off, the storm with limits.listen_backlog 4096
+#   knobs     idle and broadcast with limits.socket_send_buffer/recv_buffer at 16 KiB, idle with
+#             limits.read_buffer_bytes at 1 KiB (the default until 2026-12-01), broadcast and
+#             wave with limits.tcp_nodelay off, the storm with limits.listen_backlog 4096
 # and once: server CPU per delivery at 1 000 receivers × 1 sender (600 msg/s, nobody cut
 # off) beside the bare smol + async-tungstenite floor.
 #
@@ -52,7 +53,10 @@ hard=$(ulimit -Hn)
 fits=$(( (hard - 1000) / 1000 * 1000 ))
 out=benches/scale-results.jsonl
 : > "$out"
-echo "{\"scenario\":\"machine\",\"kernel\":\"$(uname -r)\",\"nproc\":$(nproc),\"timed\":\"$timed\",\"emulated\":\"${SCALE_EMULATED:-}\"}" | tee -a "$out"
+# Transparent huge pages ("always" backs a process's memory with 2 MiB pages where it can, which
+# can make RSS larger for the same data), as "[madvise]" or the like.
+thp=$(grep -o '\[[a-z]*\]' /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo none)
+echo "{\"scenario\":\"machine\",\"kernel\":\"$(uname -r)\",\"nproc\":$(nproc),\"timed\":\"$timed\",\"emulated\":\"${SCALE_EMULATED:-}\",\"huge_pages\":\"$thp\"}" | tee -a "$out"
 run() { taskset -c 1 target/release/shequ-loadgen "$@" | tee -a "$out"; }
 # The runs that measure time: skipped with --memory-only.
 timed() { if [ "$timed" = yes ]; then run "$@"; fi; }
@@ -76,6 +80,7 @@ for asked in "${sizes[@]}"; do
   done
   # The kernel knobs, each against the defaults above.
   run --server shequ --scenario idle --connections "$n" --socket-buffer 16384
+  run --server shequ --scenario idle --connections "$n" --set limits.read_buffer_bytes=1024
   timed --server shequ --scenario fanout --receivers "$n" --senders 1 --messages 10 --rate 2 --socket-buffer 16384
   timed --server shequ --scenario fanout --receivers "$n" --senders 1 --messages 10 --rate 2 --set limits.tcp_nodelay=false
   timed --server shequ --scenario wave --connections "$n" --senders 10 --rate 200 --secs 20 --ping-secs "$ping_secs" --set limits.tcp_nodelay=false

@@ -31,7 +31,8 @@ def table(header, lines):
 for r in rows:
     if r["scenario"] == "machine":
         how = {"tcg": ", emulated by qemu (TCG): memory only", "kvm": ", a KVM virtual machine"}
-        print(f"- Linux {r['kernel']}, {r['nproc']} cores{how.get(r['emulated'], '')}.")
+        thp = f", transparent huge pages {r['huge_pages']}" if "huge_pages" in r else ""
+        print(f"- Linux {r['kernel']}, {r['nproc']} cores{how.get(r['emulated'], '')}{thp}.")
     if r["scenario"] == "limited":
         print(f"- {r['asked']:,} asked, {r['connections']:,} run: the open files hard limit here is "
               f"{r['hard_limit']:,}, and one process holds a descriptor per connection.")
@@ -70,6 +71,10 @@ def storm_cells(r):
 
 side_by_side(["RSS KiB/conn", "kernel slab KiB/conn", "kernel TCP KiB/conn", "user + kernel KiB/conn"],
              "idle", idle_cells)
+for r in rows:
+    if r["scenario"] == "idle" and r.get("huge_pages_kib"):
+        print(f"- {r['server']} at {r['connections']:,}: {r['huge_pages_kib'] / 1024:.1f} MiB of its RSS in "
+              "transparent huge pages.")
 side_by_side(["broadcast: to last receiver p50 / p99 / max ms", "server CPU µs/delivery", "lost"],
              "fanout", broadcast_cells)
 
@@ -89,7 +94,8 @@ side_by_side(["listening again s", "all back s", "all recovered s", "failed atte
 lines = []
 knobs = [("defaults", 0, None), ("socket buffers 16 KiB", 16384, None),
          ("tcp_nodelay off", 0, "limits.tcp_nodelay=false"),
-         ("listen_backlog 4096", 0, "limits.listen_backlog=4096")]
+         ("listen_backlog 4096", 0, "limits.listen_backlog=4096"),
+         ("read buffer 1 KiB", 0, "limits.read_buffer_bytes=1024")]
 for n in sizes:
     ping_rows = [x for x in rows if x["scenario"] == "wave" and x["connections"] == n and x["pings_per_sec"] > 0]
     for label, buffer, setting in knobs:

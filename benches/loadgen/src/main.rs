@@ -314,12 +314,23 @@ impl Server {
 
     /// Resident memory of every process, summed.
     fn rss_kib(&self) -> u64 {
-        let rss = |pid: u32| -> u64 {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-            let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        self.proc_kib("status", "VmRSS:")
+    }
+
+    /// Of that, anonymous memory in transparent huge pages: where the kernel backs memory with
+    /// 2 MiB pages, a page partly in use is resident whole, and RSS grows with no more data.
+    fn huge_pages_kib(&self) -> u64 {
+        self.proc_kib("smaps_rollup", "AnonHugePages:")
+    }
+
+    /// A field in KiB of `/proc/<pid>/<file>`, summed over every process (0 where absent).
+    fn proc_kib(&self, file: &str, field: &str) -> u64 {
+        let kib = |pid: u32| -> u64 {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
+            let line = text.lines().find(|l| l.starts_with(field));
+            line.and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()).unwrap_or(0)
         };
-        self.children.iter().map(|c| rss(c.id())).sum()
+        self.children.iter().map(|c| kib(c.id())).sum()
     }
 
     /// User plus system CPU time of every process, summed, in seconds.
@@ -547,6 +558,7 @@ fn idle(args: &Args) -> serde_json::Value {
         // Let every welcome and presence frame be written and the queues drained.
         Timer::after(Duration::from_secs(3)).await;
         let rss = server.rss_kib();
+        let huge_pages = server.huge_pages_kib();
         let kernel = KernelMemory::read().since(&kernel_start);
         // Both ends of every connection live in this kernel, and they cost the same: the
         // server's side is half.
@@ -554,7 +566,7 @@ fn idle(args: &Args) -> serde_json::Value {
         let result = json!({
             "server": args.server, "scenario": "idle", "connections": count,
             "group": args.group,
-            "rss_start_kib": rss_start, "rss_kib": rss,
+            "rss_start_kib": rss_start, "rss_kib": rss, "huge_pages_kib": huge_pages,
             "kib_per_connection": (rss - rss_start) as f64 / count as f64,
             "kernel_tcp_kib_per_connection": per_side(kernel.tcp_kib),
             "kernel_slab_kib_per_connection": per_side(kernel.slab_kib),
