@@ -455,6 +455,10 @@ async fn connect_many(ex: &LocalExecutor<'_>, server: &Server, prefix: &str, n: 
     out
 }
 
+/// Above this many connections, [`connect_each`] says on stderr how far it is every
+/// `PROGRESS_EVERY` (an emulated machine takes many minutes for 100 000).
+const PROGRESS_EVERY: usize = 10_000;
+
 /// [`connect_many`], handing each connection to `each` as soon as its batch is in (users
 /// `<prefix><i>`).
 async fn connect_each(
@@ -464,7 +468,16 @@ async fn connect_each(
     n: usize,
     mut each: impl FnMut(Ws),
 ) {
+    let started = Instant::now();
     for chunk_start in (0..n).step_by(CONNECT_PARALLELISM) {
+        let crossed = chunk_start / PROGRESS_EVERY
+            > chunk_start.saturating_sub(CONNECT_PARALLELISM) / PROGRESS_EVERY;
+        if n > PROGRESS_EVERY && crossed {
+            eprintln!(
+                "{prefix}: {chunk_start} connected in {:.0} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
         let tasks: Vec<_> = (chunk_start..(chunk_start + CONNECT_PARALLELISM).min(n))
             .map(|i| {
                 let user = format!("{prefix}{i}");
