@@ -41,6 +41,8 @@ for r in rows:
         how = {"tcg": ", emulated by qemu (TCG): memory only", "kvm": ", a KVM virtual machine"}
         thp = f", transparent huge pages {r['huge_pages']}" if "huge_pages" in r else ""
         print(f"- Linux {r['kernel']}, {r['nproc']} cores{how.get(r['emulated'], '')}{thp}.")
+    if r["scenario"] == "failed":
+        print(f"- Failed (the load generator stopped): `shequ-loadgen {r['arguments']}`.")
     if r["scenario"] == "limited":
         print(f"- {r['asked']:,} asked, {r['connections']:,} run: the open files hard limit here is "
               f"{r['hard_limit']:,}, and one process holds a descriptor per connection.")
@@ -80,8 +82,8 @@ def storm_cells(r):
 side_by_side(["RSS KiB/conn", "kernel slab KiB/conn", "kernel TCP KiB/conn", "user + kernel KiB/conn"],
              "idle", idle_cells)
 if any(SETTLED in r.get("set", []) for r in rows):
-    print("- This server's idle runs with `online` flushes off (`presence_interval_ms` an hour): "
-          "emulated, a flush to everyone outlasts the time between two.")
+    print("- This server's idle runs with `online` flushes and Pings every hour instead of every "
+          "second and 30 s: emulated, a flush to everyone outlasts the time between two.")
 for r in rows:
     if r["scenario"] == "idle" and r.get("huge_pages_kib"):
         print(f"- {r['server']} at {r['connections']:,}: {r['huge_pages_kib'] / 1024:.1f} MiB of its RSS in "
