@@ -67,7 +67,7 @@ run() {
 # This server's idle runs. In an emulated machine (--memory-only), everything is 20 to 50 times
 # slower: an `online` flush to 100 000 then takes longer than the 10 s between two, and the
 # Pings of 100 000 connections every 30 s take more than the core, so frames would always be on
-# their way out when memory is read, and connecting 100 000 took over an hour. There `online`
+# their way out when memory is read, and connecting 100 000 did not finish in 50 minutes. There `online`
 # flushes and Pings are (nearly) off, and memory is read settled, as after the 3 s wait on a
 # real machine.
 idle() {
@@ -95,7 +95,7 @@ for asked in "${sizes[@]}"; do
   for ping in 0 "$ping_secs"; do
     timed --server shequ --scenario wave --connections "$n" --senders 10 --rate 200 --secs 20 --ping-secs "$ping"
   done
-  # The kernel knobs, each against the defaults above.
+  # The knobs, each against the defaults above.
   idle --server shequ --scenario idle --connections "$n" --set limits.read_buffer_bytes=1024
   idle --server shequ --scenario idle --connections "$n" --socket-buffer 16384
   timed --server shequ --scenario fanout --receivers "$n" --senders 1 --messages 10 --rate 2 --socket-buffer 16384

@@ -204,8 +204,8 @@ pub struct Limits {
     /// exempt (every client behind them shares their address); 0 turns the share off.
     pub max_pending_handshakes_per_ip: usize,
     /// Bytes the WebSocket layer reads at once per connection, allocated per connection for
-    /// as long as it is open: most connections are idle, so this is most of what an idle one
-    /// costs. A larger frame is read in several reads of this size.
+    /// as long as it is open, idle or not (after the connection's task, the largest part of
+    /// what an idle one costs). A larger frame is read in several reads of this size.
     pub read_buffer_bytes: usize,
     /// Channels that exist at once (someone is in them, or they hold history).
     pub max_channels: usize,
