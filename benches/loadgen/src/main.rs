@@ -314,21 +314,23 @@ impl Server {
 
     /// Resident memory of every process, summed.
     fn rss_kib(&self) -> u64 {
-        self.proc_kib("status", "VmRSS:")
+        self.proc_kib("status", "VmRSS:").expect("a server process is gone")
     }
 
     /// Of that, anonymous memory in transparent huge pages: where the kernel backs memory with
     /// 2 MiB pages, a page partly in use is resident whole, and RSS grows with no more data.
+    /// 0 where the kernel has no such pages to report.
     fn huge_pages_kib(&self) -> u64 {
-        self.proc_kib("smaps_rollup", "AnonHugePages:")
+        self.proc_kib("smaps_rollup", "AnonHugePages:").unwrap_or(0)
     }
 
-    /// A field in KiB of `/proc/<pid>/<file>`, summed over every process (0 where absent).
-    fn proc_kib(&self, file: &str, field: &str) -> u64 {
-        let kib = |pid: u32| -> u64 {
-            let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
-            let line = text.lines().find(|l| l.starts_with(field));
-            line.and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()).unwrap_or(0)
+    /// A field in KiB of `/proc/<pid>/<file>`, summed over every process; `None` if a process
+    /// or its field is missing.
+    fn proc_kib(&self, file: &str, field: &str) -> Option<u64> {
+        let kib = |pid: u32| -> Option<u64> {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+            let line = text.lines().find(|l| l.starts_with(field))?;
+            line.split_whitespace().nth(1)?.parse().ok()
         };
         self.children.iter().map(|c| kib(c.id())).sum()
     }
