@@ -86,6 +86,9 @@ struct Args {
     /// spread over that many seconds from the start.
     herd: usize,
     herd_secs: u64,
+    /// In `idle`: after the idle figure, one more client posts this many of the longest messages
+    /// the server takes, and the server's memory is read again once every idle client has them.
+    long_messages: usize,
 }
 
 fn parse_args() -> Args {
@@ -109,6 +112,7 @@ fn parse_args() -> Args {
         set: Vec::new(),
         herd: 0,
         herd_secs: 0,
+        long_messages: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -131,6 +135,7 @@ fn parse_args() -> Args {
             "--ping-secs" => args.ping_secs = value().parse().unwrap(),
             "--herd" => args.herd = value().parse().unwrap(),
             "--herd-secs" => args.herd_secs = value().parse().unwrap(),
+            "--long-messages" => args.long_messages = value().parse().unwrap(),
             "--socket-buffer" => args.socket_buffer = value().parse().unwrap(),
             "--set" => {
                 let setting = value();
@@ -556,8 +561,19 @@ fn idle(args: &Args) -> serde_json::Value {
         // memory, and a client that answered no Ping would be closed. Each reads from the moment
         // it is connected: on a slow machine (an emulated one takes minutes for 100 000) the
         // first would otherwise miss their Pings while the last connect.
-        let reading =
-            |mut ws: Ws| ex.spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
+        let long_received = Rc::new(Cell::new(0usize));
+        let reading = |mut ws: Ws| {
+            let long_received = long_received.clone();
+            ex.spawn(async move {
+                while let Some(Ok(message)) = ws.next().await {
+                    if let Message::Text(text) = message
+                        && text.contains(LONG_MARKER)
+                    {
+                        long_received.set(long_received.get() + 1);
+                    }
+                }
+            })
+        };
         let started = Instant::now();
         let mut readers = Vec::with_capacity(args.connections);
         if args.group > 0 {
@@ -578,7 +594,7 @@ fn idle(args: &Args) -> serde_json::Value {
         // Both ends of every connection live in this kernel, and they cost the same: the
         // server's side is half.
         let per_side = |kib: i64| kib as f64 / 2.0 / count as f64;
-        let result = json!({
+        let mut result = json!({
             "server": args.server, "scenario": "idle", "connections": count,
             "group": args.group,
             "rss_start_kib": rss_start, "rss_kib": rss, "huge_pages_kib": huge_pages,
@@ -587,8 +603,48 @@ fn idle(args: &Args) -> serde_json::Value {
             "kernel_slab_kib_per_connection": per_side(kernel.slab_kib),
             "connects_per_sec": count as f64 / connect_secs,
         });
+        if args.long_messages > 0 {
+            let rss_long =
+                after_long_messages(&server, args.long_messages, count, &long_received).await;
+            result["long_messages"] = json!(args.long_messages);
+            result["kib_per_connection_after_long"] =
+                json!((rss_long - rss_start) as f64 / count as f64);
+        }
         result
     }))
+}
+
+/// Marks the messages of `--long-messages`.
+const LONG_MARKER: &str = "long;";
+/// The characters of one long message: the server's default `limits.max_content_chars`, each
+/// four bytes in UTF-8 (and not escaped in JSON), so the frame every client gets is about 8 KB.
+const LONG_CHARS: usize = 2000;
+
+/// Posts `messages` long messages from one more client, waits until each of the `receivers`
+/// idle clients has them all (counted in `received`) and the server has settled, and returns the
+/// server's RSS: what its buffers keep after a burst of large frames.
+async fn after_long_messages(
+    server: &Server,
+    messages: usize,
+    receivers: usize,
+    received: &Cell<usize>,
+) -> u64 {
+    let mut sender = connect(server.addr(0), "long-sender").await.expect("connect");
+    let filler: String = "\u{1F600}".repeat(LONG_CHARS - LONG_MARKER.len());
+    let frame = json!({"type": "chat", "content": format!("{LONG_MARKER}{filler}")}).to_string();
+    for _ in 0..messages {
+        sender.send(Message::Text(frame.clone().into())).await.expect("send");
+    }
+    let wanted = messages * receivers;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while received.get() < wanted {
+        assert!(Instant::now() < deadline, "{} of {wanted} long frames arrived", received.get());
+        Timer::after(Duration::from_millis(50)).await;
+    }
+    Timer::after(Duration::from_secs(3)).await;
+    let rss = server.rss_kib();
+    drop(sender);
+    rss
 }
 
 /// The kernel's memory for sockets, system-wide: TCP buffers (`/proc/net/sockstat`, `mem` in
