@@ -10,10 +10,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_tungstenite::WebSocketStream;
-use async_tungstenite::tungstenite::Bytes;
 use async_tungstenite::tungstenite::error::ProtocolError as ProtocolViolation;
-use async_tungstenite::tungstenite::protocol::frame::coding::{Data as OpData, OpCode};
-use async_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame as WsFrame};
+use async_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use futures_lite::{AsyncWriteExt, FutureExt, Stream};
@@ -30,22 +28,21 @@ use crate::hub::{ConnId, Identity, Incoming, Join};
 use crate::metrics;
 use crate::outbox::{Frame, Next, OutboxRx};
 use crate::protocol::{ClientMessage, CloseReason, ProtocolError, parse_client};
+use crate::socket::{self, Socket, WRITE_BATCH_BYTES};
 
 /// After the server sends a close frame, how long the client has to answer it (or, for a client
 /// that is not reading, to make room for it) before the socket is dropped.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// The header a probe's 426 answer carries.
 const UPGRADE: &str = "Upgrade: websocket\r\n";
-/// The most tungstenite may hold unwritten for one connection: what the client has not read yet
-/// of our frames and of the Pongs it asked for. Without a cap, a client that sends Pings and
-/// never reads makes the server buffer a Pong for each, without end. The cap is raised when one
-/// frame of ours could be larger (see [`max_write_buffer_bytes`]).
-pub const MAX_WRITE_BUFFER_BYTES: usize = 64 * 1024;
-/// tungstenite writes to the socket once this much is buffered.
-pub const WRITE_BUFFER_BYTES: usize = 4096;
+/// The most tungstenite may hold in its own write buffer. It writes only control frames (Pings,
+/// Pongs, close frames; 131 bytes at most), each passed on at once to the connection's
+/// [`Socket`], so this is a backstop, never reached.
+pub const MAX_CONTROL_BUFFER_BYTES: usize = 4096;
 /// WebSocket Pings a client may send while the server cannot write to it (it is not reading).
 /// Beyond this, the client is closed as too slow (4004): browsers never send Pings, and a
-/// client that floods them without reading the answers is either broken or hostile.
+/// client that floods them without reading the answers is either broken or hostile. This is
+/// what bounds the Pongs waiting in the socket's buffer (64 of at most 127 bytes).
 pub const MAX_PINGS_WHILE_BLOCKED: u32 = 64;
 
 /// Which listener a request came in on.
@@ -56,23 +53,15 @@ pub(crate) enum Port {
 }
 
 /// tungstenite's settings for one connection: every buffer bounded (see `docs/RELIABILITY.md`).
+/// It writes each control frame on at once (`write_buffer_size` 0) into the [`Socket`], whose
+/// buffer is the only write buffer a connection has.
 pub fn websocket_config(config: &Config) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(config.limits.read_buffer_bytes)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(max_write_buffer_bytes(config))
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_CONTROL_BUFFER_BYTES)
         .max_message_size(Some(config.limits.max_message_bytes))
         .max_frame_size(Some(config.limits.max_message_bytes))
-}
-
-/// The largest frame the server may write through tungstenite, plus the buffer it fills before
-/// writing: a chat frame whose every character is escaped as `\uXXXX` (6 bytes), with a user id
-/// and a name as long as a token allows (their escaped form is in the token). With the default
-/// limits this is below [`MAX_WRITE_BUFFER_BYTES`], which is then the cap.
-pub fn max_write_buffer_bytes(config: &Config) -> usize {
-    let largest_frame =
-        6 * config.limits.max_content_chars + 2 * crate::auth::MAX_TOKEN_BYTES + 512;
-    MAX_WRITE_BUFFER_BYTES.max(WRITE_BUFFER_BYTES + largest_frame)
 }
 
 /// Decides what to do with a request for `/ws`: upgrade with a key and an identity, answer a
@@ -136,44 +125,91 @@ impl Drop for Registered {
     }
 }
 
-/// One TCP connection, from accept to close.
-pub(crate) async fn serve(
+/// One TCP connection, from accept to close: the handshake, then the [`Pump`].
+///
+/// This future is what every open connection holds for as long as it is open (the largest part
+/// of an idle connection's memory, `BENCHMARKS.md`), so it holds one phase at a time: the
+/// handshake runs boxed and is freed when it is done, and from then on the task is the pump and
+/// nothing else (an `async fn` covering both phases would keep room for the handshake's
+/// variables, and its arguments twice, beside the pump: 592 bytes instead of 424).
+pub(crate) fn serve(
+    shell: Rc<Shell>,
+    stream: Async<TcpStream>,
+    peer: SocketAddr,
+    port: Port,
+    pending: Pending,
+    alive: async_channel::Sender<()>,
+) -> impl Future<Output = ()> {
+    Connection::Handshake(Box::pin(handshake(shell, stream, peer, port, pending, alive)))
+}
+
+/// A connection's task, one phase at a time (see [`serve`]). The pump is held in place, not
+/// boxed: it is the phase a connection lives in.
+#[allow(clippy::large_enum_variant)]
+enum Connection<H> {
+    Handshake(Pin<Box<H>>),
+    Pumping(Pump),
+    Over,
+}
+
+impl<H: Future<Output = Option<Pump>>> Future for Connection<H> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            let next = match this {
+                Connection::Handshake(handshake) => match handshake.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(pump)) => Connection::Pumping(pump),
+                    Poll::Ready(None) => Connection::Over,
+                },
+                Connection::Pumping(pump) => match Pin::new(pump).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(()) => Connection::Over,
+                },
+                Connection::Over => return Poll::Ready(()),
+            };
+            *this = next;
+        }
+    }
+}
+
+/// The handshake, within `handshake_timeout_secs`: a pump for an upgraded connection, `None`
+/// for anything else (answered and closed).
+async fn handshake(
     shell: Rc<Shell>,
     mut stream: Async<TcpStream>,
     peer: SocketAddr,
     port: Port,
     pending: Pending,
-    _alive: async_channel::Sender<()>,
-) {
+    alive: async_channel::Sender<()>,
+) -> Option<Pump> {
     let _ = stream.get_ref().set_nodelay(shell.config.limits.tcp_nodelay);
     let timeout = shell.config.handshake_timeout();
-    // Boxed so the handshake's state does not stay in every connection's task after it is done.
-    let handshake = Box::pin(upgrade(&shell, &mut stream, peer, port));
-    let upgraded = handshake
+    let upgraded = upgrade(&shell, &mut stream, peer, port)
         .or(async {
             Timer::after(timeout).await;
             None
         })
         .await;
     drop(pending);
-    let Some((registered, outbox, leftover)) = upgraded else {
-        return;
-    };
+    let (registered, outbox, leftover) = upgraded?;
     let ws_config = Some(websocket_config(&shell.config));
-    let mut ws =
-        WebSocketStream::from_partially_read(stream, leftover, Role::Server, ws_config).await;
-    Pump {
-        shell: &shell,
-        conn: registered.conn,
-        ws: &mut ws,
-        outbox: &outbox,
-        unflushed: false,
+    let socket = Socket::new(stream);
+    let ws = WebSocketStream::from_partially_read(socket, leftover, Role::Server, ws_config).await;
+    Some(Pump {
+        registered,
+        ws,
+        outbox,
+        _alive: alive,
+        control: false,
         pings_while_blocked: 0,
         reading: true,
+        peer_closed: false,
         closing: None,
         grace: None,
-    }
-    .await;
+    })
 }
 
 /// Reads the request head and answers it: a plain HTTP response, or a 101 for a registered
@@ -251,10 +287,8 @@ async fn upgrade(
     // system call instead of two for every connect, which is most of the cost of a reconnect.
     let mut first = http::switching_protocols(key).into_bytes();
     for frame in outbox.drain() {
-        let Frame::Text(text) = frame else { continue };
-        let frame = WsFrame::message(Bytes::from(text), OpCode::Data(OpData::Text), true);
-        if frame.format(&mut first).is_err() {
-            return None;
+        if let Frame::Text(text) = frame {
+            socket::encode_text(&mut first, text.as_bytes());
         }
     }
     if stream.write_all(&first).await.is_err() {
@@ -287,44 +321,81 @@ fn client_ip(request: &Request, peer: IpAddr, trusted: &[IpAddr]) -> IpAddr {
     client
 }
 
-type Ws = WebSocketStream<Async<TcpStream>>;
+type Ws = WebSocketStream<Socket>;
 
 /// Moves frames between one WebSocket and the hub until the connection is over: the hub's
 /// queued frames out, the client's frames in (at most [`READ_BUDGET_FRAMES`] per poll).
 ///
-/// It ends when the read side is over and the queue is closed and flushed, when a write fails,
+/// Text frames go from the queue straight into the [`Socket`]'s buffer; control frames go
+/// through tungstenite, which keeps the protocol's state and writes them into the same buffer
+/// (see `socket.rs`).
+///
+/// It ends when the read side is over and the queue is closed and written, when a write fails,
 /// or [`CLOSE_GRACE`] after the queue was closed.
-struct Pump<'a> {
-    shell: &'a Shell,
-    conn: ConnId,
-    ws: &'a mut Ws,
-    outbox: &'a OutboxRx,
-    /// Frames handed to the WebSocket since the last completed flush.
-    unflushed: bool,
-    /// WebSocket Pings read since the last completed flush (see [`MAX_PINGS_WHILE_BLOCKED`]).
+struct Pump {
+    /// The connection in the hub (removed from it when the pump is dropped), and the shell.
+    registered: Registered,
+    ws: Ws,
+    outbox: OutboxRx,
+    /// Held until the connection is over: the server's shutdown waits for every one.
+    _alive: async_channel::Sender<()>,
+    /// tungstenite may hold a control frame not yet passed to the socket's buffer: a Pong or
+    /// the reply to a close it read, or a frame handed to it.
+    control: bool,
+    /// WebSocket Pings read since the socket last took everything (see
+    /// [`MAX_PINGS_WHILE_BLOCKED`]).
     pings_while_blocked: u32,
     /// The client may still send frames.
     reading: bool,
+    /// The client sent a close frame: nothing but the reply is written from then on.
+    peer_closed: bool,
     /// The queue is closed and its close frame (if any) handed to the WebSocket.
     closing: Option<CloseReason>,
     grace: Option<Timer>,
 }
 
-impl Pump<'_> {
-    /// Writes queued frames while the socket takes them, then flushes. `Err` means the socket
-    /// failed and the connection is over.
+impl Pump {
+    /// Writes queued frames, a batch at a time, while the socket takes them. `Err` means the
+    /// socket failed and the connection is over.
     fn write(&mut self, cx: &mut Context<'_>) -> Result<(), WsError> {
         if self.grace.is_none() && self.outbox.closed().is_some() {
             self.grace = Some(Timer::after(CLOSE_GRACE));
         }
-        while self.closing.is_none() {
-            match Pin::new(&mut *self.ws).poll_ready(cx) {
+        loop {
+            let more = self.take_frames(cx)?;
+            if self.control
+                && let Poll::Ready(result) = Pin::new(&mut self.ws).poll_flush(cx)
+            {
+                result?;
+                self.control = false;
+            }
+            match self.ws.get_mut().poll_write_out(cx) {
                 Poll::Pending => return Ok(()),
                 Poll::Ready(result) => result?,
             }
+            self.pings_while_blocked = 0;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Moves frames from the queue into the socket's buffer until it holds a batch
+    /// ([`WRITE_BATCH_BYTES`]); returns whether it stopped for that (more may be queued). What
+    /// the buffer cannot take stays in the queue, under the queue's bound.
+    fn take_frames(&mut self, cx: &mut Context<'_>) -> Result<bool, WsError> {
+        while self.closing.is_none() {
+            if self.ws.get_ref().pending() >= WRITE_BATCH_BYTES {
+                return Ok(true);
+            }
             let message = match self.outbox.poll_next(cx) {
                 Poll::Pending => break,
-                Poll::Ready(Next::Frame(Frame::Text(text))) => Message::Text(text),
+                Poll::Ready(Next::Frame(Frame::Text(text))) => {
+                    if !self.peer_closed {
+                        self.ws.get_mut().push_text(text.as_bytes());
+                    }
+                    continue;
+                }
                 Poll::Ready(Next::Frame(Frame::Ping)) => Message::Ping(Default::default()),
                 Poll::Ready(Next::Closed(reason)) => {
                     self.closing = Some(reason);
@@ -335,17 +406,10 @@ impl Pump<'_> {
                     Message::Close(Some(frame))
                 }
             };
-            Pin::new(&mut *self.ws).start_send(message)?;
-            self.unflushed = true;
+            Pin::new(&mut self.ws).start_send(message)?;
+            self.control = true;
         }
-        if self.unflushed
-            && let Poll::Ready(result) = Pin::new(&mut *self.ws).poll_flush(cx)
-        {
-            result?;
-            self.unflushed = false;
-            self.pings_while_blocked = 0;
-        }
-        Ok(())
+        Ok(false)
     }
 
     /// Hands one frame from the client to the hub.
@@ -354,34 +418,35 @@ impl Pump<'_> {
             None => return self.stop_reading(CloseReason::Client),
             Some(Err(e)) => return self.stop_reading(close_reason_for(&e)),
             Some(Ok(Message::Close(_))) => {
-                self.unflushed = true; // tungstenite queued its reply
+                self.control = true; // tungstenite queued its reply
+                self.peer_closed = true;
                 return self.stop_reading(CloseReason::Client);
             }
             Some(Ok(Message::Text(text))) => self.parse(&text),
             Some(Ok(Message::Binary(_))) => Incoming::Invalid(ProtocolError::BinaryUnsupported),
             Some(Ok(Message::Ping(_))) => {
-                self.unflushed = true; // tungstenite queued a Pong
+                self.control = true; // tungstenite queued a Pong
                 self.pings_while_blocked += 1;
                 if self.pings_while_blocked > MAX_PINGS_WHILE_BLOCKED {
-                    debug!("conn={} sends Pings and does not read the Pongs", self.conn);
+                    debug!("conn={} sends Pings and does not read the Pongs", self.registered.conn);
                     return self.stop_reading(CloseReason::TooSlow);
                 }
                 Incoming::Alive
             }
             Some(Ok(Message::Pong(_) | Message::Frame(_))) => Incoming::Alive,
         };
-        let conn = self.conn;
-        self.shell.apply(|hub, now| hub.receive(now, conn, incoming));
+        let conn = self.registered.conn;
+        self.registered.shell.apply(|hub, now| hub.receive(now, conn, incoming));
     }
 
     fn parse(&self, text: &str) -> Incoming {
-        match parse_client(text, self.shell.config.limits.max_content_chars) {
+        match parse_client(text, self.registered.shell.config.limits.max_content_chars) {
             Ok(ClientMessage::Chat { content, channel }) => Incoming::Chat { content, channel },
             Ok(ClientMessage::Join { channel, since }) => Incoming::Join { channel, since },
             Ok(ClientMessage::Leave { channel }) => Incoming::Leave(channel),
             Ok(ClientMessage::Ping) => Incoming::Ping,
             Ok(ClientMessage::Auth { token }) => {
-                let result = self.shell.verifier.verify(&token, now().unix_ms / 1000);
+                let result = self.registered.shell.verifier.verify(&token, now().unix_ms / 1000);
                 Incoming::Refresh(result.map_err(AuthError::message))
             }
             Err(error) => Incoming::Invalid(error),
@@ -390,15 +455,15 @@ impl Pump<'_> {
 
     fn stop_reading(&mut self, reason: CloseReason) {
         self.reading = false;
-        self.shell.disconnect(self.conn, reason);
+        self.registered.shell.disconnect(self.registered.conn, reason);
     }
 
     fn finished(&self) -> bool {
-        self.closing.is_some() && !self.reading && !self.unflushed
+        self.closing.is_some() && !self.reading && !self.control && self.ws.get_ref().pending() == 0
     }
 }
 
-impl Future for Pump<'_> {
+impl Future for Pump {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -406,14 +471,9 @@ impl Future for Pump<'_> {
         let mut budget = READ_BUDGET_FRAMES;
         loop {
             if let Err(e) = this.write(cx) {
-                debug!("conn={} write failed: {e}", this.conn);
+                debug!("conn={} write failed: {e}", this.registered.conn);
                 if this.reading {
-                    // A full write buffer: the client is not reading what it is sent.
-                    let reason = match e {
-                        WsError::WriteBufferFull(_) => CloseReason::TooSlow,
-                        _ => CloseReason::Client,
-                    };
-                    this.stop_reading(reason);
+                    this.stop_reading(CloseReason::Client);
                 }
                 return Poll::Ready(());
             }
@@ -428,7 +488,7 @@ impl Future for Pump<'_> {
                 cx.waker().wake_by_ref();
                 break;
             }
-            match Pin::new(&mut *this.ws).poll_next(cx) {
+            match Pin::new(&mut this.ws).poll_next(cx) {
                 Poll::Pending => break,
                 Poll::Ready(item) => {
                     budget -= 1;
@@ -439,7 +499,7 @@ impl Future for Pump<'_> {
         if let Some(grace) = &mut this.grace
             && Pin::new(grace).poll(cx).is_ready()
         {
-            debug!("conn={} close grace over", this.conn);
+            debug!("conn={} close grace over", this.registered.conn);
             return Poll::Ready(());
         }
         Poll::Pending

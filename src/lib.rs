@@ -27,3 +27,4 @@ pub mod outbox;
 pub mod page;
 pub mod protocol;
 pub mod server;
+pub mod socket;
