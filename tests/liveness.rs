@@ -100,3 +100,41 @@ fn reader_that_never_reads_gets_4004_and_others_keep_receiving() {
         assert!(frames.len() < sent, "the stalled client got everything anyway");
     });
 }
+
+#[test]
+fn websocket_pings_are_answered_between_long_frames_and_every_frame_arrives_whole() {
+    use async_tungstenite::tungstenite::Message;
+    let server = Server::start(json!({}));
+    smol::block_on(async {
+        let mut client = server.connect("pinger").await;
+        client.await_online(1).await;
+        // Frames of about 8 KB (2 000 characters of 4 bytes), several write batches each, with
+        // the client's Pings between them: the Pongs and the chat frames leave through the same
+        // buffer, and neither may cut into the other.
+        const ROUNDS: usize = 20;
+        let long = "😀".repeat(1990);
+        for round in 0..ROUNDS {
+            client.chat(&format!("{round};{long}")).await;
+            client.send(Message::Ping(format!("ping {round}").into_bytes().into())).await;
+        }
+        let (mut chats, mut pongs) = (Vec::new(), Vec::new());
+        while chats.len() < ROUNDS || pongs.len() < ROUNDS {
+            match client.next_message().await {
+                Some(Message::Text(text)) => {
+                    let frame: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+                    if frame["type"] == "chat" {
+                        chats.push(frame["content"].as_str().expect("content").to_string());
+                    }
+                }
+                Some(Message::Pong(payload)) => pongs.push(payload.to_vec()),
+                Some(Message::Ping(_)) => {}
+                other => panic!("the connection ended or sent {other:?}"),
+            }
+        }
+        for round in 0..ROUNDS {
+            assert_eq!(chats[round], format!("{round};{long}"), "chat {round}");
+            assert_eq!(pongs[round], format!("ping {round}").into_bytes(), "Pong {round}");
+        }
+        client.chat_and_see("still here").await;
+    });
+}
