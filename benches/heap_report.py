@@ -9,7 +9,9 @@ MOMENT = "frames waiting in send queues (a moment, not held)"
 RULES = [
     ("tungstenite's read buffer (`limits.read_buffer_bytes`)", ["from_partially_read", "BytesMut"]),
     ("async-tungstenite's two waker handles", ["without_handshake"]),
-    ("tungstenite's write buffer", ["FrameCodec::buffer_frame"]),
+    ("the connection's write buffer (`src/socket.rs`, freed once written)", ["encode_text"]),
+    ("the connection's write buffer (`src/socket.rs`, freed once written)", ["socket::Socket"]),
+    ("tungstenite's write buffer (a control frame at most)", ["FrameCodec::buffer_frame"]),
     ("the async-io reactor's entry for the socket", ["Reactor::insert_io"]),
     ("the async-io reactor's entry for the socket", ["Async$LT$T$GT$::new"]),
     (MOMENT, ["Hub::broadcast"]),

@@ -14,7 +14,7 @@
 # /dev/kvm gives a machine at the host's speed (a nested one may not: on a 2-core cloud VM
 # tried, the kernel took 90 s to decompress and then hung).
 #
-# Usage: benches/scale-vm.sh [N ...]    (default: 10000 50000 100000)
+# Usage: benches/scale-vm.sh [--shequ-only] [N ...]    (default: 10000 50000 100000)
 # Installs qemu-system-x86 and busybox-static, and downloads the kernel package, from Debian's
 # archive. SCALE_VM_MEMORY sets the machine's memory (default 14G: 100 000 connections take about
 # 2.5 GB in the Go hub and as much again in the load generator).

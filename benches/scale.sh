@@ -14,9 +14,10 @@
 # and once: server CPU per delivery at 1 000 receivers × 1 sender (600 msg/s, nobody cut
 # off) beside the bare smol + async-tungstenite floor.
 #
-# Usage: benches/scale.sh [--build-only | --no-build] [--memory-only] [N ...]
+# Usage: benches/scale.sh [--build-only | --no-build] [--memory-only] [--shequ-only] [N ...]
 #        (default sizes: 10000 50000 100000; --memory-only runs the idle scenarios alone, for a
-#        machine whose timings mean nothing, such as an emulated one)
+#        machine whose timings mean nothing, such as an emulated one; --shequ-only leaves out the
+#        Go hub, to measure a change of this server's against its figures of a run before)
 # One process holds a descriptor per connection: a size above the open files hard limit
 # (`ulimit -Hn`, less a margin) is replaced by the largest that fits, and the table says so.
 # Raise the limit as root first (`ulimit -Hn 1048576`) to run 100 000 as asked; where it cannot
@@ -25,12 +26,13 @@
 # Prints one JSON line per run (saved to benches/scale-results.jsonl) and a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build=yes measure=yes timed=yes
+build=yes measure=yes timed=yes servers="shequ go-hub"
 while [[ "${1:-}" == --* ]]; do
   case "$1" in
     --build-only) measure=no ;;
     --no-build) build=no ;;
     --memory-only) timed=no ;;
+    --shequ-only) servers=shequ ;;
     *) echo "scale.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -86,7 +88,7 @@ for asked in "${sizes[@]}"; do
   [[ "$done_sizes" == *" $n "* ]] && continue
   done_sizes+="$n "
   ping_secs=$(( n * 30 / 100000 > 2 ? n * 30 / 100000 : 2 ))
-  for server in shequ go-hub; do
+  for server in $servers; do
     if [ "$server" = shequ ]; then idle --server shequ --scenario idle --connections "$n"
     else run --server "$server" --scenario idle --connections "$n"; fi
     timed --server "$server" --scenario fanout --receivers "$n" --senders 1 --messages 10 --rate 2
