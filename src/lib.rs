@@ -3,8 +3,8 @@
 //! One OS thread runs everything. [`hub::Hub`] is a plain state machine that owns all connection
 //! state; around it, [`driver`] is the one door into the hub and runs its timers, [`conn`] is one
 //! connection's life (the HTTP upgrade, then the pump between the WebSocket and the hub),
-//! [`api`] is the site's server API (another input through the same door), and [`server`]
-//! binds, accepts, starts and stops the process.
+//! [`socket`] is a connection's one write buffer, [`api`] is the site's server API (another
+//! input through the same door), and [`server`] binds, accepts, starts and stops the process.
 
 #![forbid(unsafe_code)]
 #![deny(clippy::await_holding_refcell_ref)]
