@@ -554,6 +554,7 @@ fn idle(args: &Args) -> serde_json::Value {
     let ex = LocalExecutor::new();
     smol::block_on(ex.run(async {
         Timer::after(Duration::from_millis(300)).await;
+        let kernel_settle_secs = KernelMemory::settle().await;
         let rss_start = server.rss_kib();
         let kernel_start = KernelMemory::read();
         // Idle clients read what they are sent (welcome, presence, Pings), as a page does:
@@ -601,6 +602,7 @@ fn idle(args: &Args) -> serde_json::Value {
             "kib_per_connection": (rss - rss_start) as f64 / count as f64,
             "kernel_tcp_kib_per_connection": per_side(kernel.tcp_kib),
             "kernel_slab_kib_per_connection": per_side(kernel.slab_kib),
+            "kernel_settle_secs": kernel_settle_secs,
             "connects_per_sec": count as f64 / connect_secs,
         });
         if args.long_messages > 0 {
@@ -655,15 +657,39 @@ struct KernelMemory {
     slab_kib: i64,
 }
 
+/// A field of the `TCP:` line of `/proc/net/sockstat` (`alloc`, `tw`, `mem` in pages…), 0 if
+/// missing.
+fn sockstat_tcp(name: &str) -> u64 {
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    let tcp = sockstat.lines().find(|l| l.starts_with("TCP:")).unwrap_or("");
+    let mut words = tcp.split_whitespace().skip_while(|w| *w != name);
+    words.nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// [`KernelMemory::settle`] waits until fewer TCP sockets than this are left, allocated or in
+/// TIME_WAIT.
+const KERNEL_SETTLED_SOCKETS: u64 = 1000;
+/// ... and at most this long.
+const KERNEL_SETTLE_LIMIT: Duration = Duration::from_secs(120);
+
 impl KernelMemory {
+    /// Waits for the kernel to free the sockets of a run before (a server that just exited,
+    /// its clients, their TIME_WAIT), as a baseline read meanwhile makes this run's kernel
+    /// figures too small: at 100 000 in an emulated machine, a run right after another measured
+    /// a negative TCP figure and a third of the slab. Returns the seconds it waited.
+    async fn settle() -> f64 {
+        let started = Instant::now();
+        while started.elapsed() < KERNEL_SETTLE_LIMIT {
+            if sockstat_tcp("alloc") + sockstat_tcp("tw") < KERNEL_SETTLED_SOCKETS {
+                break;
+            }
+            Timer::after(Duration::from_millis(500)).await;
+        }
+        started.elapsed().as_secs_f64()
+    }
+
     fn read() -> KernelMemory {
-        let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
-        let tcp_pages: i64 = sockstat
-            .lines()
-            .find(|l| l.starts_with("TCP:"))
-            .and_then(|l| l.split_whitespace().skip_while(|w| *w != "mem").nth(1))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
+        let tcp_pages = sockstat_tcp("mem") as i64;
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let slab_kib: i64 = meminfo
             .lines()
