@@ -36,7 +36,7 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// The header a probe's 426 answer carries.
 const UPGRADE: &str = "Upgrade: websocket\r\n";
 /// The most tungstenite may hold in its own write buffer. It writes only control frames (Pings,
-/// Pongs, close frames; 131 bytes at most), each passed on at once to the connection's
+/// Pongs, close frames; 127 bytes at most), each passed on at once to the connection's
 /// [`Socket`], so this is a backstop, never reached.
 pub const MAX_CONTROL_BUFFER_BYTES: usize = 4096;
 /// WebSocket Pings a client may send while the server cannot write to it (it is not reading).
