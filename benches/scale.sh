@@ -69,9 +69,9 @@ run() {
 # This server's idle runs. In an emulated machine (--memory-only), everything is 20 to 50 times
 # slower: an `online` flush to 100 000 then takes longer than the 10 s between two, and the
 # Pings of 100 000 connections every 30 s take more than the core, so frames would always be on
-# their way out when memory is read, and connecting 100 000 did not finish in 50 minutes. There `online`
-# flushes and Pings are (nearly) off, and memory is read settled, as after the 3 s wait on a
-# real machine.
+# their way out when memory is read, and connecting 100 000 did not finish in 50 minutes. There
+# `online` flushes and Pings are (nearly) off, and memory is read settled, as after the 3 s wait
+# on a real machine.
 idle() {
   if [ "$timed" = yes ]; then run "$@"
   else run "$@" --set presence_interval_ms=3600000 --ping-secs 3600; fi

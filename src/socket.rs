@@ -55,7 +55,8 @@ impl Socket {
     }
 
     /// The buffer's allocation, in bytes (0 whenever nothing is waiting).
-    pub fn capacity(&self) -> usize {
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
         self.out.capacity()
     }
 
