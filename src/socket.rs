@@ -111,6 +111,11 @@ pub fn encode_text(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// tungstenite's reads: straight to the socket. `Async` tries the read before asking the reactor,
+/// so a task woken to send a frame also makes a `recvfrom` that usually finds nothing (0.5 µs
+/// here). Waiting for the reactor's word instead saved no measurable CPU and delayed messages:
+/// a sender woken by its own echo no longer picks up its next message at once (1 000 receivers
+/// at 300 msg/s, six alternated pairs: p50 14.8 → 21.5 ms, p99 32.5 → 41.4 ms).
 impl AsyncRead for Socket {
     fn poll_read(
         self: Pin<&mut Self>,
