@@ -204,8 +204,9 @@ pub struct Limits {
     /// exempt (every client behind them shares their address); 0 turns the share off.
     pub max_pending_handshakes_per_ip: usize,
     /// Bytes the WebSocket layer reads at once per connection, allocated per connection for
-    /// as long as it is open, idle or not (after the connection's task, the largest part of
-    /// what an idle one costs). A larger frame is read in several reads of this size.
+    /// as long as it is open, idle or not (one of the largest parts of what an idle one costs).
+    /// A larger frame is read in several reads of this size, into a buffer grown to hold it.
+    /// 256 bytes hold a Ping, a `join`, and a chat message of about 60 Chinese characters.
     pub read_buffer_bytes: usize,
     /// Channels that exist at once (someone is in them, or they hold history).
     pub max_channels: usize,
@@ -240,7 +241,7 @@ impl Default for Limits {
             handshake_timeout_secs: 10,
             max_pending_handshakes: 1024,
             max_pending_handshakes_per_ip: 16,
-            read_buffer_bytes: 512,
+            read_buffer_bytes: 256,
             max_channels: 10_000,
             max_channels_per_connection: 32,
             socket_send_buffer: 0,
